@@ -1,0 +1,28 @@
+--[[
+The mp facade: what `require "mp"` returns and what mplua preloads as `mp`.
+luaopen_mp runs this chunk with the C core table (`mp.core`) as its argument.
+]]
+local core = ...
+
+local mp = {}
+mp.version = core.version
+
+local errors = require "mp.errors"
+core.set_error_factory(errors.new)
+for name, cls in pairs(errors.classes) do mp[name] = cls end
+
+local process = require "mp.process"
+mp.Process = process.Process
+mp.current_process = process.current_process
+mp.parent_process = process.parent_process
+mp.active_children = process.active_children
+
+mp.cpu_count = core.cpu_count
+mp.getpid = core.getpid
+mp.sleep = core.sleep
+mp.time = core.time
+mp.signal = core.signal
+mp.kill = core.kill
+mp.signals = core.signals
+
+return mp

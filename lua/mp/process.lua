@@ -1,0 +1,263 @@
+--[[
+mp.Process: a Lua function run in a forked child process, with Python's
+multiprocessing.Process API. Forking, waiting and reaping are done in C
+(src/lprocess.c, src/engine/proc.c); naming, subclassing and bookkeeping here.
+]]
+local core = require "mp.core"
+local class = require "mp.class"
+
+local M = {}
+
+local getpid, spawn = core.getpid, core.spawn
+local SIGTERM, SIGKILL = core.signals.SIGTERM, core.signals.SIGKILL
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function argerror(n, fname, msg, level)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
+end
+
+local Process = class.Object:extend("Process")
+M.Process = Process
+local getters, setters = Process.__getters, Process.__setters
+
+-- What this process knows of itself. A forked child resets it in bootstrap().
+local state = {
+  counter = 0,      -- Process objects made here so far: names Process-1, Process-2...
+  identity = {},    -- place in the process tree: {} in the main process, {1, 3} in Process-1:3
+  children = {},    -- started Process objects not yet seen to end (Python's _children)
+  current = nil,    -- this process's object
+  parent = nil,     -- the parent's object, nil in the main process
+}
+local after_fork = {}   -- functions other modules run in every new child
+
+-- Runs f() in every child right after the fork, before the target (module state resets).
+function M.at_fork(f) after_fork[#after_fork + 1] = f end
+
+local function check_closed(self, level)
+  if rawget(self, "_closed") then error("process object is closed", level + 1) end
+end
+
+-- Forget children that have ended, and reap those whose objects were collected.
+local function reap()
+  for p in pairs(state.children) do
+    if p._handle:poll() ~= nil then state.children[p] = nil end
+  end
+  core.reap()
+end
+
+-- Default fields for every new Process, before init runs.
+function Process.new(cls, ...)
+  state.counter = state.counter + 1
+  local identity = { table.unpack(state.identity) }
+  identity[#identity + 1] = state.counter
+  local self = setmetatable({
+    _identity = identity,
+    _name = cls.__name .. "-" .. table.concat(identity, ":"),
+    _daemon = state.current._daemon,
+    _creator = getpid(),
+  }, cls)
+  cls.init(self, ...)
+  return self
+end
+
+--[[
+Process{target = fn, args = {...}, name = "w", daemon = false}, or positionally
+Process(target, args, name, daemon). Subclasses may override init and call
+Process.init(self, options) to set these.
+]]
+function Process:init(target, args, name, daemon)
+  local fname = getmetatable(self).__name
+  local level = 4                        -- user code -> __call -> new -> init
+  if type(target) == "table" and not callable(target) and args == nil then
+    local opts = target
+    target, args, name, daemon = opts.target, opts.args, opts.name, opts.daemon
+    if opts.group ~= nil then argerror(1, fname, "group must be nil", level) end
+  end
+  if target ~= nil and not callable(target) then
+    argerror(1, fname, "target must be callable, got " .. type(target), level)
+  end
+  if args ~= nil and type(args) ~= "table" then
+    argerror(1, fname, "args must be a table, got " .. type(args), level)
+  end
+  if name ~= nil and type(name) ~= "string" then
+    argerror(1, fname, "name must be a string, got " .. type(name), level)
+  end
+  self._target = target
+  self._args = args or {}
+  if name ~= nil then self._name = name end
+  if daemon ~= nil then self._daemon = not not daemon end
+end
+
+-- The child's entry point, called by core.spawn in the new process.
+local function bootstrap(self)
+  local parent = state.current
+  state.parent = M.ParentProcess(parent._name, core.getppid())
+  state.current = self
+  state.counter = 0
+  state.identity = self._identity
+  state.children = {}
+  rawset(self, "_handle", nil)
+  rawset(self, "_is_current", true)
+  -- os.exit in a child ends the child cleanly: children handled, buffers flushed,
+  -- no finalizer of the parent's objects run.
+  os.exit = core.child_exit
+  for _, f in ipairs(after_fork) do f() end
+  self:run()
+end
+
+function Process:run()
+  local target = self._target
+  if target ~= nil then
+    local args = self._args
+    target(table.unpack(args, 1, args.n or #args))
+  end
+end
+
+function Process:start()
+  check_closed(self, 2)
+  if self._handle ~= nil or self._is_current then error("cannot start a process twice", 2) end
+  if self._creator ~= getpid() then
+    error("can only start a process object created by the current process", 2)
+  end
+  if state.current._daemon then error("daemonic processes are not allowed to have children", 2) end
+  reap()
+  local handle = spawn(self._name, self._daemon, bootstrap, self)
+  self._handle = handle
+  self._pid = handle:pid()
+  state.children[self] = true
+end
+
+local function check_child(self, what, level)
+  check_closed(self, level + 1)
+  if self._is_current then error("cannot " .. what .. " the current process", level + 1) end
+  if self._handle == nil then error("can only " .. what .. " a started process", level + 1) end
+  if self._creator ~= getpid() then error("can only " .. what .. " a child process", level + 1) end
+end
+
+-- join([timeout]): waits until the process ends or the timeout (seconds) passes.
+function Process:join(timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror(1, "join", "number expected, got " .. type(timeout), 2)
+  end
+  check_child(self, "join", 2)
+  if self._handle:wait(timeout) ~= nil then state.children[self] = nil end
+end
+
+function Process:is_alive()
+  if self._is_current then return true end
+  check_closed(self, 2)
+  if self._handle == nil then return false end
+  if self._creator ~= getpid() then error("can only test a child process", 2) end
+  if self._handle:poll() == nil then return true end
+  state.children[self] = nil
+  return false
+end
+
+function Process:terminate()
+  check_child(self, "terminate", 2)
+  self._handle:signal(SIGTERM)
+end
+
+function Process:kill()
+  check_child(self, "kill", 2)
+  self._handle:signal(SIGKILL)
+end
+
+-- close(): releases the process's resources (its sentinel); the object is unusable after.
+function Process:close()
+  if rawget(self, "_closed") then return end
+  local handle = self._handle
+  if handle ~= nil then
+    if handle:poll() == nil then
+      error("Cannot close a process while it is still running. " ..
+            "You should first call join() or terminate().", 2)
+    end
+    handle:close()
+  end
+  state.children[self] = nil
+  self._closed = true
+end
+
+function getters.name(self) return self._name end
+function setters.name(self, v)
+  if type(v) ~= "string" then error("name must be a string, got " .. type(v), 3) end
+  self._name = v
+end
+
+function getters.daemon(self) return self._daemon end
+function setters.daemon(self, v)
+  if self._handle ~= nil or self._is_current then error("process has already started", 3) end
+  self._daemon = not not v
+end
+
+function getters.pid(self)
+  if self._is_current then return getpid() end
+  return self._pid
+end
+getters.ident = getters.pid
+
+function getters.exitcode(self)
+  check_closed(self, 3)
+  if self._handle == nil then return nil end
+  return self._handle:poll()
+end
+
+function getters.sentinel(self)
+  check_closed(self, 3)
+  if self._handle == nil then error("process not started", 3) end
+  return self._handle:sentinel()
+end
+
+function Process:__tostring()
+  local status
+  if rawget(self, "_closed") then status = "closed"
+  elseif self._is_current then status = "started"
+  elseif self._handle == nil then status = "initial"
+  else
+    local code = self._handle:poll()
+    status = code == nil and "started" or ("stopped exitcode=" .. code)
+  end
+  local parts = { string.format("<%s name='%s'", getmetatable(self).__name, self._name) }
+  if self.pid then parts[#parts + 1] = "pid=" .. self.pid end
+  parts[#parts + 1] = status
+  if self._daemon then parts[#parts + 1] = "daemon" end
+  return table.concat(parts, " ") .. ">"
+end
+
+-- mp.parent_process() in a child: name and pid of the process that started it.
+local ParentProcess = class.Object:extend("ParentProcess")
+M.ParentProcess = ParentProcess
+function ParentProcess:init(name, pid)
+  rawset(self, "name", name)
+  rawset(self, "pid", pid)
+  rawset(self, "ident", pid)
+  rawset(self, "daemon", false)
+end
+function ParentProcess:is_alive() return core.pid_alive(self.pid) end
+function ParentProcess:__tostring()
+  return string.format("<ParentProcess name='%s' pid=%d>", self.name, self.pid)
+end
+
+-- The main process: Python's _MainProcess.
+state.current = setmetatable({
+  _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
+}, Process)
+
+function M.current_process() return state.current end
+function M.parent_process() return state.parent end
+
+-- mp.active_children(): the children of this process still running (also reaps).
+function M.active_children()
+  reap()
+  local list = {}
+  for p in pairs(state.children) do list[#list + 1] = p end
+  table.sort(list, function(a, b) return a._pid < b._pid end)
+  return list
+end
+
+return M

@@ -1,0 +1,81 @@
+/*
+** luaopen_mp_core (the C core, `mp.core`) and luaopen_mp (core plus the
+** embedded Lua half). Both are idempotent and keep no state in C globals beyond
+** what is process-wide by nature (signals, children).
+*/
+#include <signal.h>
+#include <string.h>
+
+#include "mplua.h"
+#include "mp_aux.h"
+#include "mp_embedded.h"
+
+typedef void (*subsystem_open)(lua_State *L);
+
+/* Each subsystem adds its functions and metatables to the core table on top. */
+static const subsystem_open subsystems[] = {
+  mp_time_open,
+  mp_process_open,
+  mp_signal_open,
+  NULL
+};
+
+/*
+** Writing to a pipe whose reader is gone must be an error (EPIPE), not death by
+** SIGPIPE; Python sets SIG_IGN for the same reason. A host's own handler is kept.
+*/
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+}
+
+int luaopen_mp_core(lua_State *L) {
+  ignore_sigpipe();
+  lua_newtable(L);
+  for (int i = 0; subsystems[i] != NULL; i++) subsystems[i](L);
+  lua_pushliteral(L, MPLUA_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
+static const mp_embedded_module *find_module(const char *name) {
+  for (const mp_embedded_module *m = mp_embedded_modules; m->name != NULL; m++) {
+    if (strcmp(m->name, name) == 0) return m;
+  }
+  return NULL;
+}
+
+static void load_module(lua_State *L, const mp_embedded_module *m) {
+  if (luaL_loadbufferx(L, m->source, m->size, m->chunkname, "t") != LUA_OK) lua_error(L);
+}
+
+/* package.preload loader for an embedded mp.* module; upvalue 1 is its entry. */
+static int preload_loader(lua_State *L) {
+  const mp_embedded_module *m = lua_touserdata(L, lua_upvalueindex(1));
+  load_module(L, m);
+  lua_pushstring(L, m->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+int luaopen_mp(lua_State *L) {
+  luaL_requiref(L, "mp.core", luaopen_mp_core, 0);
+  int core = lua_gettop(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const mp_embedded_module *m = mp_embedded_modules; m->name != NULL; m++) {
+    if (strcmp(m->name, "mp") == 0) continue;
+    if (lua_getfield(L, -1, m->name) == LUA_TNIL) {
+      lua_pushlightuserdata(L, (void *)m);
+      lua_pushcclosure(L, preload_loader, 1);
+      lua_setfield(L, -3, m->name);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  const mp_embedded_module *facade = find_module("mp");
+  if (facade == NULL) return luaL_error(L, "mp: the Lua half (mp.lua) is not embedded");
+  load_module(L, facade);
+  lua_pushvalue(L, core);
+  lua_call(L, 1, 1);
+  return 1;
+}

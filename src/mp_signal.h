@@ -1,0 +1,19 @@
+/*
+** Signals: mp.signal's Lua handlers, run at a safe point, and the interrupt
+** check that blocking calls make.
+*/
+#ifndef MP_SIGNAL_H
+#define MP_SIGNAL_H
+
+#include <lua.h>
+
+/* A signal number from a number or a name ("SIGINT", "INT") at `arg`. */
+int mp_checksignal(lua_State *L, int arg);
+
+/* Runs the Lua handlers of the signals that arrived since the last call. */
+void mp_signal_dispatch(lua_State *L);
+
+/* In a new child: signals the parent had pending are not the child's. */
+void mp_signal_after_fork(void);
+
+#endif
