@@ -1,0 +1,164 @@
+--[[
+Spec helper, loaded before every spec file (see .busted) and by `require "helper"`.
+
+It fails any test that leaves something behind: child processes (running or
+zombie), or new entries in /dev/shm. Leftover children are killed and reaped so
+the next test starts clean. The check uses luaposix and /proc, an independent
+view of the OS, not mp's own bookkeeping.
+
+It also gives specs a subprocess runner for the mplua binary (H.run) and a
+join with a timeout that fails instead of hanging (H.join).
+]]
+local unistd = require "posix.unistd"
+local signal = require "posix.signal"
+local wait = require "posix.sys.wait"
+local dirent = require "posix.dirent"
+
+local H = {}
+
+H.build = os.getenv("MPLUA_BUILD") or "build"
+H.mplua = H.build .. "/mplua"
+H.lua = "lua5.4"
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- pid --> state letter for every process whose parent is `ppid`.
+function H.children_of(ppid)
+  local found = {}
+  for _, name in ipairs(dirent.dir("/proc")) do
+    local pid = tonumber(name)
+    if pid then
+      local stat = read_file("/proc/" .. name .. "/stat") or ""
+      -- "pid (comm) S ppid ...": comm may hold spaces and parentheses.
+      local state, parent = stat:match("%) (%a) (%d+)")
+      if parent and tonumber(parent) == ppid then found[pid] = state end
+    end
+  end
+  return found
+end
+
+local function shm_entries()
+  local set = {}
+  for _, name in ipairs(dirent.dir("/dev/shm") or {}) do
+    if name ~= "." and name ~= ".." then set[name] = true end
+  end
+  return set
+end
+
+-- Kills and reaps what a test left behind; returns a description or nil.
+local function leftovers(shm_before)
+  local problems = {}
+  local me = unistd.getpid()
+  local kids = H.children_of(me)
+  for pid, state in pairs(kids) do
+    problems[#problems + 1] = string.format("child %d left %s", pid,
+      state == "Z" and "as a zombie" or "running")
+    if state ~= "Z" then signal.kill(pid, signal.SIGKILL) end
+    wait.wait(pid)
+  end
+  for name in pairs(shm_entries()) do
+    if not shm_before[name] then
+      problems[#problems + 1] = "/dev/shm/" .. name .. " left behind"
+      os.remove("/dev/shm/" .. name)
+    end
+  end
+  if #problems > 0 then return table.concat(problems, "; ") end
+end
+
+--[[
+Wraps every test body: the leftover check runs even when the body failed, and
+a failure of the body wins over a leftover report.
+]]
+local function install_leftover_check()
+  local ok, busted = pcall(require, "busted")
+  if not ok or type(busted) ~= "table" or not busted.subscribe then return end
+  -- Once per run, not once per spec file (busted insulates globals and modules).
+  local registry = debug.getregistry()
+  if registry.mplua_leftover_check then return end
+  registry.mplua_leftover_check = true
+  busted.subscribe({ "test", "start" }, function(element)
+    local run = element.run
+    if type(run) ~= "function" then return nil, true end
+    element.run = function(...)
+      local before = shm_entries()
+      local ok_run, err = pcall(run, ...)
+      local problem = leftovers(before)
+      if not ok_run then error(err, 0) end
+      if problem then error("test left things behind: " .. problem, 0) end
+    end
+    return nil, true
+  end)
+end
+install_leftover_check()
+
+-- Single-quotes s for /bin/sh.
+function H.quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+--[[
+Runs a program as a subprocess with a timeout (default 20 s).
+opts: args (list), stdin (string), program (default H.mplua), env (name -->
+value), timeout, pipe_to (a shell command that reads the program's stdout). Returns {stdout=, stderr=, status=, signal=} where status is
+the exit status (124 when the timeout killed it).
+]]
+function H.run(opts)
+  local tmp = os.tmpname()
+  local input, out, err = tmp .. ".in", tmp .. ".out", tmp .. ".err"
+  local f = assert(io.open(input, "wb"))
+  f:write(opts.stdin or "")
+  f:close()
+  local parts = {}
+  for name, value in pairs(opts.env or {}) do
+    parts[#parts + 1] = name .. "=" .. H.quote(value)
+  end
+  parts[#parts + 1] = "timeout -k 2 " .. tostring(opts.timeout or 20)
+  parts[#parts + 1] = H.quote(opts.program or H.mplua)
+  for _, a in ipairs(opts.args or {}) do parts[#parts + 1] = H.quote(a) end
+  local cmd = table.concat(parts, " ") .. " <" .. input .. " 2>" .. err
+  if opts.pipe_to then cmd = cmd .. " | " .. opts.pipe_to end
+  cmd = cmd .. " >" .. out
+  local _, how, code = os.execute(cmd)
+  local result = {
+    stdout = read_file(out), stderr = read_file(err),
+    status = how == "exit" and code or nil, signal = how == "signal" and code or nil,
+  }
+  for _, p in ipairs { tmp, input, out, err } do os.remove(p) end
+  return result
+end
+
+-- Writes `source` to a temporary script and runs it with H.run (opts.args follow).
+function H.run_script(source, opts)
+  opts = opts or {}
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "wb"))
+  f:write(source)
+  f:close()
+  local args = { path }
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
+  local copy = {}
+  for k, v in pairs(opts) do copy[k] = v end
+  copy.args = args
+  local result = H.run(copy)
+  os.remove(path)
+  return result
+end
+
+-- Joins p within `timeout` seconds (default 10); kills it and fails if it is still alive.
+function H.join(p, timeout)
+  p:join(timeout or 10)
+  if p:is_alive() then
+    p:kill()
+    p:join()
+    error(string.format("%s did not finish within %gs", tostring(p), timeout or 10), 2)
+  end
+  return p.exitcode
+end
+
+return H
