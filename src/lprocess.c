@@ -35,6 +35,13 @@ static int child_msghandler(lua_State *L) {
       msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
   luaL_traceback(L, L, msg, 1);
+  /*
+  ** The frames below core.spawn belong to the parent's script, which the child
+  ** never returns to: cut them, as Python's traceback starts at _bootstrap.
+  */
+  const char *trace = lua_tostring(L, -1);
+  const char *cut = strstr(trace, "\n\t[C]: in function 'mp.core.spawn'");
+  if (cut != NULL) lua_pushlstring(L, trace, (size_t)(cut - trace));
   return 1;
 }
 

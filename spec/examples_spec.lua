@@ -1,0 +1,23 @@
+-- Every program in examples/ runs to completion under mplua, with no error output.
+local H = require "helper"
+
+local function examples()
+  local list = {}
+  local p = assert(io.popen("ls examples/*.lua"))
+  for path in p:lines() do list[#list + 1] = path end
+  p:close()
+  return list
+end
+
+describe("examples", function()
+  for _, path in ipairs(examples()) do
+    it(path .. " runs cleanly", function()
+      local r = H.run{ args = { path }, timeout = 60 }
+      assert.equal(0, r.status, r.stderr)
+      -- Examples that show a failing child say so by printing its traceback;
+      -- anything else on stderr is a problem.
+      if not path:match("terminate") then assert.equal("", r.stderr) end
+      assert.is_true(#r.stdout > 0)
+    end)
+  end
+end)
