@@ -1,8 +1,11 @@
 --[[
 The mp facade: what `require "mp"` returns and what mplua preloads as `mp`.
 luaopen_mp runs this chunk with the C core table (`mp.core`) as its argument.
+When an installed copy is found on package.path instead, `...` is the module
+name and the core comes from mp.so (whose luaopen_mp_core serves "mp.core").
 ]]
 local core = ...
+if type(core) ~= "table" then core = require "mp.core" end
 
 local mp = {}
 mp.version = core.version
