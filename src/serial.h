@@ -1,0 +1,42 @@
+/*
+** The value serializer: one wire format for every transport (Pipe, Queue,
+** Pool, Manager). Encoding raises a Lua error naming the unsendable value and
+** where it sits ("args[2].handler: cannot send a value of type thread"); the
+** decoder treats its input as untrusted and raises on a truncated or corrupt
+** message, never crashes.
+**
+** Buffers: transports encode into the per-state scratch buffer, which is owned
+** by a userdata in the registry, so an error raised halfway through encoding
+** leaks nothing.
+*/
+#ifndef MP_SERIAL_H
+#define MP_SERIAL_H
+
+#include <stddef.h>
+#include <lua.h>
+
+typedef struct mp_wbuf {
+  char *data;
+  size_t len;   /* bytes written */
+  size_t cap;   /* bytes allocated */
+} mp_wbuf;
+
+/* Makes room for `extra` more bytes after b->len; raises a memory error on failure. */
+void mp_wbuf_reserve(lua_State *L, mp_wbuf *b, size_t extra);
+
+/* The state's scratch buffer, emptied (len = 0); valid until the next call. */
+mp_wbuf *mp_serial_scratch(lua_State *L);
+
+/*
+** Appends the encoding of the n values at stack indexes idx .. idx+n-1 to b.
+** `root` names them in error messages ("item", "args"); with n > 1 the values
+** are named root[1], root[2], ...
+*/
+void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root);
+
+/* Decodes one message, pushes its values and returns how many; raises on bad input. */
+int mp_serial_decode(lua_State *L, const char *data, size_t len);
+
+void mp_serial_open(lua_State *L);   /* mp.core.dumps, loads, register_class */
+
+#endif
