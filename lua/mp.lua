@@ -28,4 +28,11 @@ mp.signal = core.signal
 mp.kill = core.kill
 mp.signals = core.signals
 
+-- Queues and pipes (src/lqueue.c, src/lpipe.c)
+mp.Queue = core.Queue
+mp.SimpleQueue = core.SimpleQueue
+mp.JoinableQueue = core.JoinableQueue
+mp.Pipe = core.Pipe
+mp.wait = core.wait
+
 return mp
