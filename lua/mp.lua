@@ -28,4 +28,8 @@ mp.signal = core.signal
 mp.kill = core.kill
 mp.signals = core.signals
 
+mp.dumps = core.dumps
+mp.loads = core.loads
+mp.register_class = core.register_class
+
 return mp
