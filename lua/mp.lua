@@ -28,6 +28,9 @@ mp.signal = core.signal
 mp.kill = core.kill
 mp.signals = core.signals
 
+mp.dumps = core.dumps
+mp.loads = core.loads
+mp.register_class = core.register_class
 -- Queues and pipes (src/lqueue.c, src/lpipe.c)
 mp.Queue = core.Queue
 mp.SimpleQueue = core.SimpleQueue
