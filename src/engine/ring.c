@@ -5,6 +5,7 @@
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -79,6 +80,34 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   r->bell_r = fds[0];
   r->bell_w = fds[1];
   return 0;
+}
+
+int mp_ring_dup(const mp_ring *r, mp_ring *out) {
+  /* mremap with old_size 0 maps the same shared pages a second time. */
+  void *p = mremap(r->hdr, 0, r->map_len, MREMAP_MAYMOVE);
+  if (p == MAP_FAILED) return errno;
+  *out = *r;
+  out->hdr = p;
+  out->data = (char *)p + HDR_BYTES;
+  out->bell_r = out->bell_w = -1;
+  return 0;
+}
+
+/*
+** For a pipe's sending handle (it holds the doorbell's write end only):
+** whether every copy of the read end, in every process, is closed.
+*/
+static int peer_gone(mp_ring *r) {
+  if (r->bell_r >= 0 || r->bell_w < 0) return 0;
+  struct pollfd pfd = { r->bell_w, POLLOUT, 0 };
+  return poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLERR);
+}
+
+/* For a pipe's receiving handle: whether every copy of the write end is closed. */
+static int writers_gone(mp_ring *r) {
+  if (r->bell_w >= 0 || r->bell_r < 0) return 0;
+  struct pollfd pfd = { r->bell_r, POLLIN, 0 };
+  return poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLHUP);
 }
 
 void mp_ring_unmap(mp_ring *r) {
@@ -204,7 +233,7 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
 }
 
 /* A record larger than the ring: header, then the payload as room appears. */
-static void put_stream(mp_ring *r, const char *data, size_t len) {
+static int put_stream(mp_ring *r, const char *data, size_t len) {
   mp_ring_hdr *h = r->hdr;
   uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
   uint64_t end = tail + rec_size(len);
@@ -218,7 +247,8 @@ static void put_stream(mp_ring *r, const char *data, size_t len) {
   while (tail < end) {
     uint64_t room = r->cap - (tail - atomic_load_explicit(&h->head, memory_order_acquire));
     if (room == 0) {
-      wait_space(r, REC_HDR, INFINITY);   /* slices end with EINTR: just go on */
+      /* Slices end with EINTR: go on, unless nobody can read this any more. */
+      if (wait_space(r, REC_HDR, INFINITY) == EINTR && peer_gone(r)) return EPIPE;
       continue;
     }
     uint64_t n = end - tail < room ? end - tail : room;
@@ -229,6 +259,7 @@ static void put_stream(mp_ring *r, const char *data, size_t len) {
     tail += n;
     publish_tail(r, tail);
   }
+  return 0;
 }
 
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
@@ -237,16 +268,24 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   int rc = mp_olock_acquire(&h->wlock, deadline);
   if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);   /* the dead one's flag */
   else if (rc != 0) return rc;
+  /* A pipe whose reader is gone: EPIPE, checked when the ring is full and
+  ** every quarter of the ring, not per message. */
+  uint64_t tail0 = atomic_load_explicit(&h->tail, memory_order_relaxed);
+  if (r->bell_r < 0 && r->bell_w >= 0 && (tail0 ^ (tail0 + total)) >= r->cap / 4 && peer_gone(r)) {
+    mp_olock_release(&h->wlock);
+    return EPIPE;
+  }
   while (!room_for(r, total)) {
     rc = wait_space(r, total, deadline);
-    if (rc != 0 && rc != EAGAIN) {
+    if (rc != 0 && peer_gone(r)) rc = EPIPE;
+    if (rc != 0) {
       mp_olock_release(&h->wlock);
       return rc;
     }
   }
   if (h->joinable) atomic_fetch_add(&h->unfinished, 1);   /* before anyone can take it */
   if (total > r->cap) {
-    put_stream(r, data, len);
+    rc = put_stream(r, data, len);
   } else {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
     uint64_t hdr = len;
@@ -257,7 +296,7 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
     publish_tail(r, tail + total);
   }
   mp_olock_release(&h->wlock);
-  return 0;
+  return rc;
 }
 
 static void count_get(mp_ring_hdr *h) {
@@ -312,7 +351,7 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
   }
 }
 
-void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
+int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
   mp_ring_hdr *h = r->hdr;
   uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
   uint64_t payload_end = head + m->len;
@@ -320,7 +359,9 @@ void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
   while (head < h->rd_end) {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (tail == head) {
-      wait_data(r, tail, INFINITY);
+      /* A pipe whose writers are all gone will not finish this record. */
+      if (wait_data(r, tail, INFINITY) == EINTR && writers_gone(r) &&
+          atomic_load(&h->tail) == tail) return EPIPE;
       continue;
     }
     uint64_t to = tail < h->rd_end ? tail : h->rd_end;
@@ -331,6 +372,7 @@ void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
     advance_head(r, head, to);
     head = to;
   }
+  return 0;
 }
 
 void mp_ring_get_end(mp_ring *r, mp_ring_msg *m) {
@@ -354,6 +396,14 @@ uint64_t mp_ring_count(mp_ring *r) {
 
 uint64_t mp_ring_maxsize(mp_ring *r) { return r->hdr->maxsize; }
 
+int mp_ring_spin_readable(mp_ring *r) {
+  for (int i = 0; i < SPIN_ROUNDS; i++) {
+    cpu_relax();
+    if (mp_ring_readable(r)) return 1;
+  }
+  return 0;
+}
+
 int mp_ring_readable(mp_ring *r) {
   mp_ring_hdr *h = r->hdr;
   return atomic_load(&h->tail) != atomic_load(&h->head);
@@ -364,10 +414,10 @@ int mp_ring_poll_begin(mp_ring *r) {
   return mp_ring_readable(r);
 }
 
-void mp_ring_poll_end(mp_ring *r) {
+void mp_ring_poll_end(mp_ring *r, int drain) {
   atomic_fetch_sub(&r->hdr->pollers, 1);
   char buf[64];
-  while (read(r->bell_r, buf, sizeof buf) > 0) {}
+  while (drain && read(r->bell_r, buf, sizeof buf) > 0) {}
 }
 
 int mp_ring_task_done(mp_ring *r) {
