@@ -131,7 +131,7 @@ static void copy_out(mp_ring *r, uint64_t pos, char *dst, size_t n) {
   size_t off = (size_t)(pos & (r->cap - 1));
   size_t first = r->cap - off < n ? r->cap - off : n;
   memcpy(dst, r->data + off, first);
-  if (n > first) memcpy(dst, r->data + first, n - first);
+  if (n > first) memcpy(dst + first, r->data, n - first);
 }
 
 /*
@@ -268,6 +268,7 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   int rc = mp_olock_acquire(&h->wlock, deadline);
   if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);   /* the dead one's flag */
   else if (rc != 0) return rc;
+  rc = 0;
   /* A pipe whose reader is gone: EPIPE, checked when the ring is full and
   ** every quarter of the ring, not per message. */
   uint64_t tail0 = atomic_load_explicit(&h->tail, memory_order_relaxed);
