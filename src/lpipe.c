@@ -270,24 +270,25 @@ static int core_wait(lua_State *L) {
       fds[i].revents = 0;
       any |= it->ready;
     }
+    /* Poll even when something is ready already, without waiting then, so
+    ** that every ready item is reported. */
     int rc = 0;
-    if (!any) {
-      int sliced;
-      double end = mp_slice_end(deadline, &sliced);
-      double left = end - mp_now();
-      int ms = left <= 0 ? 0 : (int)ceil(left * 1000);
-      int got = poll(fds, (nfds_t)n, ms);
-      if (got < 0) rc = errno == EINTR ? EINTR : errno;
-      else if (got == 0) rc = sliced ? EINTR : ETIMEDOUT;
-      for (int i = 0; i < n && got > 0; i++) {
-        wait_item *it = &items[i];
-        if (it->kind == W_QUEUE) it->ready = mp_ring_readable(it->ring);
-        else if (it->kind == W_CONN)
-          it->ready = mp_ring_readable(&it->conn->rx) || (fds[i].revents & POLLHUP);
-        else it->ready = fds[i].revents != 0;
-        any |= it->ready;
-      }
+    int sliced = 0;
+    double end = any ? -INFINITY : mp_slice_end(deadline, &sliced);
+    double left = end - mp_now();
+    int ms = left <= 0 ? 0 : (int)ceil(left * 1000);
+    int got = poll(fds, (nfds_t)n, ms);
+    if (got < 0) rc = errno == EINTR ? EINTR : errno;
+    else if (got == 0 && !any) rc = sliced ? EINTR : ETIMEDOUT;
+    for (int i = 0; i < n && got > 0; i++) {
+      wait_item *it = &items[i];
+      if (it->kind == W_QUEUE) it->ready = mp_ring_readable(it->ring);
+      else if (it->kind == W_CONN)
+        it->ready = mp_ring_readable(&it->conn->rx) || (fds[i].revents & POLLHUP);
+      else it->ready = fds[i].revents != 0;
+      any |= it->ready;
     }
+    if (any) rc = 0;
     wait_unregister(items, n);
     if (any || rc == ETIMEDOUT) break;
     if (rc == EINTR) mp_check_interrupt(L);
