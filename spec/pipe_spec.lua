@@ -181,6 +181,23 @@ describe("mp.Pipe", function()
     raises(mp.EOFError, r.recv, r)
   end)
 
+  it("streams large messages back to back, then small ones", function()
+    local r, w = mp.Pipe(false)
+    local p = mp.Process{ target = function()
+      for i = 1, 3 do w:send_bytes(("%d"):format(i):rep(2 * 2^20 + i)) end
+      for i = 1, 100 do w:send(i) end
+    end }
+    p:start()
+    w:close()
+    for i = 1, 3 do
+      local s = r:recv_bytes()
+      assert.equal(2 * 2^20 + i, #s)
+      assert.equal(("%d"):format(i):rep(8), s:sub(-8))
+    end
+    for i = 1, 100 do assert.equal(i, r:recv()) end
+    H.join(p)
+  end)
+
   it("raises EOFError when the sender dies in the middle of a large message", function()
     local r, w = mp.Pipe(false)
     local p = mp.Process{ target = function()

@@ -209,7 +209,8 @@ static int room_for(mp_ring *r, uint64_t total) {
   uint64_t need = total <= r->cap ? total : REC_HDR;
   uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
   /* The consumers' line is read only when the last look is not enough. */
-  if (r->cap - (tail - h->head_seen) >= need) return 1;
+  uint64_t used = tail - h->head_seen;
+  if (used <= r->cap && r->cap - used >= need) return 1;
   h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
   return r->cap - (tail - h->head_seen) >= need;
 }
@@ -261,7 +262,8 @@ static int put_stream(mp_ring *r, const char *data, size_t len) {
   publish_tail(r, tail);
   uint64_t payload_end = tail + len;
   while (tail < end) {
-    uint64_t room = r->cap - (tail - atomic_load_explicit(&h->head, memory_order_acquire));
+    h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
+    uint64_t room = r->cap - (tail - h->head_seen);
     if (room == 0) {
       /* Slices end with EINTR: go on, unless nobody can read this any more. */
       if (wait_space(r, REC_HDR, INFINITY) == EINTR && peer_gone(r)) return EPIPE;
@@ -351,7 +353,7 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
     uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
     /* The producers' line is read only when the last look is used up. */
     uint64_t tail = h->tail_seen;
-    if (tail - head < REC_HDR || head < h->rd_end)
+    if (tail < head + REC_HDR || head < h->rd_end)
       tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (head < h->rd_end) {
       if (tail > head) {
@@ -398,7 +400,7 @@ int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
   uint64_t payload_end = head + m->len;
   uint64_t start = head;
   while (head < h->rd_end) {
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    uint64_t tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (tail == head) {
       /* A pipe whose writers are all gone will not finish this record. */
       if (wait_data(r, tail, INFINITY) == EINTR && writers_gone(r) &&
