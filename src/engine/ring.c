@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -61,10 +62,13 @@ struct mp_ring_hdr {
 static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 7) & ~(uint64_t)7); }
 
 int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
-  r->hdr = NULL; r->data = NULL; r->bell_r = r->bell_w = -1;
+  r->hdr = NULL; r->data = NULL; r->refs = NULL; r->bell_r = r->bell_w = -1;
   if (cap < 4096 || (cap & (cap - 1)) != 0) return EINVAL;
+  int *refs = malloc(sizeof *refs);
+  if (refs == NULL) return ENOMEM;
+  *refs = 1;
   int fds[2];
-  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return errno;
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) { free(refs); return errno; }
   void *p = MAP_FAILED;
   /* Reserve, do not commit: pages are allocated when written. */
   for (; cap >= 4096; cap >>= 1) {
@@ -75,6 +79,7 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   if (p == MAP_FAILED) {
     int err = errno;
     close(fds[0]); close(fds[1]);
+    free(refs);
     return err;
   }
   mp_ring_hdr *h = p;   /* zero-filled by mmap */
@@ -84,6 +89,7 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   h->maxsize = maxsize;
   h->joinable = joinable;
   r->hdr = h;
+  r->refs = refs;
   r->data = (char *)p + HDR_BYTES;
   r->cap = cap;
   r->map_len = HDR_BYTES + cap;
@@ -93,12 +99,8 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
 }
 
 int mp_ring_dup(const mp_ring *r, mp_ring *out) {
-  /* mremap with old_size 0 maps the same shared pages a second time. */
-  void *p = mremap(r->hdr, 0, r->map_len, MREMAP_MAYMOVE);
-  if (p == MAP_FAILED) return errno;
   *out = *r;
-  out->hdr = p;
-  out->data = (char *)p + HDR_BYTES;
+  (*r->refs)++;
   out->bell_r = out->bell_w = -1;
   return 0;
 }
@@ -122,9 +124,13 @@ static int writers_gone(mp_ring *r) {
 
 void mp_ring_unmap(mp_ring *r) {
   if (r->hdr != NULL) {
-    munmap(r->hdr, r->map_len);
+    if (--*r->refs == 0) {
+      munmap(r->hdr, r->map_len);
+      free(r->refs);
+    }
     r->hdr = NULL;
     r->data = NULL;
+    r->refs = NULL;
   }
   if (r->bell_r >= 0) { close(r->bell_r); r->bell_r = -1; }
   if (r->bell_w >= 0) { close(r->bell_w); r->bell_w = -1; }

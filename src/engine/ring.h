@@ -47,6 +47,7 @@ typedef struct mp_ring {
   char *data;
   size_t cap;           /* bytes in the data area, a power of two */
   size_t map_len;
+  int *refs;            /* handles on this mapping in this process (a pipe's two ends) */
   int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
 } mp_ring;
 
@@ -64,8 +65,10 @@ typedef struct mp_ring_msg {
 int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable);
 
 /*
-** A second handle on the same ring in this process (its own mapping, so each
-** handle can be unmapped on its own), with no doorbell fds.
+** A second handle on the same mapping in this process, with no doorbell fds.
+** The mapping goes when the last handle on it is unmapped. (The count lives
+** in this process's heap: a forked child gets its own copy, as it gets its
+** own copy of the handles.)
 */
 int mp_ring_dup(const mp_ring *r, mp_ring *out);
 
