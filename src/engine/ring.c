@@ -57,6 +57,8 @@ struct mp_ring_hdr {
   _Atomic uint32_t join_seq;
   _Atomic uint32_t join_waiters;
   _Atomic uint32_t pollers;                 /* processes in mp.wait on this ring */
+  _Atomic uint32_t bell_rung;               /* the doorbell was written since a poller looked */
+  _Atomic uint32_t signalled;               /* receivers that handed out their fd (conn.h) */
 };
 
 static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 7) & ~(uint64_t)7); }
@@ -184,9 +186,13 @@ static void publish_tail(mp_ring *r, uint64_t to) {
     atomic_fetch_add(&h->data_seq, 1);
     mp_futex_wake(&h->data_seq, 1);
   }
-  if (atomic_load(&h->pollers) && r->bell_w >= 0) {
-    ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
-    (void)n;
+  /* Ring once for the pollers (they clear bell_rung before looking), or
+  ** once per message for a receiver in signalled mode. */
+  if (r->bell_w >= 0 && (atomic_load(&h->pollers) || atomic_load(&h->signalled))) {
+    if (atomic_load(&h->signalled) || !atomic_exchange(&h->bell_rung, 1)) {
+      ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
+      (void)n;
+    }
   }
 }
 
@@ -460,7 +466,13 @@ int mp_ring_readable(mp_ring *r) {
 
 int mp_ring_poll_begin(mp_ring *r) {
   atomic_fetch_add(&r->hdr->pollers, 1);
+  atomic_store(&r->hdr->bell_rung, 0);
   return mp_ring_readable(r);
+}
+
+void mp_ring_signalled(mp_ring *r, int on) {
+  if (on) atomic_fetch_add(&r->hdr->signalled, 1);
+  else atomic_fetch_sub(&r->hdr->signalled, 1);
 }
 
 void mp_ring_poll_end(mp_ring *r, int drain) {

@@ -118,6 +118,9 @@ int mp_ring_spin_readable(mp_ring *r);
 int mp_ring_poll_begin(mp_ring *r);
 void mp_ring_poll_end(mp_ring *r, int drain);
 
+/* Signalled mode on or off: producers write one doorbell byte per message. */
+void mp_ring_signalled(mp_ring *r, int on);
+
 /* JoinableQueue: unfinished tasks, counted up by put and down by task_done. */
 int mp_ring_task_done(mp_ring *r);          /* 0, or ERANGE when called too often */
 int mp_ring_join(mp_ring *r, double deadline);  /* 0, ETIMEDOUT or EINTR */
