@@ -253,6 +253,11 @@ describe("values that cannot be sent", function()
   it("leave the scratch buffer usable after an error", function()
     assert.has_error(function() mp.dumps(string.rep("x", 1000), co) end)
     assert.equal("ok", rt("ok"))
+    -- a failure after many objects leaves a large memo behind (once a crash)
+    local many = {}
+    for i = 1, 100 do many[i] = { co = i == 100 and co or nil } end
+    assert.has_error(function() mp.dumps(many) end)
+    assert.same({ { 1 } }, rt({ { 1 } }))
   end)
 end)
 

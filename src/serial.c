@@ -61,12 +61,14 @@ enum {
 static const char state_key = 0;
 
 /* User values of the state userdata. */
-enum { UV_FCACHE = 1, UV_NAMES, UV_CLASS_BY_MT, UV_CLASS_BY_NAME, UV_COUNT = UV_CLASS_BY_NAME };
+enum { UV_FCACHE = 1, UV_NAMES, UV_CLASS_BY_MT, UV_CLASS_BY_NAME, UV_MEMO, UV_COUNT = UV_MEMO };
+#define MEMO_REUSE 64         /* a memo with more entries is replaced, not cleared */
 
 typedef struct serial_state {
   mp_wbuf scratch;
   unsigned char key[MP_SIPHASH_KEYLEN];
   lua_Integer loaded_count;    /* entries of package.loaded when UV_NAMES was built; -1: none */
+  size_t memo_used;            /* entries put in UV_MEMO since it was last emptied */
 } serial_state;
 
 /* ------------------------------------------------------------------------ */
@@ -153,9 +155,12 @@ typedef struct enc {
   lua_State *L;
   mp_wbuf *b;
   size_t base;             /* b->len when this message started */
+  serial_state *s;
   int st;                  /* stack index of the state userdata */
   int memo;                /* stack index of object -> offset (nil until needed) */
+  int memo_ready;          /* memo fetched and emptied for this message */
   int names;               /* stack index of value -> encoded name (nil until needed) */
+  int names_loaded;        /* e->names holds the map */
   int names_fresh;         /* names checked against package.loaded in this call */
   int names_rebuilt;       /* names rebuilt in this call */
   const char *root;
@@ -378,35 +383,48 @@ static void build_names(enc *e) {
   lua_setiuservalue(L, e->st, UV_NAMES);
   lua_replace(L, e->names);
   lua_pop(L, 1);                              /* package.loaded */
-  ((serial_state *)lua_touserdata(L, e->st))->loaded_count = count;
+  e->s->loaded_count = count;
 }
 
-/* Once per message: reuse the map unless package.loaded changed size. */
-static void ensure_names(enc *e) {
+/*
+** Makes e->names usable. Counting package.loaded's entries costs as much as
+** encoding a small table, so a message checks the map against it at most once,
+** and only when it holds a function or a userdata: that is where names matter
+** (closures capture modules, library functions can only go by name). A plain
+** data message uses the map as it is.
+*/
+static void ensure_names(enc *e, int check) {
   lua_State *L = e->L;
-  serial_state *s = lua_touserdata(L, e->st);
-  e->names_fresh = 1;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_Integer n = lua_type(L, -1) == LUA_TTABLE ? count_entries(L, lua_gettop(L)) : 0;
-  lua_pop(L, 1);
-  if (n == s->loaded_count) {
+  if (!e->names_loaded) {
+    e->names_loaded = 1;
     if (lua_getiuservalue(L, e->st, UV_NAMES) == LUA_TTABLE) {
       lua_replace(L, e->names);
-      return;
+    } else {
+      lua_pop(L, 1);
+      build_names(e);
+      e->names_fresh = e->names_rebuilt = 1;
     }
-    lua_pop(L, 1);
   }
-  build_names(e);
-  e->names_rebuilt = 1;
+  if (check && !e->names_fresh) {
+    e->names_fresh = 1;
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_Integer n = lua_type(L, -1) == LUA_TTABLE ? count_entries(L, lua_gettop(L)) : 0;
+    lua_pop(L, 1);
+    if (n != e->s->loaded_count) {
+      build_names(e);
+      e->names_rebuilt = 1;
+    }
+  }
 }
 
 /*
 ** Writes the name of the value at idx if it has one; returns whether it did.
-** `retry`: the value cannot be sent otherwise, so a miss is worth one rebuild.
+** `check`: a function or userdata (see ensure_names). `retry`: the value cannot
+** be sent otherwise, so a miss is worth one rebuild per message.
 */
-static int put_name(enc *e, int idx, int retry) {
+static int put_name(enc *e, int idx, int check, int retry) {
   lua_State *L = e->L;
-  if (!e->names_fresh) ensure_names(e);
+  ensure_names(e, check);
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->names) != LUA_TSTRING && retry && !e->names_rebuilt) {
     lua_pop(L, 1);
@@ -423,21 +441,52 @@ static int put_name(enc *e, int idx, int retry) {
   return 1;
 }
 
+/*
+** The encoder's memo (object or upvalue id -> offset) is one weak-keyed table
+** per state, emptied before reuse: a small message then allocates nothing.
+** It is emptied lazily, at the next message, so that an error halfway through
+** needs no cleanup.
+*/
 static void need_memo(enc *e) {
-  if (lua_type(e->L, e->memo) != LUA_TNIL) return;
-  lua_newtable(e->L);
-  lua_replace(e->L, e->memo);
+  lua_State *L = e->L;
+  if (e->memo_ready) return;
+  e->memo_ready = 1;
+  serial_state *s = e->s;
+  int t = lua_getiuservalue(L, e->st, UV_MEMO);
+  if (t == LUA_TTABLE && s->memo_used <= MEMO_REUSE) {
+    if (s->memo_used > 0) {
+      int m = lua_gettop(L);
+      lua_pushnil(L);
+      while (lua_next(L, m)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, m);
+      }
+    }
+  } else {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, e->st, UV_MEMO);
+  }
+  s->memo_used = 0;
+  lua_replace(L, e->memo);
 }
 
 /* If the object at idx was already sent, writes a REF to it and returns 1. */
 static int put_ref(enc *e, int idx) {
   lua_State *L = e->L;
-  if (lua_type(L, e->memo) == LUA_TNIL) return 0;
+  if (!e->memo_ready) return 0;
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->memo) != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
   size_t off = (size_t)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  e->b->data[e->base + off] |= (char)T_SHARED;
+  ((unsigned char *)e->b->data)[e->base + off] |= T_SHARED;
   put_tagged(e, T_REF, off, 8);
   return 1;
 }
@@ -445,6 +494,7 @@ static int put_ref(enc *e, int idx) {
 static void remember(enc *e, int idx, size_t off) {
   lua_State *L = e->L;
   need_memo(e);
+  e->s->memo_used++;
   lua_pushvalue(L, idx);
   lua_pushinteger(L, (lua_Integer)off);
   lua_rawset(L, e->memo);
@@ -487,34 +537,39 @@ static void encode_table(enc *e, int t) {
   } else {
     put_u8(e, T_TABLE);
   }
-  lua_Unsigned narr = lua_rawlen(L, t);
-  if (narr > UINT32_MAX) enc_error(e, "table too large to send");
+  /*
+  ** One lua_next pass: the keys 1, 2, 3... met first (lua_next walks the array
+  ** part in order) go out as the array part, values only; every key after the
+  ** first one that breaks the sequence goes out as a key/value pair.
+  */
   unsigned char *p = room(e, 8);
-  put_raw(p, narr, 4);
-  put_raw(p + 4, 0, 4);
-  size_t nhash_at = e->b->len + 4;
+  size_t counts_at = e->b->len;
   e->b->len += 8;
-  for (lua_Unsigned i = 1; i <= narr; i++) {
-    lua_rawgeti(L, t, (lua_Integer)i);
-    child(e, lua_gettop(L), (seg){SEG_INDEX, 0, (lua_Integer)i, NULL});
-    lua_pop(L, 1);
-  }
-  uint64_t nhash = 0;
+  uint64_t narr = 0, nhash = 0;
+  int in_array = 1;
+  int k = lua_gettop(L) + 1, v = k + 1;
+  (void)p;
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    int k = lua_gettop(L) - 1;
-    if (lua_isinteger(L, k)) {
-      lua_Integer i = lua_tointeger(L, k);
-      if (i >= 1 && (lua_Unsigned)i <= narr) { lua_pop(L, 1); continue; }
+    if (in_array) {
+      if (lua_isinteger(L, k) && lua_tointeger(L, k) == (lua_Integer)narr + 1) {
+        narr++;
+        child(e, v, (seg){SEG_INDEX, 0, (lua_Integer)narr, NULL});
+        lua_settop(L, k);
+        continue;
+      }
+      in_array = 0;
     }
     /* A key is named by its table's path plus "[<key>]". */
     child(e, k, (seg){SEG_ASKEY, 0, 0, NULL});
-    child(e, lua_gettop(L), (seg){SEG_KEY, k, 0, NULL});
-    lua_pop(L, 1);
+    child(e, v, (seg){SEG_KEY, k, 0, NULL});
+    lua_settop(L, k);
     nhash++;
   }
-  if (nhash > UINT32_MAX) enc_error(e, "table too large to send");
-  put_raw((unsigned char *)e->b->data + nhash_at, nhash, 4);
+  if (narr > UINT32_MAX || nhash > UINT32_MAX) enc_error(e, "table too large to send");
+  p = (unsigned char *)e->b->data + counts_at;
+  put_raw(p, narr, 4);
+  put_raw(p + 4, nhash, 4);
   e->depth--;
 }
 
@@ -551,7 +606,7 @@ static void push_code(enc *e, int f) {
   size_t len;
   const char *code = lua_tolstring(L, -1, &len);
   unsigned char mac[MAC_LEN];
-  put_raw(mac, mp_siphash(((serial_state *)lua_touserdata(L, e->st))->key, code, len), MAC_LEN);
+  put_raw(mac, mp_siphash(e->s->key, code, len), MAC_LEN);
   lua_pushlstring(L, (const char *)mac, MAC_LEN);
   lua_concat(L, 2);                       /* cache f code..mac */
   lua_pushvalue(L, -1);
@@ -563,10 +618,10 @@ static void push_code(enc *e, int f) {
 static void encode_function(enc *e, int f) {
   lua_State *L = e->L;
   if (lua_iscfunction(L, f)) {
-    if (put_name(e, f, 1)) return;
+    if (put_name(e, f, 1, 1)) return;
     refuse(e, f, " (a C function that is not a field of a loaded module)");
   }
-  if (put_name(e, f, 0)) return;
+  if (put_name(e, f, 1, 0)) return;
   enter(e);
   size_t off = e->b->len - e->base;
   remember(e, f, off);
@@ -602,12 +657,13 @@ static void encode_function(enc *e, int f) {
       lua_Integer packed = lua_tointeger(L, -1);
       lua_pop(L, 1);
       size_t owner = (size_t)(packed >> 8);
-      e->b->data[e->base + owner] |= (char)T_SHARED;
+      ((unsigned char *)e->b->data)[e->base + owner] |= T_SHARED;
       put_tagged(e, T_UPJOIN, owner, 8);
       put_u8(e, (unsigned)(packed & 0xFF));
       continue;
     }
     lua_pop(L, 1);
+    e->s->memo_used++;
     lua_pushlightuserdata(L, id);
     lua_pushinteger(L, (lua_Integer)((off << 8) | (size_t)i));
     lua_rawset(L, e->memo);
@@ -656,7 +712,7 @@ static void encode(enc *e, int idx) {
       lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
       if (lua_rawequal(L, -1, idx)) { lua_pop(L, 1); put_u8(e, T_GLOBALS); break; }
       lua_pop(L, 1);
-      if (put_ref(e, idx) || put_name(e, idx, 0)) break;
+      if (put_ref(e, idx) || put_name(e, idx, 0, 0)) break;
       encode_table(e, idx);
       break;
     case LUA_TFUNCTION:
@@ -664,7 +720,7 @@ static void encode(enc *e, int idx) {
       encode_function(e, idx);
       break;
     case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA:
-      if (put_name(e, idx, 1)) break;
+      if (put_name(e, idx, 1, 1)) break;
       refuse(e, idx, "");
       break;
     default:
@@ -681,13 +737,14 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   e->L = L;
   e->b = b;
   e->base = b->len;
-  push_state(L);
+  e->s = push_state(L);
   e->st = lua_gettop(L);
   lua_pushnil(L);
   e->memo = lua_gettop(L);
+  e->memo_ready = 0;
   lua_pushnil(L);
   e->names = lua_gettop(L);
-  e->names_fresh = e->names_rebuilt = 0;
+  e->names_loaded = e->names_fresh = e->names_rebuilt = 0;
   e->root = root != NULL ? root : "value";
   e->nroot = n;
   e->depth = 0;
