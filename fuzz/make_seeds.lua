@@ -1,7 +1,7 @@
 --[[
 Writes the seed corpus fuzz/corpus/serial/ from real encodings. From the
-repository root: LUA_CPATH='build/?.so;;' lua5.4 fuzz/make_seeds.lua Decode-mode seeds start with byte 0,
-round-trip seeds with byte 1 followed by a builder program (see serial_fuzz.c).
+repository root: LUA_CPATH='build/?.so;;' lua5.4 fuzz/make_seeds.lua
+Decode-mode seeds start with byte 0, round-trip seeds with byte 1 followed by a builder program (see serial_fuzz.c).
 Function bytecode in these seeds carries the MAC of the generating process, so
 in the fuzzer it exercises the authentication failure path only.
 ]]

@@ -293,6 +293,13 @@ static int refuse(enc *e, int idx, const char *why) {
   return enc_error(e, msg);
 }
 
+/* Scalars and strings need no per-state data: a registry lookup costs as much as they do. */
+static void need_state(enc *e) {
+  if (e->s != NULL) return;
+  e->s = push_state(e->L);
+  lua_replace(e->L, e->st);
+}
+
 /*
 ** The reverse map of package.loaded: value -> the bytes of its T_MODULE or
 ** T_FIELD record. Built lazily, rebuilt when the number of loaded modules
@@ -395,6 +402,7 @@ static void build_names(enc *e) {
 */
 static void ensure_names(enc *e, int check) {
   lua_State *L = e->L;
+  need_state(e);
   if (!e->names_loaded) {
     e->names_loaded = 1;
     if (lua_getiuservalue(L, e->st, UV_NAMES) == LUA_TTABLE) {
@@ -451,6 +459,7 @@ static void need_memo(enc *e) {
   lua_State *L = e->L;
   if (e->memo_ready) return;
   e->memo_ready = 1;
+  need_state(e);
   serial_state *s = e->s;
   int t = lua_getiuservalue(L, e->st, UV_MEMO);
   if (t == LUA_TTABLE && s->memo_used <= MEMO_REUSE) {
@@ -737,7 +746,8 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   e->L = L;
   e->b = b;
   e->base = b->len;
-  e->s = push_state(L);
+  e->s = NULL;                    /* fetched on the first table or function */
+  lua_pushnil(L);
   e->st = lua_gettop(L);
   lua_pushnil(L);
   e->memo = lua_gettop(L);
@@ -800,7 +810,17 @@ static void announce(dec *d, uint64_t n) {
   d->pending += n;
 }
 
-static void decode(dec *d);
+/* Pushes one value; returns IS_NIL for nil, IS_NAN for a NaN, else 0 (cheaper than lua_type). */
+enum { IS_NIL = 1, IS_NAN = 2 };
+static int decode(dec *d);
+
+static serial_state *dec_state(dec *d) {
+  if (lua_type(d->L, d->st) != LUA_TUSERDATA) {
+    push_state(d->L);
+    lua_replace(d->L, d->st);
+  }
+  return lua_touserdata(d->L, d->st);
+}
 
 static void dec_enter(dec *d) {
   if (++d->depth > MAX_DEPTH) dec_error(d, "nesting deeper than 200 levels");
@@ -832,6 +852,7 @@ static void decode_table(dec *d, int tag, size_t off) {
   if ((tag & ~T_SHARED) == T_CLASS) {
     size_t len = (size_t)get_num(d, 1);
     const char *name = get_bytes(d, len);
+    dec_state(d);
     lua_getiuservalue(L, d->st, UV_CLASS_BY_NAME);
     lua_pushlstring(L, name, len);
     if (lua_rawget(L, -2) != LUA_TTABLE) {
@@ -849,16 +870,12 @@ static void decode_table(dec *d, int tag, size_t off) {
   if (tag & T_SHARED) dec_remember(d, off, t);
   for (uint64_t i = 1; i <= narr; i++) {
     d->pending--;
-    decode(d);
-    if (lua_type(L, -1) == LUA_TNIL) lua_pop(L, 1);
+    if (decode(d) == IS_NIL) lua_pop(L, 1);
     else lua_rawseti(L, t, (lua_Integer)i);
   }
   for (uint64_t i = 0; i < nhash; i++) {
     d->pending--;
-    decode(d);
-    int kt = lua_type(L, -1);
-    if (kt == LUA_TNIL || (kt == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
-      dec_error(d, "invalid table key (nil or NaN)");
+    if (decode(d) != 0) dec_error(d, "invalid table key (nil or NaN)");
     d->pending--;
     decode(d);
     lua_rawset(L, t);
@@ -877,7 +894,7 @@ static void decode_function(dec *d, int tag, size_t off) {
   size_t len = (size_t)get_num(d, 4);
   const char *code = get_bytes(d, len);
   if (len < MAC_LEN) dec_error(d, "corrupt function");
-  serial_state *s = lua_touserdata(L, d->st);
+  serial_state *s = dec_state(d);
   uint64_t mac = mp_siphash(s->key, code, len - MAC_LEN), got = 0;
   for (int i = MAC_LEN - 1; i >= 0; i--) got = (got << 8) | (unsigned char)code[len - MAC_LEN + i];
   /*
@@ -946,13 +963,13 @@ static void decode_name(dec *d, int tag) {
   }
 }
 
-static void decode(dec *d) {
+static int decode(dec *d) {
   lua_State *L = d->L;
   if (left(d) < 1) truncated(d);
   size_t off = (size_t)(d->p - d->start);
   int tag = *d->p++;
   switch (tag) {
-    case T_NIL: lua_pushnil(L); break;
+    case T_NIL: lua_pushnil(L); return IS_NIL;
     case T_FALSE: lua_pushboolean(L, 0); break;
     case T_TRUE: lua_pushboolean(L, 1); break;
     case T_INT8: lua_pushinteger(L, (int8_t)get_num(d, 1)); break;
@@ -963,7 +980,7 @@ static void decode(dec *d) {
       double v;
       memcpy(&v, &bits, 8);
       lua_pushnumber(L, (lua_Number)v);
-      break;
+      return v != v ? IS_NAN : 0;
     }
     case T_STR8: case T_STR32: case T_STR64: {
       uint64_t len = get_num(d, tag == T_STR8 ? 1 : tag == T_STR32 ? 4 : 8);
@@ -988,6 +1005,7 @@ static void decode(dec *d) {
     default:
       luaL_error(L, "mp.loads: corrupt message (bad tag %d at byte %I)", tag, (lua_Integer)off);
   }
+  return 0;
 }
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
@@ -1007,7 +1025,7 @@ int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   uint64_t n = get_num(&d, 1);
   if (n == 0xFF) n = get_num(&d, 4);
   announce(&d, n);
-  push_state(L);
+  lua_pushnil(L);                /* the state, fetched when a class or function needs it */
   d.st = top + 1;
   lua_pushnil(L);
   d.memo = top + 2;
