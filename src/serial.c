@@ -551,13 +551,12 @@ static void encode_table(enc *e, int t) {
   ** part in order) go out as the array part, values only; every key after the
   ** first one that breaks the sequence goes out as a key/value pair.
   */
-  unsigned char *p = room(e, 8);
+  room(e, 8);
   size_t counts_at = e->b->len;
   e->b->len += 8;
   uint64_t narr = 0, nhash = 0;
   int in_array = 1;
   int k = lua_gettop(L) + 1, v = k + 1;
-  (void)p;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     if (in_array) {
@@ -576,7 +575,7 @@ static void encode_table(enc *e, int t) {
     nhash++;
   }
   if (narr > UINT32_MAX || nhash > UINT32_MAX) enc_error(e, "table too large to send");
-  p = (unsigned char *)e->b->data + counts_at;
+  unsigned char *p = (unsigned char *)e->b->data + counts_at;
   put_raw(p, narr, 4);
   put_raw(p + 4, nhash, 4);
   e->depth--;
@@ -1049,6 +1048,11 @@ static int core_dumps(lua_State *L) {
   mp_wbuf *b = mp_serial_scratch(L);
   mp_serial_encode(L, 1, n, b, "value");
   lua_pushlstring(L, b->data, b->len);
+  if (b->cap > SCRATCH_KEEP) {             /* the message now lives in the string */
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+  }
   return 1;
 }
 
