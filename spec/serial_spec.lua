@@ -126,6 +126,12 @@ describe("mp.dumps/mp.loads tables", function()
     assert.is_nil(plain.y)
   end)
 
+  it("checks register_class arguments", function()
+    assert.has_error(function() mp.register_class("", {}) end,
+      "bad argument #1 to 'register_class' (class name must be 1 to 255 bytes long)")
+    assert.has_error(function() mp.register_class("x", "not a table") end)
+  end)
+
   it("does not run metamethods while reading a table", function()
     local t = setmetatable({ real = 1 }, {
       __index = function() error("__index ran") end,
@@ -181,6 +187,17 @@ describe("mp.dumps/mp.loads functions", function()
     assert.equal(_G, g)
     local f = rt(function(x) return math.sqrt(x) + select("#", string.byte("ab", 1, 2)) end)
     assert.equal(5, f(9))
+  end)
+
+  it("sends the Lua functions of loaded modules by name", function()
+    local class = require "mp.class"
+    local fresh = { helper = function() return "fresh" end }
+    package.loaded["spec.fresh_module"] = fresh
+    finally(function() package.loaded["spec.fresh_module"] = nil end)
+    local a, b, m = rt(class.class, fresh.helper, fresh)
+    assert.equal(class.class, a)
+    assert.equal(fresh.helper, b)           -- a module loaded after earlier messages
+    assert.equal(fresh, m)
   end)
 
   it("binds _ENV to the receiving state's globals", function()
