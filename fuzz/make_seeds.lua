@@ -1,7 +1,9 @@
 --[[
 Writes the seed corpus fuzz/corpus/serial/ from real encodings. From the
 repository root: LUA_CPATH='build/?.so;;' lua5.4 fuzz/make_seeds.lua
-Decode-mode seeds start with byte 0, round-trip seeds with byte 1 followed by a builder program (see serial_fuzz.c).
+Decode-mode seeds start with byte 0, round-trip seeds with byte 1 followed by
+a builder program, damaged-encoding seeds with byte 2, the program's length,
+the program and (u16 position, xor) triples (see serial_fuzz.c).
 Function bytecode in these seeds carries the MAC of the generating process, so
 in the fuzzer it exercises the authentication failure path only.
 ]]
@@ -47,4 +49,12 @@ seed("rt-scalars", "\1\0\1\17\2\0\0\0\0\0\0\0\42\3\127\248\0\0\0\0\0\0\4\3abc")
 seed("rt-table", "\1\5\2\0\0\0\0\0\0\0\1\4\1k\6\0\2\1\8\0\1\9\0")
 seed("rt-cycle", "\1\5\4\4self\7\0\1\0\13\0\12\0")
 seed("rt-closure", "\1\5\2\0\0\0\0\0\0\0\9\10\1\0\1\10\3\1\0\11\0\11\2")
+local closures = "\5\2\0\0\0\0\0\0\0\9\10\1\0\1\10\3\1\0\10\0\2\3\11\0\11\2"
+local function damaged(name, prog, triples)
+  seed("mut-" .. name, "\2" .. string.char(#prog) .. prog .. triples)
+end
+damaged("none", closures, "")
+damaged("upvalue-count", closures, string.pack("<I2B", 120, 1))
+damaged("shared-upvalue", closures, string.pack("<I2BI2B", 150, 3, 160, 128))
+damaged("table", "\5\2\0\0\0\0\0\0\0\1\4\1k\6\0\2\1\8\0\1\9\0\7\0\0\0", string.pack("<I2B", 4, 255))
 io.write(n, " seeds in ", dir, "\n")

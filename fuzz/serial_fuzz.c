@@ -2,17 +2,20 @@
 ** libFuzzer target for the serializer. One lua_State per process, emptied
 ** after every input. The first byte picks the mode:
 **
-**   even: the rest is a message. Decoding must raise or succeed; what decodes
-**         must encode again and decode again (the decoder never produces a
-**         value the encoder refuses).
-**   odd:  the rest is a program for a small value builder (scalars, tables,
+**   0 (mod 3): the rest is a message. Decoding must raise or succeed; what
+**         decodes must encode again and decode again (the decoder never
+**         produces a value the encoder refuses).
+**   2 (mod 3): byte 1 is the length of a builder program (below); its values
+**         are encoded and the encoding damaged by the (u16 position, xor)
+**         triples that follow, then decoded as in mode 0. Bytecode stays
+**         authentic unless a triple hits it, so this reaches upvalue decoding.
+**   1 (mod 3): the rest is a program for a small value builder (scalars, tables,
 **         shared references, cycles, closures, library values, class
 **         instances). The values are encoded, decoded and compared
 **         structurally with the originals.
 **
-** Function bytecode in the decode mode never reaches lua_load: it would need a
-** valid MAC under this process's random key. The round-trip mode loads only
-** bytecode the encoder produced from real functions.
+** Random bytes never reach lua_load: bytecode needs a valid MAC under this
+** process's random key, which only the encoder (modes 1 and 2) produces.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -253,43 +256,85 @@ static int roundtrip_mode(lua_State *l) {
   return 0;
 }
 
+/* Builds values from a program and returns their encoding (a string). */
+static int encode_program(lua_State *l) {
+  reader *r = lua_touserdata(l, 1);
+  lua_settop(l, 0);
+  int n = build(l, r);
+  mp_wbuf *b = mp_serial_scratch(l);
+  mp_serial_encode(l, 1, n, b, "value");
+  lua_pushlstring(l, b->data, b->len);
+  return 1;
+}
+
+static const char *errmsg(void) {
+  const char *m = lua_tostring(L, -1);
+  return m != NULL ? m : "";
+}
+
+/* Decodes untrusted bytes: an "mp.loads: " error or values that encode again. */
+static void check_decode(const uint8_t *data, size_t size) {
+  lua_settop(L, 0);
+  lua_pushcfunction(L, decode_only);
+  lua_pushlightuserdata(L, (void *)data);
+  lua_pushinteger(L, (lua_Integer)size);
+  if (lua_pcall(L, 2, LUA_MULTRET, 0) == LUA_OK) {
+    int n = lua_gettop(L);
+    lua_pushcfunction(L, reencode);
+    lua_insert(L, 1);
+    /*
+    ** The encoder may meet a shared object deeper than the message defined
+    ** it (another traversal order), so the depth cap may legitimately refuse.
+    */
+    if (lua_pcall(L, n, 0, 0) != LUA_OK && strstr(errmsg(), "nesting deeper than") == NULL) {
+      fprintf(stderr, "re-encoding a decoded message failed: %s\n", errmsg());
+      abort();
+    }
+  } else if (strncmp(errmsg(), "mp.loads: ", 10) != 0 && strstr(errmsg(), "stack overflow") == NULL &&
+             strstr(errmsg(), "not enough memory") == NULL) {
+    fprintf(stderr, "unexpected decode error: %s\n", errmsg());
+    abort();
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (L == NULL) init();
   if (size < 1) return 0;
-  if ((data[0] & 1) == 0) {
-    lua_pushcfunction(L, decode_only);
-    lua_pushlightuserdata(L, (void *)(data + 1));
-    lua_pushinteger(L, (lua_Integer)(size - 1));
-    if (lua_pcall(L, 2, LUA_MULTRET, 0) == LUA_OK) {
-      /* What decoded must encode and decode again. */
-      int n = lua_gettop(L);
-      lua_pushcfunction(L, reencode);
-      lua_insert(L, 1);
-      /*
-      ** The encoder may meet a shared object deeper than the message defined
-      ** it (another traversal order), so the depth cap may legitimately refuse.
-      */
-      if (lua_pcall(L, n, 0, 0) != LUA_OK &&
-          strstr(lua_tostring(L, -1) ? lua_tostring(L, -1) : "", "nesting deeper than") == NULL) {
-        fprintf(stderr, "re-encoding a decoded message failed: %s\n", lua_tostring(L, -1));
+  switch (data[0] % 3) {
+    case 0:                                   /* untrusted bytes */
+      check_decode(data + 1, size - 1);
+      break;
+    case 1: {                                 /* round trip of built values */
+      reader r = { data + 1, data + size };
+      lua_pushcfunction(L, roundtrip_mode);
+      lua_pushlightuserdata(L, &r);
+      if (lua_pcall(L, 1, 0, 0) != LUA_OK && strstr(errmsg(), "nesting deeper than 200 levels") == NULL) {
+        fprintf(stderr, "round trip failed: %s\n", errmsg());
         abort();
       }
-    } else if (strncmp(lua_tostring(L, -1) ? lua_tostring(L, -1) : "", "mp.loads: ", 10) != 0 &&
-               strstr(lua_tostring(L, -1) ? lua_tostring(L, -1) : "", "stack overflow") == NULL &&
-               strstr(lua_tostring(L, -1) ? lua_tostring(L, -1) : "", "not enough memory") == NULL) {
-      fprintf(stderr, "unexpected decode error: %s\n", lua_tostring(L, -1));
-      abort();
+      break;
     }
-  } else {
-    reader r = { data + 1, data + size };
-    lua_pushcfunction(L, roundtrip_mode);
-    lua_pushlightuserdata(L, &r);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      const char *msg = lua_tostring(L, -1);
-      if (msg == NULL || strstr(msg, "nesting deeper than 200 levels") == NULL) {
-        fprintf(stderr, "round trip failed: %s\n", msg ? msg : "?");
-        abort();
-      }
+    case 2: {
+      /*
+      ** A real encoding (with authentic bytecode) damaged by (u16 position,
+      ** xor) triples: reaches what follows a successful lua_load (upvalue
+      ** counts, shared upvalues) with corrupt data. Byte 1 is the program length.
+      */
+      if (size < 2) break;
+      size_t plen = data[1] < size - 2 ? data[1] : size - 2;
+      reader r = { data + 2, data + 2 + plen };
+      lua_pushcfunction(L, encode_program);
+      lua_pushlightuserdata(L, &r);
+      if (lua_pcall(L, 1, 1, 0) != LUA_OK) break;   /* too deep: nothing to damage */
+      size_t len;
+      const char *m = lua_tolstring(L, -1, &len);
+      uint8_t *buf = malloc(len + 1);
+      memcpy(buf, m, len);
+      for (const uint8_t *p = data + 2 + plen; p + 3 <= data + size && len > 0; p += 3)
+        buf[(p[0] | (size_t)p[1] << 8) % len] ^= p[2];
+      check_decode(buf, len);
+      free(buf);
+      break;
     }
   }
   lua_settop(L, 0);

@@ -286,7 +286,11 @@ describe("mp.loads on bad input", function()
     local k = 3
     local function f(x) return x + k end
     local function g() return f(1) end
+    local n = 0
+    local function inc() n = n + 1 return n end
+    local function get() return n, k end
     return {
+      mp.dumps(inc, get, { inc }),       -- a shared upvalue after authentic bytecode
       mp.dumps(t),
       mp.dumps(1, nil, "two", { 3 }),
       mp.dumps(f, g, math.sqrt, string, _G),
