@@ -267,6 +267,21 @@ describe("values that cannot be sent", function()
     assert.matches("nesting deeper than 200 levels$", err)
   end)
 
+  it("name long paths in full", function()
+    local long = string.rep("long_name_", 10)
+    local root = {}
+    local cur = root
+    for i = 1, 90 do cur[long] = { [i + 0.5] = {} }; cur = cur[long][i + 0.5] end
+    cur[string.rep("odd key ", 20)] = { [true] = co }
+    local expected = { "value" }
+    for i = 1, 90 do expected[#expected + 1] = "." .. long .. "[" .. (i + 0.5) .. "]" end
+    expected[#expected + 1] = '["' .. string.rep("odd key ", 20):sub(1, 60) .. '..."][true]'
+    expected[#expected + 1] = ": cannot send a value of type thread"
+    local ok, err = pcall(mp.dumps, root)
+    assert.is_false(ok)
+    assert.equal(table.concat(expected), err)
+  end)
+
   it("leave the scratch buffer usable after an error", function()
     assert.has_error(function() mp.dumps(string.rep("x", 1000), co) end)
     assert.equal("ok", rt("ok"))

@@ -209,81 +209,65 @@ static int is_identifier(const char *s, size_t len) {
   return 1;
 }
 
-/* Appends the path segment for a table key to the buffer. */
-static void add_key(lua_State *L, luaL_Buffer *B, int idx) {
+/* Pushes the path segment for the table key at idx: .name, [3], ["odd key"], [table]. */
+static void push_key(lua_State *L, int idx) {
   switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
       if (is_identifier(s, len)) {
-        luaL_addchar(B, '.');
-        luaL_addlstring(B, s, len);
-      } else {
-        luaL_addstring(B, "[\"");
-        for (size_t i = 0; i < len && i < 60; i++) {
-          unsigned char c = (unsigned char)s[i];
-          if (c == '"' || c == '\\') { luaL_addchar(B, '\\'); luaL_addchar(B, (char)c); }
-          else if (c < 32 || c >= 127) {
-            char esc[8];
-            snprintf(esc, sizeof esc, "\\%u", c);
-            luaL_addstring(B, esc);
-          } else luaL_addchar(B, (char)c);
-        }
-        if (len > 60) luaL_addstring(B, "...");
-        luaL_addstring(B, "\"]");
+        lua_pushfstring(L, ".%s", s);
+        break;
       }
+      luaL_Buffer B;                       /* its box, if any, is the only push until the result */
+      luaL_buffinit(L, &B);
+      luaL_addstring(&B, "[\"");
+      for (size_t i = 0; i < len && i < 60; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { luaL_addchar(&B, '\\'); luaL_addchar(&B, (char)c); }
+        else if (c < 32 || c >= 127) {
+          char esc[8];
+          snprintf(esc, sizeof esc, "\\%u", c);
+          luaL_addstring(&B, esc);
+        } else luaL_addchar(&B, (char)c);
+      }
+      if (len > 60) luaL_addstring(&B, "...");
+      luaL_addstring(&B, "\"]");
+      luaL_pushresult(&B);
       break;
     }
     case LUA_TNUMBER: case LUA_TBOOLEAN:
-      luaL_addchar(B, '[');
-      luaL_addstring(B, luaL_tolstring(L, idx, NULL));   /* pushes: add below the buffer's box */
-      lua_pop(L, 1);
-      luaL_addchar(B, ']');
+      lua_pushfstring(L, "[%s]", luaL_tolstring(L, idx, NULL));
+      lua_remove(L, -2);
       break;
     default:
-      luaL_addchar(B, '[');
-      luaL_addstring(B, luaL_typename(L, idx));
-      luaL_addchar(B, ']');
+      lua_pushfstring(L, "[%s]", luaL_typename(L, idx));
       break;
   }
 }
 
-/* Raises "<path>: <message>". */
+/* Raises "<path>: <message>", the path built from one string per segment. */
 static int enc_error(enc *e, const char *msg) {
   lua_State *L = e->L;
-  luaL_checkstack(L, 8, NULL);
-  lua_pushstring(L, msg);
-  int msgidx = lua_gettop(L);
-  luaL_Buffer B;
-  luaL_buffinit(L, &B);
-  luaL_addstring(&B, e->root);
-  if (e->nroot > 1) {
-    lua_pushfstring(L, "[%d]", e->rootk);
-    luaL_addvalue(&B);
-  }
+  luaL_checkstack(L, e->npath + 10, NULL);
+  int first = lua_gettop(L) + 1;
+  lua_pushstring(L, msg);                  /* keep msg alive: it may be a pushed string */
+  lua_pushstring(L, e->root);
+  if (e->nroot > 1) lua_pushfstring(L, "[%d]", e->rootk);
   for (int i = 0; i < e->npath; i++) {
     seg *s = &e->path[i];
-    if (s->kind == SEG_INDEX) {
-      lua_pushfstring(L, "[%I]", s->n);
-      luaL_addvalue(&B);
-    } else if (s->kind == SEG_KEY) {
-      /* luaL_tolstring pushes; with the buffer's box possibly on top, go through a copy. */
-      lua_pushvalue(L, s->idx);
-      lua_pushvalue(L, -1);
-      lua_remove(L, -2);
-      add_key(L, &B, lua_gettop(L));
-      lua_pop(L, 1);
-    } else if (s->kind == SEG_ASKEY) {
-      luaL_addstring(&B, "[<key>]");
-    } else {
-      lua_pushfstring(L, "(upvalue %s)", s->name != NULL && s->name[0] ? s->name : "?");
-      luaL_addvalue(&B);
+    switch (s->kind) {
+      case SEG_INDEX: lua_pushfstring(L, "[%I]", s->n); break;
+      case SEG_KEY: push_key(L, s->idx); break;
+      case SEG_ASKEY: lua_pushliteral(L, "[<key>]"); break;
+      default:
+        lua_pushfstring(L, "(upvalue %s)", s->name != NULL && s->name[0] ? s->name : "?");
     }
   }
-  luaL_addstring(&B, ": ");
-  lua_pushvalue(L, msgidx);
-  luaL_addvalue(&B);
-  luaL_pushresult(&B);
+  lua_pushliteral(L, ": ");
+  lua_pushvalue(L, first);
+  lua_remove(L, first);
+  lua_concat(L, lua_gettop(L) - first + 1);
   return lua_error(L);
 }
 
