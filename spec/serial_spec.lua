@@ -126,6 +126,12 @@ describe("mp.dumps/mp.loads tables", function()
     assert.is_nil(plain.y)
   end)
 
+  it("keeps the class of mp's error objects", function()
+    local err = rt(mp.Empty("nothing there"))
+    assert.is_true(mp.Empty:is(err))
+    assert.equal("Empty: nothing there", tostring(err))
+  end)
+
   it("checks register_class arguments", function()
     assert.has_error(function() mp.register_class("", {}) end,
       "bad argument #1 to 'register_class' (class name must be 1 to 255 bytes long)")
