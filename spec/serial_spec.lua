@@ -104,6 +104,17 @@ describe("mp.dumps/mp.loads tables", function()
     assert.equal(a, c[1])
   end)
 
+  it("keeps order and identity when scalars and objects mix", function()
+    local t = { 1 }
+    local f = function() return t end
+    local v = table.pack(rt(1, "x", t, nil, t, f, 2.5, _G, math.sqrt, f))
+    assert.equal(10, v.n)
+    assert.equal(1, v[1]); assert.equal("x", v[2]); assert.is_nil(v[4])
+    assert.equal(v[3], v[5]); assert.same({ 1 }, v[3])
+    assert.equal(v[6], v[10]); assert.equal(v[3], v[6]())
+    assert.equal(2.5, v[7]); assert.equal(_G, v[8]); assert.equal(math.sqrt, v[9])
+  end)
+
   it("sends tables as keys, with shared identity", function()
     local k = { name = "key" }
     local t = { [k] = k }

@@ -722,21 +722,15 @@ static void encode(enc *e, int idx) {
 
 void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root) {
   idx = lua_absindex(L, idx);
-  luaL_checkstack(L, 10, "mp: message");
+  int top = lua_gettop(L);
   enc encoder;
   enc *e = &encoder;
-  int top = lua_gettop(L) + 1;
   e->L = L;
   e->b = b;
   e->base = b->len;
   e->s = NULL;                    /* fetched on the first table or function */
-  lua_pushnil(L);
-  e->st = lua_gettop(L);
-  lua_pushnil(L);
-  e->memo = lua_gettop(L);
+  e->st = e->memo = e->names = 0; /* stack slots, pushed with the first table or function */
   e->memo_ready = 0;
-  lua_pushnil(L);
-  e->names = lua_gettop(L);
   e->names_loaded = e->names_fresh = e->names_rebuilt = 0;
   e->root = root != NULL ? root : "value";
   e->nroot = n;
@@ -748,9 +742,22 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   else put_tagged(e, 0xFF, (uint64_t)n, 4);
   for (int k = 0; k < n; k++) {
     e->rootk = k + 1;
+    /*
+    ** Only tables, functions and userdata use the slots, and the first of them
+    ** is always a root value: push the slots then, at the base of the stack.
+    */
+    if (e->st == 0 && nameable(lua_type(L, idx + k))) {
+      luaL_checkstack(L, 10, "mp: message");
+      lua_pushnil(L);
+      e->st = lua_gettop(L);
+      lua_pushnil(L);
+      e->memo = lua_gettop(L);
+      lua_pushnil(L);
+      e->names = lua_gettop(L);
+    }
     encode(e, idx + k);
   }
-  lua_settop(L, top - 1);
+  lua_settop(L, top);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -993,7 +1000,6 @@ static int decode(dec *d) {
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   luaL_checkstack(L, 10, "mp.loads");
-  int top = lua_gettop(L);
   dec d;
   d.L = L;
   d.start = d.p = (const unsigned char *)data;
@@ -1008,19 +1014,30 @@ int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   uint64_t n = get_num(&d, 1);
   if (n == 0xFF) n = get_num(&d, 4);
   announce(&d, n);
-  lua_pushnil(L);                /* the state, fetched when a class or function needs it */
-  d.st = top + 1;
-  lua_pushnil(L);
-  d.memo = top + 2;
   if (n > INT_MAX - 20) truncated(&d);
   luaL_checkstack(L, (int)n + 10, "mp.loads: too many values");
+  int slots = 0;                 /* where the state and memo slots are, once pushed */
   for (uint64_t i = 0; i < n; i++) {
+    /*
+    ** Only tables, functions and references use the slots, and the first of
+    ** them is always a root value: push the slots just below it.
+    */
+    if (slots == 0 && left(&d) > 0 && *d.p >= T_TABLE && *d.p != T_GLOBALS &&
+        *d.p != T_MODULE && *d.p != T_FIELD) {
+      lua_pushnil(L);            /* the state, fetched when a class or function needs it */
+      slots = lua_gettop(L);
+      lua_pushnil(L);            /* the memo, made when an object is shared */
+      d.st = slots;
+      d.memo = slots + 1;
+    }
     d.pending--;
     decode(&d);
   }
   if (d.p != d.end) dec_error(&d, "trailing bytes after the message");
-  lua_rotate(L, top + 1, -2);                /* state and memo to the top */
-  lua_pop(L, 2);
+  if (slots != 0) {
+    lua_rotate(L, slots, -2);    /* state and memo to the top */
+    lua_pop(L, 2);
+  }
   return (int)n;
 }
 
