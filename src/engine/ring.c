@@ -32,19 +32,24 @@ struct mp_ring_hdr {
   uint64_t cap, maxsize;
   int joinable;
 
-  /* Producers' line: only the wlock holder writes it. */
-  alignas(64) mp_olock wlock;
-  _Atomic uint64_t tail;                /* end of the published records */
+  /*
+  ** One cache line per writer and purpose: a side's lock and private fields
+  ** stay in its own cache while the other side reads what it publishes, so
+  ** taking a lock never waits for a line the other side just read.
+  */
+  alignas(64) mp_olock wlock;           /* producers, private */
   _Atomic uint64_t nput;                /* records put (qsize = nput - nget) */
   uint64_t head_seen;                   /* the head when producers last looked */
 
-  /* Consumers' line: only the rlock holder writes it (and task_done). */
-  alignas(64) mp_olock rlock;
-  _Atomic uint64_t head;                /* start of the next record */
-  _Atomic uint64_t nget;
+  alignas(64) _Atomic uint64_t tail;    /* published by producers: end of the records */
+
+  alignas(64) mp_olock rlock;           /* consumers, private */
   uint64_t rd_end;                      /* end of a streamed record being taken */
   uint64_t tail_seen;                   /* the tail when consumers last looked */
   _Atomic uint64_t ndone;               /* JoinableQueue: task_done calls (unfinished = nput - ndone) */
+
+  alignas(64) _Atomic uint64_t head;    /* published by consumers: start of the next record */
+  _Atomic uint64_t nget;
 
   /*
   ** Sleeping and waking: written only when somebody sleeps, so the other
