@@ -57,12 +57,28 @@ static void signal_hook(lua_State *L, lua_Debug *ar) {
   mp_signal_dispatch(L);
 }
 
+/*
+** A hook like the one lua.c sets from its SIGINT handler ("interrupted!"):
+** count 1 with call/return events (lua.c 5.4 adds line events). Called directly,
+** it raises in the blocked call.
+*/
+static int is_interrupt_hook(lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  return h != NULL && h != signal_hook && lua_gethookcount(L) == 1 &&
+         (lua_gethookmask(L) & ~LUA_MASKLINE) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT);
+}
+
 static void on_signal(int sig) {
   int saved = errno;
   pending[sig] = 1;
   pending_any = 1;
   lua_State *L = handler_state;
-  if (L != NULL) lua_sethook(L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  /*
+  ** A pending Ctrl-C hook is not replaced: the interrupt would be lost. The
+  ** handler then runs at the next mp_check_interrupt (mplua's hook runs it too).
+  */
+  if (L != NULL && !is_interrupt_hook(L))
+    lua_sethook(L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   errno = saved;
 }
 
@@ -93,15 +109,6 @@ void mp_signal_after_fork(void) {
   pending_any = 0;
 }
 
-/*
-** A hook like the one lua.c sets from its SIGINT handler ("interrupted!"):
-** count 1 with call/return events. Called directly, it raises in the blocked call.
-*/
-static int is_interrupt_hook(lua_State *L) {
-  lua_Hook h = lua_gethook(L);
-  return h != NULL && h != signal_hook && lua_gethookcount(L) == 1 &&
-         lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT);
-}
 
 void mp_check_interrupt(lua_State *L) {
   if (pending_any) mp_signal_dispatch(L);
