@@ -337,6 +337,7 @@ describe("mplua and SIGINT", function()
   end)
 end)
 
+-- (script(1) runs without LD_PRELOAD: the sanitizer run preloads ASan into the stock lua5.4.)
 describe("mplua REPL", function()
   it("prints expression values with -i, as lua5.4 does", function()
     local lua = H.run{ program = H.lua, args = { "-i" }, stdin = "x=21\nx*2\n" }
@@ -366,8 +367,8 @@ describe("mplua REPL", function()
     assert(os.execute("mkdir " .. H.quote(home)))
     finally(function() os.execute("rm -rf " .. H.quote(home)) end)
     local function session(input)
-      return H.run{ program = "script", env = { HOME = home, TERM = "dumb" },
-        args = { "-qec", H.quote(H.mplua), "/dev/null" }, stdin = input }
+      return H.run{ program = "env", env = { HOME = home, TERM = "dumb" },
+        args = { "-u", "LD_PRELOAD", "script", "-qec", H.quote(H.mplua), "/dev/null" }, stdin = input }
     end
     local r = session("y = 6*7\ny\n")
     assert.equal(0, r.status, r.stderr)
@@ -385,7 +386,7 @@ describe("mplua REPL", function()
       return
     end
     for _, env in ipairs { "HOME=/nonexistent/dir", "-u HOME" } do
-      local r = H.run{ program = "sh", args = { "-c", "env " .. env .. " TERM=dumb script -qec " ..
+      local r = H.run{ program = "sh", args = { "-c", "env -u LD_PRELOAD " .. env .. " TERM=dumb script -qec " ..
         H.quote(H.mplua) .. " /dev/null" }, stdin = "1 + 1\n" }
       assert.equal(0, r.status, r.stderr)
       assert.matches("\n2\r?\n", r.stdout)
