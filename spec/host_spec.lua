@@ -320,6 +320,20 @@ describe("mplua and SIGINT", function()
     assert.equal("handled in a loop\t1\njoined\t0\n", out)
   end)
 
+  it("reports its Ctrl-C handler as \"default\" to mp.signal, which restores it", function()
+    local pid, finish = start_script([[
+      local old = mp.signal("SIGINT", function() end)
+      assert(old == "default", old)
+      assert(mp.signal("SIGINT", old) ~= "default")
+      print(mp.getpid()); io.stdout:flush()
+      while true do end
+    ]])
+    signal.kill(pid, signal.SIGINT)
+    local out, err, status = finish()
+    assert.equal(1, status, err)
+    assert.matches("interrupted!\nstack traceback:\n", err)
+  end)
+
   it("lets an mp.signal handler decide while the script is blocked in p:join()", function()
     local pid, finish = start_script([[
       local p = mp.Process{target = function() mp.sleep(60) end}

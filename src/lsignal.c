@@ -23,6 +23,16 @@ static volatile sig_atomic_t pending[NSIG];
 static volatile sig_atomic_t pending_any;
 static lua_State *volatile handler_state;
 
+/*
+** A host's own handler for a signal, standing for "default" (mplua's Ctrl-C,
+** lua.c's 'laction'): reported as "default", and what "default" restores.
+*/
+static void (*volatile host_default[NSIG])(int);
+
+void mp_signal_host_default(int sig, void (*handler)(int)) {
+  if (sig > 0 && sig < NSIG) host_default[sig] = handler;
+}
+
 /* Registry key of this state's table signum -> handler. */
 static const char handlers_key = 0;
 
@@ -140,7 +150,7 @@ static void push_handler_value(lua_State *L, int sig) {
     lua_pushliteral(L, "default");
   } else if (sa.sa_handler == SIG_IGN) {
     lua_pushliteral(L, "ignore");
-  } else if (sa.sa_handler == SIG_DFL) {
+  } else if (sa.sa_handler == SIG_DFL || (host_default[sig] != NULL && sa.sa_handler == host_default[sig])) {
     lua_pushliteral(L, "default");
   } else {
     lua_pushliteral(L, "foreign");    /* set by the host or another library */
@@ -184,7 +194,7 @@ static int core_signal(lua_State *L) {
     sa.sa_handler = on_signal;
   } else {
     const char *what = luaL_checkstring(L, 2);
-    if (strcmp(what, "default") == 0) sa.sa_handler = SIG_DFL;
+    if (strcmp(what, "default") == 0) sa.sa_handler = host_default[sig] != NULL ? host_default[sig] : SIG_DFL;
     else if (strcmp(what, "ignore") == 0) sa.sa_handler = SIG_IGN;
     else return luaL_argerror(L, 2, "expected a function, \"default\" or \"ignore\"");
   }

@@ -92,7 +92,8 @@ static void laction (int i) {
 ** mplua: SIGINT belongs to lua.c's 'laction' while a chunk runs, as in lua,
 ** unless a chunk gave it a disposition of its own (mp.signal("SIGINT", f) or
 ** "ignore"): from then on the host leaves SIGINT alone, and f runs on Ctrl-C
-** instead of "interrupted!". Setting it back to "default" hands it back.
+** instead of "interrupted!". For mp.signal, 'laction' is SIGINT's "default"
+** (registered in open_mp), so restoring "default" hands it back.
 */
 static int sigint_taken = 0;  /* a chunk set SIGINT's disposition itself */
 
@@ -426,6 +427,7 @@ static int host_exit (lua_State *L) {
 static void open_mp (lua_State *L) {
   luaL_requiref(L, "mp", luaopen_mp, 1);
   lua_pop(L, 1);
+  mp_signal_host_default(SIGINT, laction);
   if (lua_getglobal(L, "os") == LUA_TTABLE) {
     lua_getfield(L, -1, "exit");
     lua_pushcclosure(L, host_exit, 1);
