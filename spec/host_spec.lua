@@ -228,15 +228,20 @@ Runs a script in the background through io.popen; the script must print its pid
 on the first line when it is ready for the signal. Returns the pid and a
 function that reads the rest: stdout, stderr, exit status.
 ]]
-local function start_script(source)
+local function start_script(source, args, stdin)
   local script = temp_file(source)
   local err = script .. ".err"
   finally(function() os.remove(err) end)
-  local f = assert(io.popen(string.format("timeout -k 2 20 %s %s 2>%s; echo \"status=$?\"",
-    H.quote(H.mplua), H.quote(script), H.quote(err))))
-  local line = f:read("l")
-  local pid = tonumber(line)
-  assert(pid, "no pid from the script: " .. tostring(line))
+  local quoted = {}
+  for i, a in ipairs(args or { script }) do quoted[i] = H.quote(a) end
+  local f = assert(io.popen(string.format("timeout -k 2 20 %s %s <%s 2>%s; echo \"status=$?\"",
+    H.quote(H.mplua), table.concat(quoted, " "), H.quote(stdin or "/dev/null"), H.quote(err))))
+  local line, pid
+  repeat   -- the first line that is a number (a REPL prints its banner first)
+    line = f:read("l")
+    pid = tonumber(line and line:match("^%d+$"))
+  until pid or line == nil
+  assert(pid and pid > 1, "no pid from the script")   -- never kill(0) or kill(1)
   return pid, function()
     local out = f:read("a")
     f:close()
@@ -303,7 +308,17 @@ describe("mplua and SIGINT", function()
     assert.matches("interrupted!\nstack traceback:\n", err)
   end)
 
-  it("runs an mp.signal SIGINT handler instead, in a loop and in p:join()", function()
+  it("interrupts a REPL line and goes on with the next one", function()
+    local input = temp_file("print(mp.getpid()) io.stdout:flush() while true do end\nprint('next line')\n", ".txt")
+    local pid, finish = start_script("", { "-e", "_PROMPT='' _PROMPT2=''", "-i" }, input)
+    signal.kill(pid, signal.SIGINT)
+    local out, err, status = finish()
+    assert.equal(0, status, err)
+    assert.matches("^[^\n]*interrupted!\nstack traceback:\n", err)
+    assert.matches("\nnext line\n", out)
+  end)
+
+  it("runs an mp.signal SIGINT handler instead of interrupting", function()
     local pid, finish = start_script([[
       local hits = 0
       mp.signal("SIGINT", function(sig) hits = hits + 1 end)
