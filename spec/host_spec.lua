@@ -228,14 +228,14 @@ Runs a script in the background through io.popen; the script must print its pid
 on the first line when it is ready for the signal. Returns the pid and a
 function that reads the rest: stdout, stderr, exit status.
 ]]
-local function start_script(source, args, stdin)
+local function start_script(source, args, stdin, program)
   local script = temp_file(source)
   local err = script .. ".err"
   finally(function() os.remove(err) end)
   local quoted = {}
-  for i, a in ipairs(args or { script }) do quoted[i] = H.quote(a) end
+  for i, a in ipairs(args or { script }) do quoted[i] = H.quote(a:gsub("%%SCRIPT", script)) end
   local f = assert(io.popen(string.format("timeout -k 2 20 %s %s <%s 2>%s; echo \"status=$?\"",
-    H.quote(H.mplua), table.concat(quoted, " "), H.quote(stdin or "/dev/null"), H.quote(err))))
+    program or H.quote(H.mplua), table.concat(quoted, " "), H.quote(stdin or "/dev/null"), H.quote(err))))
   local line, pid
   repeat   -- the first line that is a number (a REPL prints its banner first)
     line = f:read("l")
@@ -306,6 +306,24 @@ describe("mplua and SIGINT", function()
     assert.equal(1, status, err)
     assert.equal("", out)
     assert.matches("interrupted!\nstack traceback:\n", err)
+  end)
+
+  it("in a stock lua5.4 with mp.so, lua.c's Ctrl-C also interrupts p:join()", function()
+    -- lua.c's hook has line events too; mp_check_interrupt must recognize it
+    local preload = os.getenv("MPLUA_ASAN_PRELOAD")
+    local program = string.format("env LUA_CPATH=%s %s %s",
+      H.quote(H.build .. "/?.so;;"), preload and preload ~= "" and "LD_PRELOAD=" .. H.quote(preload) or "", H.lua)
+    local pid, finish = start_script([[
+      local p = mp.Process{target = function() mp.sleep(60) end, daemon = true}
+      p:start()
+      print(mp.getpid()); io.stdout:flush()
+      p:join()
+    ]], { "-e", "mp = require 'mp'", "%SCRIPT" }, nil, program)
+    until_blocked(pid)
+    signal.kill(pid, signal.SIGINT)
+    local out, err, status = finish()
+    assert.equal(1, status, err)
+    assert.matches("^lua5.4: [^\n]*interrupted!\nstack traceback:\n", err)
   end)
 
   it("interrupts a REPL line and goes on with the next one", function()
