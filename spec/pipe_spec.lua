@@ -67,6 +67,16 @@ describe("mp.Pipe", function()
     assert.equal("next", b:recv())
   end)
 
+  it("recv of bytes that are not a message raises and the connection goes on", function()
+    local a, b = mp.Pipe()
+    a:send_bytes("not a message")
+    a:send_bytes(("\255"):rep(20000))     -- large: decoded in place
+    a:send("fine")
+    assert.is_false(pcall(b.recv, b))
+    assert.is_false(pcall(b.recv, b))
+    assert.equal("fine", b:recv())
+  end)
+
   it("names bad arguments", function()
     local a, b = mp.Pipe()
     local ok, err = pcall(function() a:send_bytes({}) end)
