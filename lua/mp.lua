@@ -28,4 +28,10 @@ mp.signal = core.signal
 mp.kill = core.kill
 mp.signals = core.signals
 
+mp.dumps = core.dumps
+mp.loads = core.loads
+mp.register_class = core.register_class
+-- Error objects keep their class across processes (a worker's error reaches the parent).
+for name, cls in pairs(errors.classes) do core.register_class("mp." .. name, cls) end
+
 return mp

@@ -72,5 +72,6 @@ void mp_check_interrupt(lua_State *L);
 void mp_time_open(lua_State *L);
 void mp_process_open(lua_State *L);
 void mp_signal_open(lua_State *L);
+void mp_serial_open(lua_State *L);    /* serial.h */
 
 #endif

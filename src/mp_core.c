@@ -17,6 +17,7 @@ static const subsystem_open subsystems[] = {
   mp_time_open,
   mp_process_open,
   mp_signal_open,
+  mp_serial_open,
   NULL
 };
 
