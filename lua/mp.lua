@@ -28,4 +28,10 @@ mp.signal = core.signal
 mp.kill = core.kill
 mp.signals = core.signals
 
+local sync = require "mp.sync"
+for _, name in ipairs{ "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event",
+                       "Barrier", "Value", "RawValue", "Array", "RawArray" } do
+  mp[name] = sync[name]
+end
+
 return mp
