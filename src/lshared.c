@@ -312,12 +312,13 @@ static shared_ud *check_value(lua_State *L) {
   return u;
 }
 
-/* __index: upvalue 2 is the methods table. */
+/*
+** __index: upvalue 2 is the methods table, upvalue 3 the string "value". A
+** method lookup touches no object memory, so only `.value` pays for the check.
+*/
 static int value_index(lua_State *L) {
-  shared_ud *u = check_value(L);
-  size_t len;
-  const char *k = lua_tolstring(L, 2, &len);
-  if (k != NULL && len == 5 && memcmp(k, "value", 5) == 0) {
+  if (lua_rawequal(L, 2, lua_upvalueindex(3))) {
+    shared_ud *u = check_value(L);
     push_elem(L, u->t, u->data);
     return 1;
   }
@@ -530,7 +531,8 @@ static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
   luaL_setfuncs(L, methods, 1);
   lua_pushvalue(L, -2);
   lua_pushvalue(L, -2);
-  lua_pushcclosure(L, index, 2);
+  lua_pushliteral(L, "value");
+  lua_pushcclosure(L, index, 3);
   lua_setfield(L, -3, "__index");
   lua_setfield(L, -2, "methods");   /* for the Lua half to add methods */
   lua_pop(L, 1);

@@ -70,8 +70,15 @@ int mp_mutex_trylock(mp_mutex *m);
 /* Blocking until `deadline`: 0, EOWNERDEAD, ETIMEDOUT or EINTR (call again). */
 int mp_mutex_lock(mp_mutex *m, double deadline);
 
+void mp_mutex_wake(mp_mutex *m);
+
 /* Releases whoever holds it: 0, or EPERM when it was not locked. */
-int mp_mutex_unlock(mp_mutex *m);
+static inline int mp_mutex_unlock(mp_mutex *m) {
+  uint32_t old = atomic_exchange_explicit(&m->state, 0, memory_order_release);
+  if (old == 0) return EPERM;
+  if (__builtin_expect((old & MP_MUTEX_WAITERS) != 0, 0)) mp_mutex_wake(m);
+  return 0;
+}
 
 /* The owner's pid, 0 when free. */
 static inline uint32_t mp_mutex_owner(mp_mutex *m) {
