@@ -95,12 +95,15 @@ void mp_signal_after_fork(void) {
 
 /*
 ** A hook like the one lua.c sets from its SIGINT handler ("interrupted!"):
-** count 1 with call/return events. Called directly, it raises in the blocked call.
+** count 1 with call/return (and line) events. Called directly, it raises in the
+** blocked call.
 */
 static int is_interrupt_hook(lua_State *L) {
   lua_Hook h = lua_gethook(L);
+  /* lua.c of Lua 5.4 (5.4.4 here) adds LUA_MASKLINE to that mask. */
+  const int mask = LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT;
   return h != NULL && h != signal_hook && lua_gethookcount(L) == 1 &&
-         lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT);
+         (lua_gethookmask(L) & ~LUA_MASKLINE) == mask;
 }
 
 void mp_check_interrupt(lua_State *L) {
