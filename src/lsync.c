@@ -42,6 +42,19 @@ typedef struct cond_ud {
   lock_ud *lock;                        /* kept alive by user value 1 */
 } cond_ud;
 
+/*
+** mp_checkself for the hot paths (acquire, release): the same metatable test
+** against upvalue 1, but the metatable is left on the stack instead of popped,
+** saving one API call. Callers take their arguments by absolute index and
+** return only what they push afterwards.
+*/
+static inline void *check_self_fast(lua_State *L, const char *tname) {
+  void *p = lua_touserdata(L, 1);
+  if (p == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    mp_typeerror(L, 1, tname);
+  return p;
+}
+
 /* Pushes a primitive's userdata in a safe empty state, then allocates. */
 static void *new_prim(lua_State *L, size_t size, const char *tname) {
   prim_ud *u = mp_newudata(L, size, tname);
@@ -141,32 +154,36 @@ int mp_sync_is_lock(lua_State *L, int arg) {
 
 /* lock:acquire([block [, timeout]]) --> true [, "owner died"] | false */
 static int lock_acquire(lua_State *L) {
-  lock_ud *u = mp_checkself(L, 1, LOCK_T);
-  if (lua_gettop(L) == 1 && mp_mutex_tryfast(u->h.shm)) {
+  int nargs = lua_gettop(L);
+  lock_ud *u = check_self_fast(L, LOCK_T);
+  if (nargs == 1 && mp_mutex_tryfast(u->h.shm)) {
     lua_pushboolean(L, 1);
     return 1;
   }
+  lua_settop(L, nargs);
   return mutex_acquire(L, u, 2);
 }
 
 static int lock_release(lua_State *L) {
-  lock_ud *u = mp_checkself(L, 1, LOCK_T);
+  lock_ud *u = check_self_fast(L, LOCK_T);
   if (mp_mutex_unlock(u->h.shm) != 0) return luaL_error(L, "release unlocked lock");
   return 0;
 }
 
 static int rlock_acquire(lua_State *L) {
-  lock_ud *u = mp_checkself(L, 1, RLOCK_T);
-  if (lua_gettop(L) == 1 && mp_mutex_tryfast(u->h.shm)) {
+  int nargs = lua_gettop(L);
+  lock_ud *u = check_self_fast(L, RLOCK_T);
+  if (nargs == 1 && mp_mutex_tryfast(u->h.shm)) {
     ((mp_mutex *)u->h.shm)->count = 1;
     lua_pushboolean(L, 1);
     return 1;
   }
+  lua_settop(L, nargs);
   return mutex_acquire(L, u, 2);
 }
 
 static int rlock_release(lua_State *L) {
-  return mutex_release(L, mp_checkself(L, 1, RLOCK_T));
+  return mutex_release(L, check_self_fast(L, RLOCK_T));
 }
 
 static int mutex_tostring(lua_State *L, lock_ud *u, const char *name) {
@@ -213,28 +230,28 @@ static int sem_new(lua_State *L, int bounded) {
 static int core_semaphore(lua_State *L) { return sem_new(L, 0); }
 static int core_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
 
+/*
+** The methods are shared by both classes: upvalue 1 is one metatable, upvalue 2
+** the other. Like check_self_fast, leaves the metatable on the stack; callers
+** reset the top to their argument count before reading optional arguments.
+*/
 static prim_ud *check_sem(lua_State *L) {
   prim_ud *u = lua_touserdata(L, 1);
-  if (u != NULL && lua_getmetatable(L, 1)) {
-    int ok = lua_rawequal(L, -1, lua_upvalueindex(1));
-    if (!ok) {
-      /* The methods are shared by both classes; upvalue 2 is the other one. */
-      ok = lua_rawequal(L, -1, lua_upvalueindex(2));
-    }
-    lua_pop(L, 1);
-    if (ok) return u;
-  }
-  mp_typeerror(L, 1, "mp.Semaphore");
-  return NULL;
+  if (u == NULL || !lua_getmetatable(L, 1) ||
+      !(lua_rawequal(L, -1, lua_upvalueindex(1)) || lua_rawequal(L, -1, lua_upvalueindex(2))))
+    mp_typeerror(L, 1, "mp.Semaphore");
+  return u;
 }
 
 static int sem_acquire(lua_State *L) {
+  int nargs = lua_gettop(L);
   prim_ud *u = check_sem(L);
   mp_sem *s = u->shm;
   if (mp_sem_trywait(s) == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
+  lua_settop(L, nargs);
   int blocking;
   double deadline = acquire_deadline(L, 2, &blocking);
   int rc = EAGAIN;
@@ -248,9 +265,14 @@ static int sem_acquire(lua_State *L) {
 
 /* sem:release([n]) */
 static int sem_release(lua_State *L) {
+  int nargs = lua_gettop(L);
   prim_ud *u = check_sem(L);
   mp_sem *s = u->shm;
-  lua_Integer n = luaL_optinteger(L, 2, 1);
+  lua_Integer n = 1;
+  if (nargs > 1) {
+    lua_settop(L, nargs);
+    n = luaL_optinteger(L, 2, 1);
+  }
   luaL_argcheck(L, n >= 1, 2, "n must be one or more");
   if (n > INT32_MAX || mp_sem_post(s, (uint32_t)n) != 0)
     return luaL_error(L, s->bounded ? "Semaphore released too many times" : "semaphore value overflow");
