@@ -498,6 +498,34 @@ describe("mp.Condition", function()
     c:release()
   end)
 
+  it("wait interrupted by a signal handler raises with the lock held again", function()
+    local r = H.run_script([[
+      local c = mp.Condition(mp.Lock())
+      mp.signal("SIGUSR1", function() error("got SIGUSR1") end)
+      local me = mp.getpid()
+      local p = mp.Process{ target = function()
+        for _ = 1, 1000 do
+          local f = io.open("/proc/" .. me .. "/stat")
+          local s = f:read("a"); f:close()
+          if s:match("%) S ") then break end
+          mp.sleep(0.01)
+        end
+        mp.kill(me, "SIGUSR1")
+      end }
+      p:start()
+      c:acquire()
+      local ok, err = pcall(c.wait, c, 20)
+      print(ok, err)
+      print(c:get_lock():owner() == me)
+      c:release()
+      -- The cancelled wait left no waiter behind: a notify finds nobody.
+      c:acquire(); c:notify(); print(c:wait(0.05)); c:release()
+      p:join(10)
+    ]])
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^false\t.*got SIGUSR1\ntrue\nfalse\n$", r.stdout)
+  end)
+
   it("wait_for returns the predicate's value, or false on timeout", function()
     local c = mp.Condition()
     c:acquire()
