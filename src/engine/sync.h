@@ -74,6 +74,12 @@ void mp_mutex_wake(mp_mutex *m);
 
 /* Releases whoever holds it: 0, or EPERM when it was not locked. */
 static inline int mp_mutex_unlock(mp_mutex *m) {
+  /*
+  ** Clear the tag first: a tag left behind could name a pid that a later
+  ** process reuses, and between that process's CAS and its own tag store a
+  ** checker would take the stale start time for a sign that it died.
+  */
+  atomic_store_explicit(&m->tag, 0, memory_order_relaxed);
   uint32_t old = atomic_exchange_explicit(&m->state, 0, memory_order_release);
   if (old == 0) return EPERM;
   if (__builtin_expect((old & MP_MUTEX_WAITERS) != 0, 0)) mp_mutex_wake(m);
