@@ -12,8 +12,9 @@ local M = {}
 
 local function methods_of(obj) return getmetatable(obj).__index end
 
-local function argerror(n, fname, msg)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+-- Raises a bad-argument error at `level` (default 3: the caller of the function calling this).
+local function argerror(n, fname, msg, level)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level or 3)
 end
 
 --[[
@@ -100,13 +101,13 @@ function Barrier:init(parties, action, timeout)
     parties, action, timeout = parties.parties, parties.action, parties.timeout
   end
   if math.type(parties) ~= "integer" or parties < 1 then
-    argerror(1, "Barrier", "parties must be a positive integer")
+    argerror(1, "Barrier", "parties must be a positive integer", 4)   -- init < new < caller
   end
   if action ~= nil and type(action) ~= "function" then
-    argerror(2, "Barrier", "function expected for action, got " .. type(action))
+    argerror(2, "Barrier", "function expected for action, got " .. type(action), 4)
   end
   if timeout ~= nil and type(timeout) ~= "number" then
-    argerror(3, "Barrier", "number expected for timeout, got " .. type(timeout))
+    argerror(3, "Barrier", "number expected for timeout, got " .. type(timeout), 4)
   end
   rawset(self, "_parties", parties)
   rawset(self, "_action", action)
