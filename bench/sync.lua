@@ -61,6 +61,16 @@ report("value atomic add via a local, 1e6", best_of(3, function()
   return (mp.time() - t0) / N * 1e9
 end), "ns/op")
 
+report("create 10000 locks", best_of(3, function()
+  local t0 = mp.time()
+  local locks = {}
+  for i = 1, 10000 do locks[i] = mp.Lock() end
+  local us = (mp.time() - t0) / 10000 * 1e6
+  locks = nil
+  collectgarbage()
+  return us
+end), "us/lock")
+
 -- Two processes incrementing one Value, including start and join.
 local function two_procs(n, body)
   local counter = mp.Value("i", 0)

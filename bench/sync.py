@@ -54,6 +54,13 @@ def increments():
         lk.release()
     return (time.perf_counter() - t0) / N * 1e9
 
+def create_locks():
+    t0 = time.perf_counter()
+    locks = [mp.Lock() for _ in range(10000)]
+    us = (time.perf_counter() - t0) / 10000 * 1e6
+    del locks
+    return us
+
 if __name__ == "__main__":
     mp.set_start_method("fork")
     report("lock acquire+release, uncontended", best_of(10, pairs(mp.Lock())), "ns/pair")
@@ -61,5 +68,6 @@ if __name__ == "__main__":
     report("rlock acquire+release, uncontended", best_of(10, pairs(mp.RLock())), "ns/pair")
     report("semaphore acquire+release, uncontended", best_of(10, pairs(mp.Semaphore(1))), "ns/pair")
     report("value increment under its lock, 1e6", best_of(3, increments), "ns/op")
+    report("create 10000 locks", best_of(3, create_locks), "us/lock")
     report("2 procs x 1e4 locked increments (start+join)", best_of(5, lambda: two_procs(10000, locked)), "ms")
     report("2 procs x 1e5 locked increments (start+join)", best_of(3, lambda: two_procs(100000, locked)), "ms")
