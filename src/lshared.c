@@ -98,8 +98,6 @@ static void push_elem(lua_State *L, const typeinfo *t, const char *p) {
 ** Converts the Lua value at `idx` to element bits in *out. Returns NULL, or a
 ** message (pushed on the stack) saying why it does not fit.
 */
-static int lua_getfield_opt(lua_State *L, int arg);
-
 static const char *to_bits(lua_State *L, const typeinfo *t, int idx, uint64_t *out) {
   int type = lua_type(L, idx);
   if (t->kind == K_CHAR) {
@@ -169,8 +167,8 @@ static void store_bits(const typeinfo *t, char *p, uint64_t v) {
   }
 }
 
-/* Stores the value at `idx` or raises "<what>: <why>" / a bad-argument error. */
-static void set_elem(lua_State *L, const typeinfo *t, char *p, int idx, int arg, const char *fname) {
+/* Stores the value at `idx`, or raises why it does not fit (as bad argument `arg` if > 0). */
+static void set_elem(lua_State *L, const typeinfo *t, char *p, int idx, int arg) {
   uint64_t bits;
   const char *why = to_bits(L, t, idx, &bits);
   if (why != NULL) {
@@ -198,6 +196,16 @@ static shared_ud *new_shared(lua_State *L, const char *tname, const typeinfo *t,
   return u;
 }
 
+/* Pushes field `lock` of the options table at arg (nil when there is none). */
+static int push_lock_option(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) {
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  luaL_checktype(L, arg, LUA_TTABLE);
+  return lua_getfield(L, arg, "lock");
+}
+
 /*
 ** The options at `arg` ({lock = true | false | an mp.Lock or mp.RLock}, as
 ** Python's lock= keyword) for the object on top: by default a new RLock.
@@ -205,7 +213,7 @@ static shared_ud *new_shared(lua_State *L, const char *tname, const typeinfo *t,
 */
 static void set_lock(lua_State *L, int arg, int raw) {
   if (raw) return;
-  int type = lua_getfield_opt(L, arg);
+  int type = push_lock_option(L, arg);
   if (type == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
     lua_pop(L, 1);
     return;
@@ -220,16 +228,6 @@ static void set_lock(lua_State *L, int arg, int raw) {
   lua_setiuservalue(L, -2, 1);
 }
 
-/* Pushes field `lock` of the options table at arg (nil when there is none). */
-static int lua_getfield_opt(lua_State *L, int arg) {
-  if (lua_isnoneornil(L, arg)) {
-    lua_pushnil(L);
-    return LUA_TNIL;
-  }
-  luaL_checktype(L, arg, LUA_TTABLE);
-  return lua_getfield(L, arg, "lock");
-}
-
 /* Value(typecode [, init [, {lock = ...}]]) */
 static int value_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
@@ -237,7 +235,7 @@ static int value_new(lua_State *L, int raw) {
   const typeinfo *t = check_typecode(L, 1);
   shared_ud *u = new_shared(L, VALUE_T, t, 1);
   int top = lua_gettop(L);
-  if (!lua_isnoneornil(L, 2)) set_elem(L, t, u->data, 2, 2, "Value");
+  if (!lua_isnoneornil(L, 2)) set_elem(L, t, u->data, 2, 2);
   lua_settop(L, top);
   set_lock(L, 3, raw);
   return 1;
@@ -333,7 +331,7 @@ static int value_newindex(lua_State *L) {
   const char *k = lua_tolstring(L, 2, &len);
   if (k == NULL || len != 5 || memcmp(k, "value", 5) != 0)
     return luaL_error(L, "cannot set field '%s' of a Value (only 'value')", k ? k : luaL_typename(L, 2));
-  set_elem(L, u->t, u->data, 3, 0, NULL);
+  set_elem(L, u->t, u->data, 3, 0);
   return 0;
 }
 
@@ -474,7 +472,7 @@ static int array_newindex(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING)
     return luaL_error(L, "cannot set field '%s' of an Array", lua_tostring(L, 2));
   size_t i = check_index(L, u);
-  set_elem(L, u->t, u->data + i * u->t->size, 3, 0, NULL);
+  set_elem(L, u->t, u->data + i * u->t->size, 3, 0);
   return 0;
 }
 
