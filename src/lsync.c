@@ -48,10 +48,24 @@ typedef struct cond_ud {
 ** saving one API call. Callers take their arguments by absolute index and
 ** return only what they push afterwards.
 */
+static void *collected(lua_State *L, const char *tname) {
+  luaL_error(L, "%s used after it was collected", tname);
+  return NULL;
+}
+
 static inline void *check_self_fast(lua_State *L, const char *tname) {
-  void *p = lua_touserdata(L, 1);
+  prim_ud *p = lua_touserdata(L, 1);
   if (p == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
     mp_typeerror(L, 1, tname);
+  /* Only reachable from another object's finalizer, but never a NULL dereference. */
+  if (p->shm == NULL) return collected(L, tname);
+  return p;
+}
+
+/* mp_checkself plus the same check for the other methods. */
+static void *check_self(lua_State *L, const char *tname) {
+  prim_ud *p = mp_checkself(L, 1, tname);
+  if (p->shm == NULL) return collected(L, tname);
   return p;
 }
 
@@ -195,8 +209,8 @@ static int mutex_tostring(lua_State *L, lock_ud *u, const char *name) {
   return 1;
 }
 
-static int lock_tostring(lua_State *L) { return mutex_tostring(L, mp_checkself(L, 1, LOCK_T), "Lock"); }
-static int rlock_tostring(lua_State *L) { return mutex_tostring(L, mp_checkself(L, 1, RLOCK_T), "RLock"); }
+static int lock_tostring(lua_State *L) { return mutex_tostring(L, check_self(L, LOCK_T), "Lock"); }
+static int rlock_tostring(lua_State *L) { return mutex_tostring(L, check_self(L, RLOCK_T), "RLock"); }
 
 /* lock:owner() --> pid of the holder (the last acquirer), or nil when free. */
 static int mutex_owner(lua_State *L, lock_ud *u) {
@@ -205,8 +219,8 @@ static int mutex_owner(lua_State *L, lock_ud *u) {
   else lua_pushinteger(L, owner);
   return 1;
 }
-static int lock_owner(lua_State *L) { return mutex_owner(L, mp_checkself(L, 1, LOCK_T)); }
-static int rlock_owner(lua_State *L) { return mutex_owner(L, mp_checkself(L, 1, RLOCK_T)); }
+static int lock_owner(lua_State *L) { return mutex_owner(L, check_self(L, LOCK_T)); }
+static int rlock_owner(lua_State *L) { return mutex_owner(L, check_self(L, RLOCK_T)); }
 
 /* ---- Semaphore and BoundedSemaphore ----------------------------------------- */
 
@@ -240,6 +254,7 @@ static prim_ud *check_sem(lua_State *L) {
   if (u == NULL || !lua_getmetatable(L, 1) ||
       !(lua_rawequal(L, -1, lua_upvalueindex(1)) || lua_rawequal(L, -1, lua_upvalueindex(2))))
     mp_typeerror(L, 1, "mp.Semaphore");
+  if (u->shm == NULL) return collected(L, "mp.Semaphore");
   return u;
 }
 
@@ -301,7 +316,7 @@ static int core_event(lua_State *L) {
 }
 
 static mp_event *check_event(lua_State *L) {
-  return ((prim_ud *)mp_checkself(L, 1, EVENT_T))->shm;
+  return ((prim_ud *)check_self(L, EVENT_T))->shm;
 }
 
 static int event_set(lua_State *L) { mp_event_set(check_event(L)); return 0; }
@@ -356,7 +371,9 @@ static int core_condition(lua_State *L) {
 }
 
 static cond_ud *check_cond(lua_State *L) {
-  return mp_checkself(L, 1, COND_T);
+  cond_ud *u = check_self(L, COND_T);
+  if (u->lock->h.shm == NULL) collected(L, "mp.Lock");
+  return u;
 }
 
 static int cond_acquire(lua_State *L) {
