@@ -96,8 +96,18 @@ static int check_interrupt(lua_State *L) {
   return 0;
 }
 
-/* Arguments (block, timeout) at `arg`: returns the deadline, 0 for non-blocking. */
+/*
+** Arguments (block, timeout) at `arg`, or one table {block =, timeout =} (for
+** Python's acquire(timeout=1)): returns the deadline, 0 for non-blocking.
+*/
 static double acquire_deadline(lua_State *L, int arg, int *blocking) {
+  if (lua_istable(L, arg)) {
+    lua_settop(L, arg + 1);
+    lua_getfield(L, arg, "timeout");
+    lua_replace(L, arg + 1);
+    lua_getfield(L, arg, "block");
+    lua_replace(L, arg);
+  }
   *blocking = lua_isnoneornil(L, arg) || lua_toboolean(L, arg);
   if (!*blocking) return 0;
   return mp_optdeadline(L, arg + 1);
