@@ -537,6 +537,23 @@ describe("mp.Condition", function()
     assert.matches("^false\t.*got SIGUSR1\ntrue\nfalse\n$", r.stdout)
   end)
 
+  it("wait returns 'owner died' when the lock's holder died meanwhile", function()
+    local c, ready, victim = mp.Condition(mp.Lock()), mp.Event(), mp.RawValue("i", 0)
+    c:acquire()
+    local holder = spawn(function() c:acquire(true, 10); ready:set(); mp.sleep(60) end)
+    victim.value = holder.pid
+    local killer = spawn(function() if ready:wait(10) then mp.kill(victim.value, "SIGKILL") end end)
+    finally(function() join_all{ holder, killer } end)
+    -- Each wait lets the holder in; the first relock after its death recovers the lock.
+    local deadline, ok, why = mp.time() + 10
+    repeat ok, why = c:wait(0.2) until why or mp.time() > deadline
+    join_all{ holder, killer }
+    assert.is_false(ok)
+    assert.equal("owner died", why)
+    assert.equal(mp.getpid(), c:get_lock():owner())
+    c:release()
+  end)
+
   it("wait_for returns the predicate's value, or false on timeout", function()
     local c = mp.Condition()
     c:acquire()

@@ -407,14 +407,22 @@ static int cond_get_lock(lua_State *L) {
   return 1;
 }
 
-/* Takes the lock back after a wait, ignoring interrupts (they run later). */
-static void relock(lock_ud *lk, uint32_t depth) {
+/*
+** Takes the lock back after a wait, ignoring interrupts (they run later).
+** Returns 1 when it had to be recovered from a dead owner.
+*/
+static int relock(lock_ud *lk, uint32_t depth) {
   mp_mutex *m = lk->h.shm;
-  while (mp_mutex_lock(m, INFINITY) == EINTR) {}
+  int rc;
+  while ((rc = mp_mutex_lock(m, INFINITY)) == EINTR) {}
   m->count = depth;
+  return rc == EOWNERDEAD;
 }
 
-/* cond:wait([timeout]) --> true when notified, false on timeout */
+/*
+** cond:wait([timeout]) --> true when notified, false on timeout; plus
+** "owner died" when a process died holding the lock while this one waited.
+*/
 static int cond_wait(lua_State *L) {
   cond_ud *u = check_cond(L);
   lock_ud *lk = u->lock;
@@ -438,9 +446,11 @@ static int cond_wait(lua_State *L) {
       return lua_error(L);
     }
   }
-  relock(lk, depth);
+  int died = relock(lk, depth);
   lua_pushboolean(L, notified);
-  return 1;
+  if (!died) return 1;
+  lua_pushliteral(L, "owner died");
+  return 2;
 }
 
 /* cond:notify([n]) --> how many waiters were woken */
