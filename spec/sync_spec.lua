@@ -239,8 +239,8 @@ describe("mp.Lock", function()
     assert.matches("^false\t.*got SIGUSR1\n$", r.stdout)
   end)
 
-  it("lets Ctrl-C (lua.c's SIGINT hook) interrupt a blocked acquire", function()
-    local r = H.run_script([[
+  -- A script that blocks in acquire while a child sends it SIGINT.
+  local ctrl_c_script = [[
       local mp = mp or require "mp"
       local l = mp.Lock()
       l:acquire()
@@ -258,7 +258,16 @@ describe("mp.Lock", function()
       local ok, err = pcall(l.acquire, l)
       print(ok, err)
       p:join(10)
-    ]], { program = H.lua, env = lua_env(), timeout = 20 })
+  ]]
+
+  it("lets Ctrl-C (lua.c's SIGINT hook) interrupt a blocked acquire", function()
+    local r = H.run_script(ctrl_c_script, { program = H.lua, env = lua_env(), timeout = 20 })
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^false\t.*interrupted", r.stdout)
+  end)
+
+  it("lets Ctrl-C interrupt a blocked acquire under mplua", function()
+    local r = H.run_script(ctrl_c_script, { timeout = 20 })
     assert.equal(0, r.status, r.stderr)
     assert.matches("^false\t.*interrupted", r.stdout)
   end)
