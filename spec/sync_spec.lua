@@ -420,6 +420,26 @@ describe("mp.Event", function()
   end)
 end)
 
+describe("mp.Event, set then cleared", function()
+  it("still wakes a waiter that slept through both", function()
+    local e, result = mp.Event(), mp.Value("i", 0)
+    local p = spawn(function() result.value = e:wait(10) and 1 or 2 end)
+    -- Wait until the child sleeps in wait (its /proc state is S).
+    for _ = 1, 1000 do
+      local f = io.open("/proc/" .. p.pid .. "/stat")
+      local st = f and f:read("a") or ""
+      if f then f:close() end
+      if st:match("%) S ") then break end
+      mp.sleep(0.01)
+    end
+    e:set()
+    e:clear()
+    H.join(p)
+    assert.equal(1, result.value)
+    assert.is_false(e:is_set())
+  end)
+end)
+
 describe("mp.Condition", function()
   it("raises when used without its lock", function()
     local c = mp.Condition()

@@ -333,23 +333,24 @@ static int event_set(lua_State *L) { mp_event_set(check_event(L)); return 0; }
 static int event_clear(lua_State *L) { mp_event_clear(check_event(L)); return 0; }
 
 static int event_is_set(lua_State *L) {
-  lua_pushboolean(L, atomic_load(&check_event(L)->flag) != 0);
+  lua_pushboolean(L, mp_event_is_set(check_event(L)));
   return 1;
 }
 
-/* event:wait([timeout]) --> true when set, false on timeout */
+/* event:wait([timeout]) --> true when set (even if cleared again meanwhile), false on timeout */
 static int event_wait(lua_State *L) {
   mp_event *e = check_event(L);
   double deadline = mp_optdeadline(L, 2);
+  uint32_t seen = mp_event_snapshot(e);
   int rc;
-  while ((rc = mp_event_wait(e, deadline)) == EINTR)
+  while ((rc = mp_event_wait(e, seen, deadline)) == EINTR)
     mp_check_interrupt(L);
   lua_pushboolean(L, rc == 0);
   return 1;
 }
 
 static int event_tostring(lua_State *L) {
-  lua_pushstring(L, atomic_load(&check_event(L)->flag) ? "Event(set)" : "Event(unset)");
+  lua_pushstring(L, mp_event_is_set(check_event(L)) ? "Event(set)" : "Event(unset)");
   return 1;
 }
 

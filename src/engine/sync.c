@@ -189,23 +189,31 @@ int mp_sem_post(mp_sem *s, uint32_t n) {
 /* ---- Event ---------------------------------------------------------------------- */
 
 void mp_event_set(mp_event *e) {
-  atomic_store(&e->flag, 1);
-  if (atomic_load(&e->waiters) > 0) mp_futex_wake(&e->flag, INT_MAX);
+  uint32_t s = atomic_load(&e->state);
+  do {
+    if (s & 1) return;                      /* already set: nobody sleeps */
+  } while (!atomic_compare_exchange_weak(&e->state, &s, (s + 2) | 1));
+  if (atomic_load(&e->waiters) > 0) mp_futex_wake(&e->state, INT_MAX);
 }
 
 void mp_event_clear(mp_event *e) {
-  atomic_store(&e->flag, 0);
+  atomic_fetch_and(&e->state, ~1u);
 }
 
-int mp_event_wait(mp_event *e, double deadline) {
-  if (atomic_load(&e->flag)) return 0;
+static int event_happened(uint32_t s, uint32_t seen) {
+  return (s & 1) || (s >> 1) != (seen >> 1);
+}
+
+int mp_event_wait(mp_event *e, uint32_t seen, double deadline) {
+  if (event_happened(atomic_load(&e->state), seen)) return 0;
   atomic_fetch_add(&e->waiters, 1);
   int rc;
   for (;;) {
-    if (atomic_load(&e->flag)) { rc = 0; break; }
-    rc = mp_futex_wait(&e->flag, 0, deadline);
+    uint32_t s = atomic_load(&e->state);
+    if (event_happened(s, seen)) { rc = 0; break; }
+    rc = mp_futex_wait(&e->state, s, deadline);
     if (rc != 0) {
-      if (atomic_load(&e->flag)) rc = 0;
+      if (event_happened(atomic_load(&e->state), seen)) rc = 0;
       break;
     }
   }

@@ -122,15 +122,29 @@ int mp_sem_post(mp_sem *s, uint32_t n);
 
 /* ---- Event ------------------------------------------------------------------ */
 
+/*
+** `state` is the flag (bit 0) plus the number of times it was set (the other
+** bits), so a waiter that sleeps through a set() quickly followed by clear()
+** still sees that a set happened, as Python's Condition-based Event does.
+*/
 typedef struct mp_event {
-  _Atomic uint32_t flag;
+  _Atomic uint32_t state;
   _Atomic uint32_t waiters;
 } mp_event;
 
+static inline int mp_event_is_set(mp_event *e) {
+  return atomic_load(&e->state) & 1;
+}
+
+/* What a waiter saw when it began: pass it to every mp_event_wait of that wait. */
+static inline uint32_t mp_event_snapshot(mp_event *e) {
+  return atomic_load(&e->state);
+}
+
 void mp_event_set(mp_event *e);
 void mp_event_clear(mp_event *e);
-/* 0 when set, ETIMEDOUT or EINTR. */
-int mp_event_wait(mp_event *e, double deadline);
+/* 0 when set now or set since `seen`, ETIMEDOUT, or EINTR (call again with the same seen). */
+int mp_event_wait(mp_event *e, uint32_t seen, double deadline);
 
 /* ---- Condition variable ------------------------------------------------------ */
 
