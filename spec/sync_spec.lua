@@ -505,6 +505,34 @@ describe("mp.Condition", function()
     assert.equal(3, woke.value)
   end)
 
+  it("a waiter that lost a notification to another sleeps instead of spinning", function()
+    -- CPU ticks used by this process's reaped children (cutime + cstime).
+    local function child_ticks()
+      local f = io.open("/proc/self/stat")
+      local st = f:read("a"); f:close()
+      local fields = {}
+      for x in st:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
+      return tonumber(fields[14]) + tonumber(fields[15])
+    end
+    local c, waiting = mp.Condition(mp.Lock()), mp.Value("i", 0)
+    local back = mp.Condition(c:get_lock())
+    local ps = {}
+    for i = 1, 2 do
+      ps[i] = spawn(function()
+        c:acquire(); waiting.value = waiting.value + 1; back:notify(); c:wait(1); c:release()
+      end)
+    end
+    finally(function() join_all(ps) end)
+    local before = child_ticks()
+    c:acquire()
+    assert.is_true(back:wait_for(function() return waiting.value == 2 end, 10))
+    c:notify(1)
+    c:release()
+    join_all(ps)
+    -- A spinning loser burns its whole 1 s wait (about 100 ticks).
+    assert.is_true(child_ticks() - before < 30, "children used " .. (child_ticks() - before) .. " ticks")
+  end)
+
   it("releases an RLock held twice while waiting and restores its depth", function()
     local r = mp.RLock()
     local c = mp.Condition(r)

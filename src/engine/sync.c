@@ -238,8 +238,13 @@ static int take_token(mp_cond *c) {
 
 int mp_cond_wait(mp_cond *c, uint32_t seq, double deadline) {
   for (;;) {
-    if (atomic_load(&c->seq) != seq && take_token(c)) return 0;
-    int rc = mp_futex_wait(&c->seq, seq, deadline);
+    /*
+    ** Tokens are for notifies after `seq`; sleep on the current value, or a
+    ** waiter that lost a token to another would spin on a word that moved.
+    */
+    uint32_t now = atomic_load(&c->seq);
+    if (now != seq && take_token(c)) return 0;
+    int rc = mp_futex_wait(&c->seq, now, deadline);
     if (atomic_load(&c->seq) != seq && take_token(c)) return 0;
     if (rc != 0) return rc;
   }
