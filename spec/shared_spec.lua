@@ -216,6 +216,30 @@ describe("mp.Array", function()
     assert.equal(8, a[1])
   end)
 
+  it("gets non-overlapping memory for many sizes, freed and reused", function()
+    local arrays, sizes = {}, { 1, 7, 8, 9, 15, 16, 17, 100, 511, 512, 513, 1000, 5000 }
+    for round = 1, 3 do
+      for i = 1, 60 do
+        local n = sizes[(i * 7 + round) % #sizes + 1]
+        local a = mp.RawArray("q", n)
+        for j = 1, n do a[j] = i * 100000 + j end
+        arrays[i] = a
+      end
+      for i = 1, 60, 2 do arrays[i] = nil end       -- free every other one
+      collectgarbage(); collectgarbage()
+      for i = 1, 60, 2 do
+        local n = sizes[(i * 3 + round) % #sizes + 1]
+        local a = mp.RawArray("q", n)
+        for j = 1, n do a[j] = -(i * 100000 + j) end
+        arrays[i] = a
+      end
+      for i = 1, 60 do
+        local a, sign = arrays[i], i % 2 == 1 and -1 or 1
+        for j = 1, #a, 13 do assert.equal(sign * (i * 100000 + j), a[j]) end
+      end
+    end
+  end)
+
   it("prints its typecode and size", function()
     assert.equal("Array('i', 3)", tostring(mp.Array("i", 3)))
   end)
