@@ -61,6 +61,10 @@ describe("mp.Value", function()
     assert.is_true(math.abs(f.value - 0.1) < 1e-7)
     assert.is_true(f.value ~= 0.1)                  -- single precision
     assert.equal(math.huge, mp.Value("d", math.huge).value)
+    assert.equal(math.huge, mp.Value("f", 1e300).value)
+    assert.equal(-math.huge, mp.Value("f", -1e300).value)
+    local nan = mp.Value("f", 0 / 0).value
+    assert.is_true(nan ~= nan)
     assert.has_error(function() f.value = "x" end)
   end)
 

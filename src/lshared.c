@@ -9,6 +9,7 @@
 ** + 1` is still a read then a write, and needs the lock (or v:add).
 */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -120,7 +121,8 @@ static const char *to_bits(lua_State *L, const typeinfo *t, int idx, uint64_t *o
   if (t->kind == K_FLOAT) {
     lua_Number d = lua_tonumber(L, idx);
     if (t->size == 4) {
-      float f = (float)d;
+      /* Out of float's range is inf, as ctypes gives (and no undefined cast). */
+      float f = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
       uint32_t bits;
       memcpy(&bits, &f, sizeof bits);
       *out = bits;
