@@ -33,5 +33,10 @@ for _, name in ipairs{ "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condit
                        "Barrier", "Value", "RawValue", "Array", "RawArray" } do
   mp[name] = sync[name]
 end
+mp.dumps = core.dumps
+mp.loads = core.loads
+mp.register_class = core.register_class
+-- Error objects keep their class across processes (a worker's error reaches the parent).
+for name, cls in pairs(errors.classes) do core.register_class("mp." .. name, cls) end
 
 return mp

@@ -74,5 +74,6 @@ void mp_process_open(lua_State *L);
 void mp_signal_open(lua_State *L);
 void mp_sync_open(lua_State *L);
 void mp_shared_open(lua_State *L);
+void mp_serial_open(lua_State *L);    /* serial.h */
 
 #endif

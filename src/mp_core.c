@@ -19,6 +19,7 @@ static const subsystem_open subsystems[] = {
   mp_signal_open,
   mp_sync_open,
   mp_shared_open,
+  mp_serial_open,
   NULL
 };
 
