@@ -2,11 +2,7 @@
 local mp = require "mp"
 local H = require "helper"
 
-local function spawn(fn, ...)
-  local p = mp.Process{ target = fn, args = table.pack(...) }
-  p:start()
-  return p
-end
+local spawn = H.spawn
 
 -- typecode --> smallest and largest value it holds
 local ranges = {

@@ -2,12 +2,7 @@
 local mp = require "mp"
 local H = require "helper"
 
--- Starts fn(...) in a child process.
-local function spawn(fn, ...)
-  local p = mp.Process{ target = fn, args = table.pack(...) }
-  p:start()
-  return p
-end
+local spawn = H.spawn
 
 local function join_all(ps)
   for _, p in ipairs(ps) do
