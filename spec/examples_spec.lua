@@ -9,6 +9,14 @@ local function examples()
   return list
 end
 
+-- What some examples must print (a Lua pattern matched against stdout).
+local expected = {
+  ["examples/sync_race_locked.lua"] = "^" .. ("Final balance = 100\n"):rep(10) .. "$",
+  ["examples/sync_rlock.lua"] = "counter = 600",
+  ["examples/shared_value_array.lua"] = "squares: 1, 4, 9, 16, 25\nsum: 55\n",
+  ["examples/process_sigint.lua"] = "child: got SIGINT.*child exit code 0\n$",
+}
+
 describe("examples", function()
   for _, path in ipairs(examples()) do
     it(path .. " runs cleanly", function()
@@ -18,6 +26,7 @@ describe("examples", function()
       -- anything else on stderr is a problem.
       if not path:match("terminate") then assert.equal("", r.stderr) end
       assert.is_true(#r.stdout > 0)
+      if expected[path] then assert.matches(expected[path], r.stdout) end
     end)
   end
 end)
