@@ -32,4 +32,8 @@ mp.dumps = core.dumps
 mp.loads = core.loads
 mp.register_class = core.register_class
 
+local pool = require "mp.pool"
+mp.Pool = pool.Pool
+mp.AsyncResult = pool.AsyncResult
+
 return mp

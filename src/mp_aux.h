@@ -73,5 +73,6 @@ void mp_time_open(lua_State *L);
 void mp_process_open(lua_State *L);
 void mp_signal_open(lua_State *L);
 void mp_serial_open(lua_State *L);    /* serial.h */
+void mp_pool_open(lua_State *L);
 
 #endif
