@@ -63,7 +63,7 @@ typedef struct pbuf {
 } pbuf;
 
 typedef struct chan {
-  pid_t owner;                /* the process that made the pool */
+  int foreign;                /* a forked child's copy: the parent-side ends are closed */
   int task_w, task_r;         /* tasks: the parent writes task_w, workers read task_r */
   int res_w, res_r;           /* results: workers write res_w, the parent reads res_r */
   int nslots;
@@ -94,7 +94,7 @@ static chan *checkchan(lua_State *L) {
 /* Parent-only operations: a worker's inherited copy must not touch them. */
 static chan *checkowner(lua_State *L) {
   chan *c = checkchan(L);
-  if (c->owner != getpid()) luaL_error(L, "pool used from a process that did not create it");
+  if (c->foreign) luaL_error(L, "pool used from a process that did not create it");
   return c;
 }
 
@@ -309,7 +309,6 @@ static int core_pool_channel(lua_State *L) {
   memset(c, 0, sizeof *c);
   c->task_w = c->task_r = c->res_w = c->res_r = -1;   /* safe empty state */
   luaL_setmetatable(L, CHAN_T);
-  c->owner = getpid();
   int sv[2], rv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
     return mp_raise_errno(L, errno, "pool: socketpair");
@@ -333,6 +332,7 @@ static int core_pool_channel(lua_State *L) {
 /* chan:after_fork(mine): in a new child, drop the parent's ends (all of them unless mine). */
 static int chan_after_fork(lua_State *L) {
   chan *c = mp_checkself(L, 1, CHAN_T);
+  c->foreign = 1;
   close_fd(&c->task_w);
   close_fd(&c->res_r);
   if (!lua_toboolean(L, 2)) {

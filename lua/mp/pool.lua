@@ -55,7 +55,9 @@ end
 -- Pools made by this process; a forked child drops their parent-side ends.
 local live = setmetatable({}, { __mode = "k" })
 local spawning     -- the pool whose worker is being forked
+local mypid = getpid()    -- getpid is a system call: keep it
 process.at_fork(function()
+  mypid = getpid()
   for pool in pairs(live) do
     local chan = rawget(pool, "_chan")
     if chan then chan:after_fork(pool == spawning) end
@@ -202,7 +204,7 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
 end
 
 local function check_running(self, level)
-  if self._owner ~= getpid() then error("pool used from a process that did not create it", level + 1) end
+  if self._owner ~= mypid then error("pool used from a process that did not create it", level + 1) end
   if self._broken then error(self._broken, level + 1) end
   if self._state ~= RUN then error("Pool not running", level + 1) end
 end
@@ -479,7 +481,7 @@ An error while waiting (Ctrl-C, a signal handler's error) terminates the pool
 before it propagates, so no worker outlives the interrupted call.
 ]]
 function Pool:_wait(done, timeout, tick)
-  if self._owner ~= getpid() then error("pool used from a process that did not create it", 3) end
+  if self._owner ~= mypid then error("pool used from a process that did not create it", 3) end
   local deadline = timeout and now() + max(timeout, 0) or math.huge
   local ok, err = pcall(function()
     while not done() do
@@ -750,13 +752,13 @@ end
 
 -- close(): no more tasks; workers exit once the queued ones are done.
 function Pool:close()
-  if self._owner ~= getpid() then error("pool used from a process that did not create it", 2) end
+  if self._owner ~= mypid then error("pool used from a process that did not create it", 2) end
   if self._state == RUN then self._state = CLOSE end
 end
 
 -- join(): waits for the workers to exit; close() or terminate() first.
 function Pool:join()
-  if self._owner ~= getpid() then error("pool used from a process that did not create it", 2) end
+  if self._owner ~= mypid then error("pool used from a process that did not create it", 2) end
   if self._state == RUN then error("Pool is still running", 2) end
   if self._chan == nil then return end
   self:_wait(function() return not outstanding(self) end)
@@ -784,7 +786,7 @@ end
 
 -- terminate(): stops the workers now; unfinished results fail.
 function Pool:terminate()
-  if self._owner ~= getpid() or self._chan == nil then return end
+  if self._owner ~= mypid or self._chan == nil then return end
   self._state = TERMINATE
   for _, p in pairs(self._workers) do
     if p.exitcode == nil then pcall(p.terminate, p) end
