@@ -583,6 +583,17 @@ static void encode_function(enc *e, int f) {
   int nups = ar.nups;
   put_u8(e, (unsigned)nups);
   for (int i = 1; i <= nups; i++) {
+    /*
+    ** _ENV is rebound to the receiver's globals whatever it holds here: a
+    ** function's environment is where it runs, not data (busted, for one, runs
+    ** specs in a proxy of _G that would otherwise be copied, minus its metatable).
+    */
+    const char *name = lua_getupvalue(L, f, i);
+    lua_pop(L, 1);
+    if (name != NULL && strcmp(name, "_ENV") == 0) {
+      put_u8(e, T_GLOBALS);
+      continue;
+    }
     void *id = lua_upvalueid(L, f, i);
     need_memo(e);
     lua_pushlightuserdata(L, id);
@@ -600,7 +611,7 @@ static void encode_function(enc *e, int f) {
     lua_pushlightuserdata(L, id);
     lua_pushinteger(L, (lua_Integer)((off << 8) | (size_t)i));
     lua_rawset(L, e->memo);
-    const char *name = lua_getupvalue(L, f, i);
+    lua_getupvalue(L, f, i);
     child(e, lua_gettop(L), (seg){SEG_UPVALUE, 0, i, name});
     lua_pop(L, 1);
   }
