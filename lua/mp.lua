@@ -31,6 +31,12 @@ mp.signals = core.signals
 mp.dumps = core.dumps
 mp.loads = core.loads
 mp.register_class = core.register_class
+-- Queues and pipes (src/lqueue.c, src/lpipe.c)
+mp.Queue = core.Queue
+mp.SimpleQueue = core.SimpleQueue
+mp.JoinableQueue = core.JoinableQueue
+mp.Pipe = core.Pipe
+mp.wait = core.wait
 
 local pool = require "mp.pool"
 mp.Pool = pool.Pool

@@ -18,6 +18,8 @@ static const subsystem_open subsystems[] = {
   mp_process_open,
   mp_signal_open,
   mp_serial_open,
+  mp_queue_open,     /* transport */
+  mp_pipe_open,
   mp_pool_open,
   NULL
 };

@@ -1,0 +1,69 @@
+-- Pipe, Queue and JoinableQueue throughput: the tutorial's programs. The parent
+-- sends N integers and a "DONE" sentinel to one reader process; the time runs
+-- from starting the reader to joining it. Twin of bench/transport.py.
+-- Counts: 1e4 and 1e5 (1e6 too with BENCH_LARGE=1). Also peak RSS of the children.
+local counts = { 10000, 100000 }
+if os.getenv("BENCH_LARGE") == "1" then counts[#counts + 1] = 1000000 end
+
+local function report(name, seconds, n)
+  io.write(string.format("%s\t%.4f\tus/msg\n", name, seconds / n * 1e6))
+end
+
+local function pipe_reader(out, inp)
+  inp:close()
+  while true do
+    if out:recv() == "DONE" then break end
+  end
+end
+
+local function pipe_run(n)
+  local out, inp = mp.Pipe()
+  local p = mp.Process{ target = pipe_reader, args = { out, inp } }
+  local t0 = mp.time()
+  p:start()
+  out:close()
+  for i = 0, n - 1 do inp:send(i) end
+  inp:send("DONE")
+  p:join()
+  inp:close()
+  return mp.time() - t0
+end
+
+local function queue_reader(q)
+  while true do
+    if q:get() == "DONE" then break end
+  end
+end
+
+local function joinable_reader(q)
+  while true do
+    local msg = q:get()
+    q:task_done()
+    if msg == "DONE" then break end
+  end
+end
+
+local function queue_run(n, make, reader)
+  local q = make()
+  local p = mp.Process{ target = reader, args = { q } }
+  local t0 = mp.time()
+  p:start()
+  for i = 0, n - 1 do q:put(i) end
+  q:put("DONE")
+  p:join()
+  return mp.time() - t0
+end
+
+for _, n in ipairs(counts) do
+  local label = n >= 1000000 and "1e6" or n >= 100000 and "1e5" or "1e4"
+  report("Pipe " .. label .. " integers", pipe_run(n), n)
+  report("Queue " .. label .. " integers", queue_run(n, mp.Queue, queue_reader), n)
+  report("JoinableQueue " .. label .. " integers", queue_run(n, mp.JoinableQueue, joinable_reader), n)
+end
+
+-- Peak resident memory of the reader processes (getrusage(RUSAGE_CHILDREN)).
+local f = io.open("/proc/self/status")
+if mp.children_maxrss then
+  io.write(string.format("peak RSS of a reader\t%d\tKiB\n", mp.children_maxrss()))
+end
+if f then f:close() end

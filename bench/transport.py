@@ -1,0 +1,70 @@
+# Pipe, Queue and JoinableQueue throughput: the tutorial's programs; twin of bench/transport.lua.
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+
+COUNTS = [10000, 100000]
+if os.environ.get("BENCH_LARGE") == "1":
+    COUNTS.append(1000000)
+
+
+def report(name, seconds, n):
+    print(f"{name}\t{seconds / n * 1e6:.4f}\tus/msg", flush=True)
+
+
+def pipe_reader(pipe):
+    out, inp = pipe
+    inp.close()
+    while True:
+        if out.recv() == "DONE":
+            break
+
+
+def pipe_run(n):
+    out, inp = mp.Pipe()
+    p = mp.Process(target=pipe_reader, args=((out, inp),))
+    t0 = time.perf_counter()
+    p.start()
+    out.close()
+    for i in range(n):
+        inp.send(i)
+    inp.send("DONE")
+    p.join()
+    return time.perf_counter() - t0
+
+
+def queue_reader(q):
+    while True:
+        if q.get() == "DONE":
+            break
+
+
+def joinable_reader(q):
+    while True:
+        msg = q.get()
+        q.task_done()
+        if msg == "DONE":
+            break
+
+
+def queue_run(n, make, reader):
+    q = make()
+    p = mp.Process(target=reader, args=(q,))
+    t0 = time.perf_counter()
+    p.start()
+    for i in range(n):
+        q.put(i)
+    q.put("DONE")
+    p.join()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    for n in COUNTS:
+        label = "1e6" if n >= 1000000 else "1e5" if n >= 100000 else "1e4"
+        report(f"Pipe {label} integers", pipe_run(n), n)
+        report(f"Queue {label} integers", queue_run(n, mp.Queue, queue_reader), n)
+        report(f"JoinableQueue {label} integers", queue_run(n, mp.JoinableQueue, joinable_reader), n)

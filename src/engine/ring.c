@@ -1,0 +1,397 @@
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "futex.h"
+#include "olock.h"
+#include "ring.h"
+
+#define RING_MAGIC 0x6d707267u   /* "mprg" */
+#define RING_VERSION 1
+#define HDR_BYTES 4096           /* the data area starts on a page */
+#define REC_HDR 8                /* a record: 8-byte length, payload, pad to 8 */
+#define PUNCH ((uint64_t)2 << 20)   /* consumed memory goes back to the kernel in 2 MiB steps */
+
+/*
+** The shared header. Each side's fields share a cache line with its lock and
+** only that side writes them, so producers and consumers do not bounce lines
+** except to read the other side's position.
+*/
+struct mp_ring_hdr {
+  uint32_t magic, version;
+  uint64_t cap, maxsize;
+  int joinable;
+
+  alignas(64) mp_olock wlock;           /* producers */
+  _Atomic uint64_t tail;                /* end of the published records */
+  _Atomic uint64_t nput;                /* records put (qsize = nput - nget) */
+  _Atomic uint32_t space_seq;           /* futex: bumped when a waiting producer may go on */
+  _Atomic uint32_t writer_waiting;      /* the wlock holder sleeps for room */
+
+  alignas(64) mp_olock rlock;           /* consumers */
+  _Atomic uint64_t head;                /* start of the next record */
+  _Atomic uint64_t nget;
+  uint64_t rd_end;                      /* end of a streamed record being taken */
+  _Atomic uint32_t data_seq;            /* futex: bumped when a waiting consumer may go on */
+  _Atomic uint32_t reader_waiting;      /* the rlock holder sleeps for data */
+
+  alignas(64) _Atomic int64_t unfinished;   /* JoinableQueue */
+  _Atomic uint32_t join_seq;
+  _Atomic uint32_t join_waiters;
+  _Atomic uint32_t pollers;             /* processes in mp.wait on this ring */
+};
+
+static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 7) & ~(uint64_t)7); }
+
+int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
+  r->hdr = NULL; r->data = NULL; r->bell_r = r->bell_w = -1;
+  if (cap < 4096 || (cap & (cap - 1)) != 0) return EINVAL;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return errno;
+  void *p = MAP_FAILED;
+  /* Reserve, do not commit: pages are allocated when written. */
+  for (; cap >= 4096; cap >>= 1) {
+    p = mmap(NULL, HDR_BYTES + cap, PROT_READ | PROT_WRITE,
+             MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED) break;
+  }
+  if (p == MAP_FAILED) {
+    int err = errno;
+    close(fds[0]); close(fds[1]);
+    return err;
+  }
+  mp_ring_hdr *h = p;   /* zero-filled by mmap */
+  h->magic = RING_MAGIC;
+  h->version = RING_VERSION;
+  h->cap = cap;
+  h->maxsize = maxsize;
+  h->joinable = joinable;
+  r->hdr = h;
+  r->data = (char *)p + HDR_BYTES;
+  r->cap = cap;
+  r->map_len = HDR_BYTES + cap;
+  r->bell_r = fds[0];
+  r->bell_w = fds[1];
+  return 0;
+}
+
+void mp_ring_unmap(mp_ring *r) {
+  if (r->hdr != NULL) {
+    munmap(r->hdr, r->map_len);
+    r->hdr = NULL;
+    r->data = NULL;
+  }
+  if (r->bell_r >= 0) { close(r->bell_r); r->bell_r = -1; }
+  if (r->bell_w >= 0) { close(r->bell_w); r->bell_w = -1; }
+}
+
+static void copy_in(mp_ring *r, uint64_t pos, const char *src, size_t n) {
+  size_t off = (size_t)(pos & (r->cap - 1));
+  size_t first = r->cap - off < n ? r->cap - off : n;
+  memcpy(r->data + off, src, first);
+  if (n > first) memcpy(r->data, src + first, n - first);
+}
+
+static void copy_out(mp_ring *r, uint64_t pos, char *dst, size_t n) {
+  size_t off = (size_t)(pos & (r->cap - 1));
+  size_t first = r->cap - off < n ? r->cap - off : n;
+  memcpy(dst, r->data + off, first);
+  if (n > first) memcpy(dst, r->data + first, n - first);
+}
+
+/*
+** Gives the pages of every 2 MiB stretch that lies wholly before `to` back to
+** the kernel. Called by the consumer before it publishes the new head, while
+** producers still cannot write there. Small rings stay resident (hot).
+*/
+static void punch(mp_ring *r, uint64_t from, uint64_t to) {
+  if (r->cap < 2 * PUNCH) return;
+  for (uint64_t c = from & ~(PUNCH - 1); c + PUNCH <= to; c += PUNCH)
+    madvise(r->data + (c & (r->cap - 1)), PUNCH, MADV_REMOVE);
+}
+
+/* Moves the head to `to`: frees consumed memory, publishes, wakes a waiting producer. */
+static void advance_head(mp_ring *r, uint64_t from, uint64_t to) {
+  mp_ring_hdr *h = r->hdr;
+  punch(r, from, to);
+  atomic_store(&h->head, to);
+  if (atomic_load(&h->writer_waiting)) {
+    atomic_fetch_add(&h->space_seq, 1);
+    mp_futex_wake(&h->space_seq, 1);
+  }
+}
+
+/* Publishes the tail, wakes a sleeping consumer and rings the doorbell for pollers. */
+static void publish_tail(mp_ring *r, uint64_t to) {
+  mp_ring_hdr *h = r->hdr;
+  atomic_store(&h->tail, to);
+  if (atomic_load(&h->reader_waiting)) {
+    atomic_fetch_add(&h->data_seq, 1);
+    mp_futex_wake(&h->data_seq, 1);
+  }
+  if (atomic_load(&h->pollers) && r->bell_w >= 0) {
+    ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
+    (void)n;
+  }
+}
+
+/*
+** Before sleeping, watch the other side for a few microseconds: a consumer
+** that keeps up with its producer finds the ring empty after nearly every
+** message, and a futex sleep and wake-up per message would cost far more
+** than the message itself.
+*/
+#define SPIN_ROUNDS 4000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Whether a producer holding wlock may write a record of `total` bytes now. */
+static int room_for(mp_ring *r, uint64_t total) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+  uint64_t used = tail - atomic_load_explicit(&h->head, memory_order_acquire);
+  if (h->maxsize != 0 &&
+      atomic_load_explicit(&h->nput, memory_order_relaxed) -
+      atomic_load_explicit(&h->nget, memory_order_relaxed) >= h->maxsize) return 0;
+  uint64_t need = total <= r->cap ? total : REC_HDR;
+  return r->cap - used >= need;
+}
+
+/* The wlock holder sleeps until a consumer made progress. 0, ETIMEDOUT, EINTR. */
+static int wait_space(mp_ring *r, uint64_t total, double deadline) {
+  mp_ring_hdr *h = r->hdr;
+  if (deadline > -INFINITY) {
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+      cpu_relax();
+      if (room_for(r, total)) return 0;
+    }
+  }
+  atomic_store(&h->writer_waiting, 1);
+  uint32_t seq = atomic_load(&h->space_seq);
+  int rc = 0;
+  if (!room_for(r, total)) rc = mp_futex_wait(&h->space_seq, seq, deadline);
+  atomic_store(&h->writer_waiting, 0);
+  return rc;
+}
+
+/* The rlock holder sleeps until the tail moves past `seen`. 0, ETIMEDOUT, EINTR. */
+static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
+  mp_ring_hdr *h = r->hdr;
+  if (deadline > -INFINITY) {
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+      cpu_relax();
+      if (atomic_load_explicit(&h->tail, memory_order_relaxed) != seen) return 0;
+    }
+  }
+  atomic_store(&h->reader_waiting, 1);
+  uint32_t seq = atomic_load(&h->data_seq);
+  int rc = 0;
+  if (atomic_load(&h->tail) == seen) rc = mp_futex_wait(&h->data_seq, seq, deadline);
+  atomic_store(&h->reader_waiting, 0);
+  return rc;
+}
+
+/* A record larger than the ring: header, then the payload as room appears. */
+static void put_stream(mp_ring *r, const char *data, size_t len) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+  uint64_t end = tail + rec_size(len);
+  uint64_t hdr = len;
+  copy_in(r, tail, (const char *)&hdr, REC_HDR);
+  atomic_store_explicit(&h->nput, atomic_load_explicit(&h->nput, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+  tail += REC_HDR;
+  publish_tail(r, tail);
+  uint64_t payload_end = tail + len;
+  while (tail < end) {
+    uint64_t room = r->cap - (tail - atomic_load_explicit(&h->head, memory_order_acquire));
+    if (room == 0) {
+      wait_space(r, REC_HDR, INFINITY);   /* slices end with EINTR: just go on */
+      continue;
+    }
+    uint64_t n = end - tail < room ? end - tail : room;
+    if (tail < payload_end) {
+      uint64_t m = payload_end - tail < n ? payload_end - tail : n;
+      copy_in(r, tail, data + (len - (payload_end - tail)), (size_t)m);
+    }
+    tail += n;
+    publish_tail(r, tail);
+  }
+}
+
+int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t total = rec_size(len);
+  int rc = mp_olock_acquire(&h->wlock, deadline);
+  if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);   /* the dead one's flag */
+  else if (rc != 0) return rc;
+  while (!room_for(r, total)) {
+    rc = wait_space(r, total, deadline);
+    if (rc != 0 && rc != EAGAIN) {
+      mp_olock_release(&h->wlock);
+      return rc;
+    }
+  }
+  if (h->joinable) atomic_fetch_add(&h->unfinished, 1);   /* before anyone can take it */
+  if (total > r->cap) {
+    put_stream(r, data, len);
+  } else {
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+    uint64_t hdr = len;
+    copy_in(r, tail, (const char *)&hdr, REC_HDR);
+    copy_in(r, tail + REC_HDR, data, len);
+    atomic_store_explicit(&h->nput, atomic_load_explicit(&h->nput, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    publish_tail(r, tail + total);
+  }
+  mp_olock_release(&h->wlock);
+  return 0;
+}
+
+static void count_get(mp_ring_hdr *h) {
+  atomic_store_explicit(&h->nget, atomic_load_explicit(&h->nget, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+}
+
+int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
+  mp_ring_hdr *h = r->hdr;
+  int rc = mp_olock_acquire(&h->rlock, deadline);
+  if (rc == EOWNERDEAD) {
+    /* The previous consumer died holding the lock. Its flag goes; a streamed
+    ** record it was taking is lost with it and is skipped below. */
+    atomic_store(&h->reader_waiting, 0);
+    if (h->rd_end > atomic_load(&h->head)) count_get(h);
+  } else if (rc != 0) {
+    return rc;
+  }
+  for (;;) {
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    if (head < h->rd_end) {
+      if (tail > head) {
+        advance_head(r, head, tail < h->rd_end ? tail : h->rd_end);
+        continue;
+      }
+    } else if (tail - head >= REC_HDR) {
+      uint64_t len;
+      copy_out(r, head, (char *)&len, REC_HDR);
+      uint64_t total = rec_size(len);
+      m->len = len;
+      m->streamed = total > r->cap;
+      if (m->streamed) {
+        h->rd_end = head + total;   /* before the head moves: a successor skips the rest */
+        advance_head(r, head, head + REC_HDR);
+        m->p1 = m->p2 = NULL;
+        m->n1 = m->n2 = 0;
+        return 0;
+      }
+      size_t off = (size_t)((head + REC_HDR) & (r->cap - 1));
+      m->p1 = r->data + off;
+      m->n1 = r->cap - off < len ? r->cap - off : (size_t)len;
+      m->p2 = r->data;
+      m->n2 = (size_t)len - m->n1;
+      return 0;
+    }
+    rc = wait_data(r, tail, deadline);
+    if (rc != 0 && rc != EAGAIN) {
+      mp_olock_release(&h->rlock);
+      return rc;
+    }
+  }
+}
+
+void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
+  uint64_t payload_end = head + m->len;
+  uint64_t start = head;
+  while (head < h->rd_end) {
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    if (tail == head) {
+      wait_data(r, tail, INFINITY);
+      continue;
+    }
+    uint64_t to = tail < h->rd_end ? tail : h->rd_end;
+    if (dst != NULL && head < payload_end) {
+      uint64_t n = (to < payload_end ? to : payload_end) - head;
+      copy_out(r, head, dst + (head - start), (size_t)n);
+    }
+    advance_head(r, head, to);
+    head = to;
+  }
+}
+
+void mp_ring_get_end(mp_ring *r, mp_ring_msg *m) {
+  mp_ring_hdr *h = r->hdr;
+  if (!m->streamed) {
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
+    count_get(h);
+    advance_head(r, head, head + rec_size(m->len));
+  } else {
+    count_get(h);
+  }
+  mp_olock_release(&h->rlock);
+}
+
+uint64_t mp_ring_count(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t got = atomic_load(&h->nget);
+  uint64_t put = atomic_load(&h->nput);
+  return put > got ? put - got : 0;
+}
+
+uint64_t mp_ring_maxsize(mp_ring *r) { return r->hdr->maxsize; }
+
+int mp_ring_readable(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  return atomic_load(&h->tail) != atomic_load(&h->head);
+}
+
+int mp_ring_poll_begin(mp_ring *r) {
+  atomic_fetch_add(&r->hdr->pollers, 1);
+  return mp_ring_readable(r);
+}
+
+void mp_ring_poll_end(mp_ring *r) {
+  atomic_fetch_sub(&r->hdr->pollers, 1);
+  char buf[64];
+  while (read(r->bell_r, buf, sizeof buf) > 0) {}
+}
+
+int mp_ring_task_done(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  int64_t v = atomic_load(&h->unfinished);
+  do {
+    if (v <= 0) return ERANGE;
+  } while (!atomic_compare_exchange_weak(&h->unfinished, &v, v - 1));
+  if (v == 1) {
+    atomic_fetch_add(&h->join_seq, 1);
+    if (atomic_load(&h->join_waiters)) mp_futex_wake(&h->join_seq, INT32_MAX);
+  }
+  return 0;
+}
+
+int mp_ring_join(mp_ring *r, double deadline) {
+  mp_ring_hdr *h = r->hdr;
+  for (;;) {
+    if (atomic_load(&h->unfinished) <= 0) return 0;
+    atomic_fetch_add(&h->join_waiters, 1);
+    uint32_t seq = atomic_load(&h->join_seq);
+    int rc = 0;
+    if (atomic_load(&h->unfinished) > 0) rc = mp_futex_wait(&h->join_seq, seq, deadline);
+    atomic_fetch_sub(&h->join_waiters, 1);
+    if (rc != 0 && rc != EAGAIN) return rc;
+  }
+}

@@ -1,0 +1,110 @@
+/*
+** The queue engine: a byte ring in anonymous MAP_SHARED memory (inherited by
+** every process forked after it is made) carrying variable-size messages
+** between many producers and many consumers.
+**
+** Shape: a single-producer/single-consumer ring made multi-producer and
+** multi-consumer by two owner-checked locks (olock.h), one per side, so
+** producers never contend with consumers. The positions are 64-bit counters
+** that never wrap; a record is an 8-byte length and the payload, padded to 8.
+** A producer copies a whole record and then publishes it with one store of
+** the tail, so consumers only ever see complete messages.
+**
+** Nobody makes a system call per message: a consumer sleeps on a futex only
+** when the ring is empty (a producer wakes it only when the waiting flag is
+** set), a producer only when the ring is full, and mp.wait's doorbell pipe is
+** written only while some process polls the queue.
+**
+** Capacity: the data area is reserved large (MP_RING_DEFAULT_CAP, with
+** MAP_NORESERVE) so that a 100 MiB item can be put before any consumer
+** exists; pages are allocated when first written, and consumers hand every
+** fully consumed 2 MiB stretch back to the kernel (MADV_REMOVE), so memory in
+** use follows what is queued, not the reservation. A record larger than the
+** whole area is streamed through it in chunks while the producer holds its
+** lock; only such records are visible before they are complete.
+**
+** A dead lock holder is detected by the next process that wants the lock.
+** A consumer killed while holding its lock, even in the middle of a streamed
+** record, leaves the ring usable: the next consumer skips the rest of the
+** record the dead one was taking. (A producer killed in the middle of a
+** streamed record -- larger than the whole area -- is not repaired.)
+**
+** Engine code: no Lua; functions return 0 or an errno value.
+*/
+#ifndef MP_RING_H
+#define MP_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MP_RING_DEFAULT_CAP ((size_t)1 << 30)
+
+typedef struct mp_ring_hdr mp_ring_hdr;
+
+/* One process's handle on a ring: the mapping and its doorbell pipe. */
+typedef struct mp_ring {
+  mp_ring_hdr *hdr;     /* NULL when not mapped */
+  char *data;
+  size_t cap;           /* bytes in the data area, a power of two */
+  size_t map_len;
+  int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
+} mp_ring;
+
+/* A message taken by mp_ring_get_begin, still in the ring (consumer lock held). */
+typedef struct mp_ring_msg {
+  uint64_t len;         /* payload bytes */
+  const char *p1;       /* the payload: p1[0..n1) then p2[0..n2) when it wraps */
+  size_t n1;
+  const char *p2;
+  size_t n2;
+  int streamed;         /* larger than the ring: read it with mp_ring_read_stream */
+} mp_ring_msg;
+
+/* Maps a new ring; maxsize 0 means unbounded (in items). */
+int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable);
+
+/* Unmaps this process's mapping and closes its doorbell fds (idempotent). */
+void mp_ring_unmap(mp_ring *r);
+
+/*
+** Puts one message. Waits until `deadline` for room (maxsize items, or bytes).
+** Returns 0, ETIMEDOUT (full), EINTR (slice ended, nothing done: check for
+** interrupts and call again), or an errno. A record larger than the ring is
+** streamed and, once started, runs to the end without returning EINTR.
+*/
+int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline);
+
+/*
+** Takes the next message, waiting until `deadline`. On 0 the consumer lock is
+** held and *m describes the message in place: copy or decode it, then call
+** mp_ring_get_end (or mp_ring_read_stream when m->streamed). ETIMEDOUT when
+** empty, EINTR as for put.
+*/
+int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m);
+
+/* Copies a streamed message (m->len bytes) into dst, or drops it if dst is NULL. */
+void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst);
+
+/* Consumes the message, releases the consumer lock and wakes a waiting producer. */
+void mp_ring_get_end(mp_ring *r, mp_ring_msg *m);
+
+/* Items in the ring now (approximate while others put and get). */
+uint64_t mp_ring_count(mp_ring *r);
+uint64_t mp_ring_maxsize(mp_ring *r);
+
+/* Whether a message is ready to be taken (what mp.wait asks). */
+int mp_ring_readable(mp_ring *r);
+
+/*
+** mp.wait's side: poll_begin registers this process as polling the doorbell
+** (producers then ring it) and returns whether a message is already there;
+** poll_end unregisters and drains the doorbell.
+*/
+int mp_ring_poll_begin(mp_ring *r);
+void mp_ring_poll_end(mp_ring *r);
+
+/* JoinableQueue: unfinished tasks, counted up by put and down by task_done. */
+int mp_ring_task_done(mp_ring *r);          /* 0, or ERANGE when called too often */
+int mp_ring_join(mp_ring *r, double deadline);  /* 0, ETIMEDOUT or EINTR */
+
+#endif

@@ -1,0 +1,318 @@
+/*
+** Binding for mp.Queue, mp.SimpleQueue and mp.JoinableQueue: one userdata
+** type per class over the shared ring (engine/ring.c). Items are encoded by
+** the serializer inside put, synchronously, so an unsendable value raises
+** there and a put followed by get_nowait in the same process finds the item
+** (no feeder thread, unlike Python).
+*/
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mp_aux.h"
+#include "serial.h"
+#include "engine/clock.h"
+#include "engine/ring.h"
+
+#define QUEUE_T "mp.Queue"
+#define SIMPLE_T "mp.SimpleQueue"
+#define JOINABLE_T "mp.JoinableQueue"
+
+/* Messages up to this size are copied out of the ring onto the C stack and the
+** consumer lock is released before decoding (decoding may raise). */
+#define SMALL_MSG 8192
+
+typedef struct queue_ud {
+  mp_ring ring;      /* ring.hdr == NULL once closed */
+} queue_ud;
+
+static queue_ud *check_queue(lua_State *L) {
+  queue_ud *q = mp_checkself(L, 1, "Queue");
+  if (q->ring.hdr == NULL) luaL_error(L, "queue is closed");
+  return q;
+}
+
+/* The deadline of put/get(block, timeout): block false means do not wait. */
+static double block_deadline(lua_State *L, int arg) {
+  if (!lua_isnoneornil(L, arg) && !lua_toboolean(L, arg)) {
+    if (!lua_isnoneornil(L, arg + 1)) luaL_checknumber(L, arg + 1);
+    return -INFINITY;
+  }
+  if (!lua_isnoneornil(L, arg + 1) && !lua_isnumber(L, arg + 1))
+    luaL_typeerror(L, arg + 1, "number or nil");
+  return mp_optdeadline(L, arg + 1);
+}
+
+static int put_value(lua_State *L, queue_ud *q, int idx, double deadline) {
+  for (;;) {
+    mp_wbuf *b = mp_serial_scratch(L);
+    mp_serial_encode(L, idx, 1, b, "item");
+    int rc = mp_ring_put(&q->ring, b->data, b->len, deadline);
+    if (rc == 0) return 0;
+    /* A signal handler may use the scratch buffer: encode again after it. */
+    if (rc == EINTR) { mp_check_interrupt(L); continue; }
+    if (rc == ETIMEDOUT) return mp_raise(L, "Full", "queue is full");
+    return mp_raise_errno(L, rc, "put");
+  }
+}
+
+/* Decodes a message that lives in memory the caller must release whatever happens. */
+static int decode_thunk(lua_State *L) {
+  const char *p = lua_touserdata(L, 1);
+  size_t len = (size_t)lua_tointeger(L, 2);
+  lua_settop(L, 0);
+  return mp_serial_decode(L, p, len);
+}
+
+static int pdecode(lua_State *L, const char *p, size_t len) {
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, decode_thunk);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, (lua_Integer)len);
+  int status = lua_pcall(L, 2, LUA_MULTRET, 0);
+  return status == LUA_OK ? lua_gettop(L) - base : -1;
+}
+
+static int get_value(lua_State *L, queue_ud *q, double deadline) {
+  mp_ring_msg m;
+  int rc;
+  while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
+    mp_check_interrupt(L);
+  if (rc == ETIMEDOUT) return mp_raise(L, "Empty", "queue is empty");
+  if (rc != 0) return mp_raise_errno(L, rc, "get");
+  if (!m.streamed && m.len <= SMALL_MSG) {
+    char buf[SMALL_MSG];
+    memcpy(buf, m.p1, m.n1);
+    if (m.n2) memcpy(buf + m.n1, m.p2, m.n2);
+    mp_ring_get_end(&q->ring, &m);
+    return mp_serial_decode(L, buf, (size_t)m.len);
+  }
+  if (!m.streamed && m.n2 == 0) {
+    /* Large and contiguous: decode in place, under pcall so the lock is released. */
+    int n = pdecode(L, m.p1, m.n1);
+    mp_ring_get_end(&q->ring, &m);
+    if (n < 0) return lua_error(L);
+    return n;
+  }
+  char *buf = m.len <= SIZE_MAX ? malloc((size_t)m.len) : NULL;
+  if (m.streamed) mp_ring_read_stream(&q->ring, &m, buf);
+  else if (buf != NULL) {
+    memcpy(buf, m.p1, m.n1);
+    memcpy(buf + m.n1, m.p2, m.n2);
+  }
+  mp_ring_get_end(&q->ring, &m);
+  if (buf == NULL) return luaL_error(L, "not enough memory for a queue item of %I bytes",
+                                     (lua_Integer)m.len);
+  int n = pdecode(L, buf, (size_t)m.len);
+  free(buf);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+/* q:put(v [, block [, timeout]]) */
+static int q_put(lua_State *L) {
+  queue_ud *q = check_queue(L);
+  double deadline = block_deadline(L, 3);
+  lua_settop(L, 2);     /* q:put() puts nil */
+  put_value(L, q, 2, deadline);
+  return 0;
+}
+
+/* q:get([block [, timeout]]) */
+static int q_get(lua_State *L) {
+  queue_ud *q = check_queue(L);
+  return get_value(L, q, block_deadline(L, 2));
+}
+
+static int q_put_nowait(lua_State *L) {
+  queue_ud *q = check_queue(L);
+  lua_settop(L, 2);
+  put_value(L, q, 2, -INFINITY);
+  return 0;
+}
+
+static int q_get_nowait(lua_State *L) {
+  return get_value(L, check_queue(L), -INFINITY);
+}
+
+static int q_qsize(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)mp_ring_count(&check_queue(L)->ring));
+  return 1;
+}
+
+static int q_empty(lua_State *L) {
+  lua_pushboolean(L, !mp_ring_readable(&check_queue(L)->ring));
+  return 1;
+}
+
+static int q_full(lua_State *L) {
+  queue_ud *q = check_queue(L);
+  uint64_t max = mp_ring_maxsize(&q->ring);
+  lua_pushboolean(L, max != 0 && mp_ring_count(&q->ring) >= max);
+  return 1;
+}
+
+/* jq:task_done() */
+static int q_task_done(lua_State *L) {
+  queue_ud *q = check_queue(L);
+  if (mp_ring_task_done(&q->ring) == ERANGE)
+    return luaL_error(L, "task_done() called too many times");
+  return 0;
+}
+
+/* jq:join([timeout]) --> true, or false when the timeout passed first */
+static int q_join(lua_State *L) {
+  queue_ud *q = check_queue(L);
+  double deadline = mp_optdeadline(L, 2);
+  int rc;
+  while ((rc = mp_ring_join(&q->ring, deadline)) == EINTR)
+    mp_check_interrupt(L);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+/* No feeder thread: nothing to wait for or cancel (Python's API kept). */
+static int q_noop(lua_State *L) {
+  mp_checkself(L, 1, "Queue");
+  return 0;
+}
+
+/* close(), __gc: unmaps this process's mapping; others keep theirs. */
+static int q_close(lua_State *L) {
+  queue_ud *q = mp_checkself(L, 1, "Queue");
+  mp_ring_unmap(&q->ring);
+  return 0;
+}
+
+static int q_tostring(lua_State *L) {
+  queue_ud *q = mp_checkself(L, 1, "Queue");
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "__name");
+  const char *name = lua_tostring(L, -1);
+  if (strncmp(name, "mp.", 3) == 0) name += 3;
+  if (q->ring.hdr == NULL) lua_pushfstring(L, "<%s closed>", name);
+  else lua_pushfstring(L, "<%s size=%I>", name, (lua_Integer)mp_ring_count(&q->ring));
+  return 1;
+}
+
+/* Pushes a new queue of class tname. */
+static void new_queue(lua_State *L, const char *tname, lua_Integer maxsize, size_t bytes, int joinable) {
+  queue_ud *q = lua_newuserdatauv(L, sizeof *q, 0);
+  memset(q, 0, sizeof *q);
+  q->ring.bell_r = q->ring.bell_w = -1;       /* safe empty state before anything can fail */
+  luaL_setmetatable(L, tname);
+  int err = mp_ring_create(&q->ring, bytes, maxsize > 0 ? (uint64_t)maxsize : 0, joinable);
+  if (err) mp_raise_errno(L, err, "cannot create queue");
+}
+
+/* The ring size option: a power of two, at least 4096 (default: a 1 GiB reservation). */
+static size_t opt_bytes(lua_State *L, int arg, lua_Integer v) {
+  if (v == 0) return MP_RING_DEFAULT_CAP;
+  if (v < 4096 || (v & (v - 1)) != 0) luaL_argerror(L, arg, "bytes must be a power of two >= 4096");
+  return (size_t)v;
+}
+
+/* Queue(maxsize) or Queue{maxsize =, bytes =}; maxsize <= 0 means unbounded. */
+static void queue_args(lua_State *L, lua_Integer *maxsize, size_t *bytes) {
+  *maxsize = 0;
+  lua_Integer b = 0;
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "maxsize");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1)) luaL_argerror(L, 1, "maxsize must be an integer");
+      *maxsize = lua_tointeger(L, -1);
+    }
+    lua_getfield(L, 1, "bytes");
+    if (!lua_isnil(L, -1)) {
+      if (!lua_isinteger(L, -1)) luaL_argerror(L, 1, "bytes must be an integer");
+      b = lua_tointeger(L, -1);
+    }
+    lua_pop(L, 2);
+  } else if (!lua_isnoneornil(L, 1)) {
+    *maxsize = luaL_checkinteger(L, 1);
+  }
+  *bytes = opt_bytes(L, 1, b);
+}
+
+static int core_queue(lua_State *L) {
+  lua_Integer maxsize;
+  size_t bytes;
+  queue_args(L, &maxsize, &bytes);
+  new_queue(L, QUEUE_T, maxsize, bytes, 0);
+  return 1;
+}
+
+static int core_joinable_queue(lua_State *L) {
+  lua_Integer maxsize;
+  size_t bytes;
+  queue_args(L, &maxsize, &bytes);
+  new_queue(L, JOINABLE_T, maxsize, bytes, 1);
+  return 1;
+}
+
+static int core_simple_queue(lua_State *L) {
+  lua_Integer b = 0;
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "bytes");
+    if (!lua_isnil(L, -1)) b = luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  } else if (!lua_isnoneornil(L, 1)) {
+    luaL_typeerror(L, 1, "nil or table");
+  }
+  new_queue(L, SIMPLE_T, 0, opt_bytes(L, 1, b), 0);
+  return 1;
+}
+
+/* For mp.wait (lwait.c): the ring of a queue at idx, or NULL if idx is not a queue. */
+mp_ring *mp_queue_ring(lua_State *L, int idx) {
+  static const char *const names[] = { QUEUE_T, SIMPLE_T, JOINABLE_T };
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+  int found = 0;
+  for (int i = 0; i < 3 && !found; i++) {
+    luaL_getmetatable(L, names[i]);
+    found = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!found) return NULL;
+  queue_ud *q = lua_touserdata(L, idx);
+  if (q->ring.hdr == NULL) luaL_error(L, "queue is closed");
+  return &q->ring;
+}
+
+void mp_queue_open(lua_State *L) {
+  static const luaL_Reg simple[] = {
+    {"put", q_put}, {"get", q_get}, {"empty", q_empty}, {"close", q_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg methods[] = {
+    {"put", q_put}, {"get", q_get}, {"put_nowait", q_put_nowait}, {"get_nowait", q_get_nowait},
+    {"qsize", q_qsize}, {"empty", q_empty}, {"full", q_full}, {"close", q_close},
+    {"join_thread", q_noop}, {"cancel_join_thread", q_noop},
+    {NULL, NULL}
+  };
+  static const luaL_Reg joinable[] = {
+    {"put", q_put}, {"get", q_get}, {"put_nowait", q_put_nowait}, {"get_nowait", q_get_nowait},
+    {"qsize", q_qsize}, {"empty", q_empty}, {"full", q_full}, {"close", q_close},
+    {"join_thread", q_noop}, {"cancel_join_thread", q_noop},
+    {"task_done", q_task_done}, {"join", q_join},
+    {NULL, NULL}
+  };
+  static const luaL_Reg metamethods[] = {
+    {"__gc", q_close}, {"__tostring", q_tostring},
+    {NULL, NULL}
+  };
+  mp_newclass(L, QUEUE_T, methods, metamethods);
+  mp_newclass(L, SIMPLE_T, simple, metamethods);
+  mp_newclass(L, JOINABLE_T, joinable, metamethods);
+  lua_pop(L, 3);
+  static const luaL_Reg funcs[] = {
+    {"Queue", core_queue},
+    {"SimpleQueue", core_simple_queue},
+    {"JoinableQueue", core_joinable_queue},
+    {NULL, NULL}
+  };
+  luaL_setfuncs(L, funcs, 0);
+}
