@@ -394,7 +394,8 @@ static int item_error(lua_State *L) {
 /*
 ** chan:send(kind, task_id, fn_id, fn_bytes, src, i, j) --> true when the task
 ** was accepted, false (nothing encoded) when the socket is full: the caller
-** keeps it and pumps results first. 'M' and 'S' send src[i..j]; 'A' sends
+** keeps it and pumps results first; nil and a message when an item cannot be
+** sent (returned, not raised, so that only the job fails). 'M' and 'S' send src[i..j]; 'A' sends
 ** src[1..j] as one call's arguments.
 */
 static int chan_send(lua_State *L) {
@@ -431,9 +432,12 @@ static int chan_send(lua_State *L) {
         lua_pushcfunction(L, item_error);
         if (raw) lua_rawgeti(L, 6, k + q); else lua_geti(L, 6, k + q);
         lua_pushinteger(L, k + q);
-        if (lua_pcall(L, 2, 0, 0) != LUA_OK) return lua_error(L);
+        if (lua_pcall(L, 2, 0, 0) != LUA_OK) break;
       }
-      return luaL_error(L, "item %d: cannot be sent", (int)k);
+      if (lua_gettop(L) == 8) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
+      lua_pushnil(L);
+      lua_insert(L, -2);
+      return 2;
     }
     lua_settop(L, 8);
     k += g;

@@ -432,12 +432,12 @@ local function feed(self)
       if src == nil then break end
       local id = self._next_id + 1
       local kind = job.kind
-      local ok, sent = pcall(self._chan.send, self._chan, kind, id, job.fn_id, job.fn_bytes, src, i, j)
-      if not ok then
+      local sent, emsg = self._chan:send(kind, id, job.fn_id, job.fn_bytes, src, i, j)
+      if sent == nil then
         -- An item that cannot be sent fails the job (and only it).
         job.exhausted = true
         if job.buf then job.buf.pending = nil end
-        if job.error == nil then job.error = sent end
+        if job.error == nil then job.error = emsg end
         if job.chunks_done == job.chunks_sent then finish(self, job) end
         break
       end
@@ -451,7 +451,7 @@ local function feed(self)
       self._inflight = self._inflight + 1
       job.sent = job.sent + count
       job.chunks_sent = job.chunks_sent + 1
-      if job.chunk_list then job.chunk_list[#job.chunk_list + 1] = rec end
+      if job.chunk_list then job.chunk_list[job.chunks_sent] = rec end
       if kind == "A" then job.exhausted = true end
       if job.iter_done and job.buf then job.exhausted = true end
     end
@@ -583,8 +583,15 @@ end
 
 local function run_map(self, job)
   local draw = job.progress and progress_bar(job)
-  submit(self, job)
-  local ok = self:_wait(function() return job.finished end, nil, draw)
+  -- Any error but the job's own (Ctrl-C...) terminates the pool: no worker outlives it.
+  local okw, ok = pcall(function()
+    submit(self, job)
+    return self:_wait(function() return job.finished end, nil, draw)
+  end)
+  if not okw then
+    self:terminate()
+    error(ok, 0)
+  end
   if draw then draw(true) end
   if not ok then error("pool terminated", 3) end
   if job.error ~= nil then error(job.error, 3) end
