@@ -14,13 +14,14 @@ local function square(x) return x * x end
 local pool <close> = mp.Pool(2)
 pool:map(square, range(1000))          -- warm up: workers started, function cached
 
-for _, n in ipairs { 1e5, 1e6 } do
+for _, case in ipairs { { "1e5", 100000 }, { "1e6", 1000000 } } do
+  local label, n = case[1], case[2]
   local xs = range(n)
   local t0 = mp.time()
   local r = pool:map(square, xs)
   local dt = mp.time() - t0
   assert(r[n] == n * n)
-  report(string.format("map x*x %.0e ints, default chunksize", n), dt / n * 1e6, "us/item")
+  report("map x*x " .. label .. " ints, default chunksize", dt / n * 1e6, "us/item")
 end
 
 do
