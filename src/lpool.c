@@ -52,9 +52,25 @@
 #define RECV_BATCH 16
 #define HDR 24
 #define FN_CACHE_MAX 256
+#define POOL_RING 65536          /* size of the records ring in pool.lua */
+
+/*
+** Each worker's slot: SLOT_SIZE bytes of MAP_SHARED memory (MAP_NORESERVE:
+** pages cost nothing until touched). The control words say which task the
+** worker runs and which batch it took; the journal holds the results of the
+** batch's finished tasks until they are sent, so that the parent recovers them
+** if the worker dies before sending.
+*/
+#define SLOT_SIZE ((size_t)1 << 20)
+#define SLOT_CTL 64
+#define CHDR 16                  /* container header: u8 'K', pad, u32 n, u64 first id */
+#define JCAP (SLOT_SIZE - SLOT_CTL - CHDR)
 
 typedef struct pool_slot {
-  _Atomic uint64_t task;      /* the task the worker runs, 0 when idle */
+  _Atomic uint64_t task;         /* the task the worker runs, 0 between tasks */
+  _Atomic uint64_t batch_first;  /* the batch it took: ids first .. first+count-1 */
+  _Atomic uint32_t batch_count;
+  _Atomic uint32_t committed;    /* journal bytes holding finished results */
 } pool_slot;
 
 typedef struct pbuf {
@@ -67,7 +83,8 @@ typedef struct chan {
   int task_w, task_r;         /* tasks: the parent writes task_w, workers read task_r */
   int res_w, res_r;           /* results: workers write res_w, the parent reads res_r */
   int nslots;
-  pool_slot *slots;           /* MAP_SHARED, nslots entries */
+  char *slots;                /* MAP_SHARED, nslots * SLOT_SIZE bytes */
+  uint32_t batch_n;           /* parent: tasks in the batch being built in out */
   int *pidfds;                /* parent: each slot's worker sentinel, -1 when none */
   pbuf out;                   /* the message being built */
   pbuf stall;                 /* a task message the socket had no room for yet */
@@ -76,6 +93,10 @@ typedef struct chan {
   void *map;                  /* a big message being read, unmapped on the next call */
   size_t maplen;
 } chan;
+
+static pool_slot *slot_at(chan *c, int i) { return (pool_slot *)(c->slots + (size_t)i * SLOT_SIZE); }
+/* The journal's container header, followed by entries (u32 length, message). */
+static char *journal_of(pool_slot *s) { return (char *)s + SLOT_CTL; }
 
 static void close_fd(int *fd) {
   if (*fd >= 0) { close(*fd); *fd = -1; }
@@ -286,7 +307,7 @@ static int chan_close(lua_State *L) {
   close_fd(&c->res_w); close_fd(&c->res_r);
   release_map(c);
   if (c->slots != NULL) {
-    munmap(c->slots, sizeof(pool_slot) * (size_t)c->nslots);
+    munmap(c->slots, SLOT_SIZE * (size_t)c->nslots);
     c->slots = NULL;
   }
   free(c->pidfds); c->pidfds = NULL;   /* the sentinels belong to the Process objects */
@@ -318,8 +339,8 @@ static int core_pool_channel(lua_State *L) {
   c->res_r = rv[0]; c->res_w = rv[1];
   grow_sndbuf(c->task_w);
   grow_sndbuf(c->res_w);
-  size_t len = sizeof(pool_slot) * (size_t)n;
-  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  size_t len = SLOT_SIZE * (size_t)n;
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return mp_raise_errno(L, errno, "pool: mmap");
   c->slots = p;
   c->nslots = (int)n;
@@ -358,15 +379,24 @@ static int chan_watch(lua_State *L) {
   return 0;
 }
 
-/* chan:slot(index [, clear]) --> the task id the worker there was running, or nil. */
+/*
+** chan:slot(index) --> task, batch_first, batch_count of the (dead) worker in
+** slot index (task nil between tasks), and clears the slot for a successor.
+*/
 static int chan_slot(lua_State *L) {
   chan *c = checkchan(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   luaL_argcheck(L, i >= 1 && i <= c->nslots, 2, "slot out of range");
-  uint64_t t = atomic_load(&c->slots[i - 1].task);
-  if (lua_toboolean(L, 3)) atomic_store(&c->slots[i - 1].task, 0);
+  pool_slot *s = slot_at(c, (int)i - 1);
+  uint64_t t = atomic_load(&s->task);
   if (t == 0) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)t);
-  return 1;
+  lua_pushinteger(L, (lua_Integer)atomic_load(&s->batch_first));
+  lua_pushinteger(L, (lua_Integer)atomic_load(&s->batch_count));
+  atomic_store(&s->task, 0);
+  atomic_store(&s->batch_first, 0);
+  atomic_store(&s->batch_count, 0);
+  atomic_store(&s->committed, 0);
+  return 3;
 }
 
 /* ---- parent: sending tasks -------------------------------------------- */
@@ -391,14 +421,29 @@ static int item_error(lua_State *L) {
   return 0;
 }
 
+/* chan:begin(): starts a batch; false while a previous one waits for room. */
+static int chan_begin(lua_State *L) {
+  chan *c = checkowner(L);
+  if (c->task_w < 0) return luaL_error(L, "pool is not running");
+  if (!flush_stall(L, c)) { lua_pushboolean(L, 0); return 1; }
+  pbuf *b = &c->out;
+  b->len = 0;
+  char *p = pbuf_reserve(L, b, CHDR);
+  memset(p, 0, CHDR);
+  p[0] = 'K';
+  b->len = CHDR;
+  c->batch_n = 0;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /*
-** chan:send(kind, task_id, fn_id, fn_bytes, src, i, j) --> true when the task
-** was accepted, false (nothing encoded) when the socket is full: the caller
-** keeps it and pumps results first; nil and a message when an item cannot be
-** sent (returned, not raised, so that only the job fails). 'M' and 'S' send src[i..j]; 'A' sends
-** src[1..j] as one call's arguments.
+** chan:add(kind, task_id, fn_id, fn_bytes, src, i, j) --> true, or nil and a
+** message when an item cannot be sent (returned, not raised, so that only the
+** job fails). 'M' and 'S' send src[i..j]; 'A' sends src[1..j] as one call's
+** arguments. Task ids within a batch are consecutive.
 */
-static int chan_send(lua_State *L) {
+static int chan_add(lua_State *L) {
   chan *c = checkowner(L);
   const char *kind = luaL_checkstring(L, 2);
   uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
@@ -407,15 +452,21 @@ static int chan_send(lua_State *L) {
   const char *fn = luaL_checklstring(L, 5, &fn_len);
   luaL_checktype(L, 6, LUA_TTABLE);
   lua_Integer i = luaL_checkinteger(L, 7), j = luaL_checkinteger(L, 8);
-  if (c->task_w < 0) return luaL_error(L, "pool is not running");
-  if (!flush_stall(L, c)) { lua_pushboolean(L, 0); return 1; }
   lua_settop(L, 8);
   int raw = !lua_getmetatable(L, 6);
   if (!raw) lua_pop(L, 1);
   pbuf *b = &c->out;
+  size_t entry = b->len;
   lua_Integer count = j - i + 1;
   if (count < 0) count = 0;
-  header(L, b, kind[0], fn_id, id, (uint32_t)fn_len, (uint32_t)count);
+  char *p = pbuf_reserve(L, b, 4 + HDR);
+  memset(p, 0, 4 + HDR);
+  p[4] = kind[0];
+  put_u32(p + 8, fn_id);
+  put_u64(p + 12, id);
+  put_u32(p + 20, (uint32_t)fn_len);
+  put_u32(p + 24, (uint32_t)count);
+  b->len += 4 + HDR;
   pbuf_add(L, b, fn, fn_len);
   int per = kind[0] == 'A' ? (int)(count > 0 ? count : 0) : GROUP;
   if (kind[0] == 'A' && count == 0) add_group(L, b, 9, 0);
@@ -426,6 +477,7 @@ static int chan_send(lua_State *L) {
       if (raw) lua_rawgeti(L, 6, k + q); else lua_geti(L, 6, k + q);
     }
     if (protected_group(L, b, 9) != LUA_OK) {
+      b->len = entry;                      /* drop this task from the batch */
       /* Name the first item that cannot be sent. */
       lua_settop(L, 8);
       for (int q = 0; q < g; q++) {
@@ -442,6 +494,20 @@ static int chan_send(lua_State *L) {
     lua_settop(L, 8);
     k += g;
   }
+  put_u32(b->data + entry, (uint32_t)(b->len - entry - 4));
+  if (c->batch_n == 0) put_u64(b->data + 8, id);
+  c->batch_n++;
+  put_u32(b->data + 4, c->batch_n);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* chan:commit(): sends the batch (kept, and sent later, when the socket is full). */
+static int chan_commit(lua_State *L) {
+  chan *c = checkowner(L);
+  pbuf *b = &c->out;
+  if (c->batch_n == 0) return 0;
+  c->batch_n = 0;
   int err = send_msg(c->task_w, b->data, b->len, 1);
   if (err == EAGAIN || err == EWOULDBLOCK) {
     pbuf t = c->stall;           /* keep the message: swap buffers, no copy */
@@ -451,8 +517,7 @@ static int chan_send(lua_State *L) {
   } else if (err) {
     return mp_raise_errno(L, err, "pool: sending a task");
   }
-  lua_pushboolean(L, 1);
-  return 1;
+  return 0;
 }
 
 /* chan:stalled() --> true while a task waits for room in the socket. */
@@ -510,11 +575,16 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
     add_event(L, events, nev, id, kind);
     return;
   }
-  if (lua_rawgeti(L, records, (lua_Integer)id) != LUA_TTABLE) {   /* abandoned task */
-    lua_pop(L, 1);
+  /* records is a ring indexed by id modulo POOL_RING (see pool.lua) */
+  if (lua_rawgeti(L, records, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1) != LUA_TTABLE) {
+    lua_pop(L, 1);                       /* an abandoned task */
     return;
   }
   int rec = lua_gettop(L);
+  lua_getfield(L, rec, "id");
+  int mine = (uint64_t)lua_tointeger(L, -1) == id;
+  lua_pop(L, 1);
+  if (!mine) { lua_pop(L, 1); return; }
   lua_rawgeti(L, rec, 1);
   int dest = lua_gettop(L);
   lua_rawgeti(L, rec, 2);
@@ -542,6 +612,42 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
   lua_settop(L, rec - 1);
   lua_pushinteger(L, got);
   add_event(L, events, nev, id, 'R');
+}
+
+/* Entries of a container (u32 length, result message), or one bare result. */
+static void take_entries(lua_State *L, const char *p, size_t len, int records, int events, int *nev) {
+  if (len < CHDR || p[0] != 'K') { take_result(L, p, len, records, events, nev); return; }
+  const char *q = p + CHDR, *end = p + len;
+  while (end - q >= 4) {
+    uint32_t n = get_u32(q);
+    q += 4;
+    if ((size_t)(end - q) < n) break;
+    take_result(L, q, n, records, events, nev);
+    q += n;
+  }
+}
+
+/*
+** chan:journal(index, records, events) --> nevents: the results a dead worker
+** finished but had not sent yet (duplicates of results already taken are
+** ignored: their records are gone).
+*/
+static int chan_journal(lua_State *L) {
+  chan *c = checkowner(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, i >= 1 && i <= c->nslots, 2, "slot out of range");
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 4);
+  pool_slot *s = slot_at(c, (int)i - 1);
+  uint32_t used = atomic_load(&s->committed);
+  if (used > JCAP) used = 0;
+  char *j = journal_of(s);
+  j[0] = 'K';
+  int nev = 0;
+  take_entries(L, j, CHDR + used, 3, 4, &nev);
+  lua_pushinteger(L, nev);
+  return 1;
 }
 
 /* Reads every result message available now. Returns 0 or an errno. */
@@ -578,7 +684,7 @@ static int drain(lua_State *L, chan *c, int records, int events, int *nev) {
       release_map(c);
       int err = open_msg(c, &mm[i].msg_hdr, iov[i].iov_base, mm[i].msg_len, &data, &len);
       if (err) { bad = err; continue; }
-      take_result(L, data, len, records, events, nev);
+      take_entries(L, data, len, records, events, nev);
     }
     release_map(c);
     if (bad) return bad;
@@ -696,11 +802,56 @@ static void error_result(lua_State *L, chan *c, uint64_t id, int errv) {
   lua_settop(L, top);
 }
 
-static void send_result(lua_State *L, chan *c) {
+static void send_all(lua_State *L, chan *c, const char *p, size_t len) {
   int err;
-  while ((err = send_msg(c->res_w, c->out.data, c->out.len, 0)) == EINTR)
+  while ((err = send_msg(c->res_w, p, len, 0)) == EINTR)
     ;
   if (err) mp_raise_errno(L, err, "pool: sending a result");
+}
+
+/* Sends the journal's finished results as one container and empties it. */
+static void flush_journal(lua_State *L, chan *c, pool_slot *s, uint32_t *nres) {
+  uint32_t used = atomic_load_explicit(&s->committed, memory_order_relaxed);
+  if (used == 0) return;
+  char *j = journal_of(s);
+  memset(j, 0, CHDR);
+  j[0] = 'K';
+  put_u32(j + 4, *nres);
+  send_all(L, c, j, CHDR + used);
+  atomic_store(&s->committed, 0);
+  *nres = 0;
+}
+
+/*
+** Records the result in c->out in the journal (flushing it first when full),
+** or sends it alone when it is larger than the journal. Either way the result
+** is safe before the worker starts its next task.
+*/
+static void keep_result(lua_State *L, chan *c, pool_slot *s, uint32_t *nres) {
+  size_t len = c->out.len;
+  uint32_t used = atomic_load_explicit(&s->committed, memory_order_relaxed);
+  if (used + 4 + len > JCAP) {
+    flush_journal(L, c, s, nres);
+    used = 0;
+  }
+  if (4 + len > JCAP) {
+    pbuf *b = &c->stall;       /* unused in a worker */
+    b->len = 0;
+    char *p = pbuf_reserve(L, b, CHDR + 4);
+    memset(p, 0, CHDR);
+    p[0] = 'K';
+    put_u32(p + 4, 1);
+    put_u32(p + CHDR, (uint32_t)len);
+    b->len = CHDR + 4;
+    pbuf_add(L, b, c->out.data, len);
+    send_all(L, c, b->data, b->len);
+    return;
+  }
+  char *j = journal_of(s) + CHDR + used;
+  put_u32(j, (uint32_t)len);
+  memcpy(j + 4, c->out.data, len);
+  atomic_store_explicit(&s->committed, used + 4 + (uint32_t)len, memory_order_release);
+  (*nres)++;
 }
 
 /*
@@ -842,21 +993,32 @@ static int core_pool_work(lua_State *L) {
   while (lua_getstack(L, depth, &ar)) depth++;
   lua_pushinteger(L, depth);
   lua_pushcclosure(L, task_msgh, 1);                 /* 4: message handler */
-  pool_slot *slot = &c->slots[index - 1];
+  pool_slot *slot = slot_at(c, (int)index - 1);
   lua_Integer done = 0;
-  for (;;) {
+  uint32_t nres = 0;
+  while (maxtasks == 0 || done < maxtasks) {
     release_map(c);
     const char *m;
     size_t len;
     if (recv_task(L, c, lua_touserdata(L, 2), &m, &len) < 0) break;
-    uint64_t id = get_u64(m + 8);
-    atomic_store(&slot->task, id);
-    run_task(L, c, m, len, 3, 4);
-    release_map(c);
-    send_result(L, c);
-    atomic_store(&slot->task, 0);
-    lua_settop(L, 4);
-    if (maxtasks > 0 && ++done >= maxtasks) break;
+    if (len < CHDR || m[0] != 'K') luaL_error(L, "pool: corrupt task message");
+    atomic_store(&slot->batch_first, get_u64(m + 8));
+    atomic_store(&slot->batch_count, get_u32(m + 4));
+    const char *q = m + CHDR, *end = m + len;
+    while (end - q >= 4) {
+      uint32_t n = get_u32(q);
+      q += 4;
+      if ((size_t)(end - q) < n || n < HDR) luaL_error(L, "pool: corrupt task message");
+      atomic_store(&slot->task, get_u64(q + 8));
+      run_task(L, c, q, n, 3, 4);
+      keep_result(L, c, slot, &nres);
+      atomic_store(&slot->task, 0);
+      lua_settop(L, 4);
+      q += n;
+      done++;
+    }
+    flush_journal(L, c, slot, &nres);
+    atomic_store(&slot->batch_count, 0);
   }
   release_map(c);
   return 0;
@@ -873,7 +1035,7 @@ static int chan_send_init_error(lua_State *L) {
   lua_rawseti(L, -2, 2);
   error_result(L, c, 0, 4);
   c->out.data[0] = 'I';
-  send_result(L, c);
+  send_all(L, c, c->out.data, c->out.len);
   return 0;
 }
 
@@ -906,7 +1068,10 @@ static int core_isatty(lua_State *L) {
 
 void mp_pool_open(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"send", chan_send},
+    {"begin", chan_begin},
+    {"add", chan_add},
+    {"commit", chan_commit},
+    {"journal", chan_journal},
     {"stalled", chan_stalled},
     {"pump", chan_pump},
     {"watch", chan_watch},

@@ -5,7 +5,7 @@ the worker, decoding results straight into the result table) and the
 transport are C (src/lpool.c), so no Lua-level round trip is paid per item.
 
 A job is one call (map, imap, apply_async...). It is cut into chunks; each
-chunk is one task message with an id. `records[id]` says where the task's
+chunk is one task with an id. `records[slot(id)]` says where the task's
 values go (a result list and an offset), so the C side fills result tables
 directly. The pool makes progress only inside its own calls (there is no
 thread): blocking calls wait on results and worker sentinels together, run
@@ -24,6 +24,19 @@ local unpack, pack = table.unpack, table.pack
 local ceil, min, max = math.ceil, math.min, math.max
 
 local RUN, CLOSE, TERMINATE = "running", "closed", "terminated"
+
+--[[
+Records of tasks in flight live in a ring indexed by task id modulo RING (the
+C side computes the same index and checks rec.id): keys stay small and dense,
+so the table keeps an array part instead of rehashing as ids grow.
+]]
+local RING = 65536
+local MAX_INFLIGHT = RING - 1024
+local function rkey(id) return ((id - 1) & (RING - 1)) + 1 end
+local function rget(records, id)
+  local rec = records[rkey(id)]
+  if rec and rec.id == id then return rec end
+end
 
 local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
@@ -95,6 +108,7 @@ function AsyncResult:get(timeout)
   if not self:wait(timeout) then error(classes.TimeoutError("result not ready within the timeout"), 2) end
   if self._error ~= nil then error(self._error, 2) end
   local v = self._values
+  if v == nil then return unpack(self, 3, 2 + self._nv) end   -- apply: values inline
   return unpack(v, 1, v.n)
 end
 
@@ -192,7 +206,9 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._workers = {}
   self._records = {}      -- task id --> {dest, offset, job=, chunk=}
   self._events = {}
-  self._queue = {}        -- jobs with chunks still to send, in submission order
+  self._queue = {}        -- jobs with chunks still to send, in submission order, from _qh
+  self._qh, self._qt = 1, 0
+  self._resend = {}       -- records of tasks a dead worker took but never started
   self._inflight = 0      -- tasks sent and not yet answered
   self._next_id = 0
   self._fncache = setmetatable({}, { __mode = "k" })
@@ -268,8 +284,7 @@ local function finish(self, job)
   if job.error ~= nil then
     ar._error = job.error
   else
-    if job.kind == "A" then ar._values = job.values
-    else ar._values = { job.results, n = 1 } end
+    if job.kind ~= "A" then ar._values = { job.results, n = 1 } end
   end
   ar._ready = true
   -- Callbacks run here, in the parent; one that raises fails this result only.
@@ -277,7 +292,7 @@ local function finish(self, job)
   if cb ~= nil then
     local arg = job.error
     local ok, err
-    if job.error == nil then ok, err = pcall(cb, unpack(ar._values, 1, ar._values.n))
+    if job.error == nil then ok, err = pcall(cb, ar:get())
     else ok, err = pcall(cb, arg) end
     if not ok then ar._error = err end
   end
@@ -293,8 +308,8 @@ local function fail_chunk(self, rec, err)
   job.done = job.done + rec.count
   if job.error == nil then job.error = err end
   if job.chunk_errors then job.chunk_errors[rec.start] = err end
-  if job.ready then job.ready[#job.ready + 1] = rec end
-  rec.done = true
+  if job.ready_list then job.ready_list[#job.ready_list + 1] = rec end
+  rec.settled = true
   if job_complete(job) or not job.ordered_stream then finish(self, job) end
 end
 
@@ -305,16 +320,18 @@ end
 -- Fails everything outstanding (initializer failure, terminate).
 local function fail_all(self, err)
   for id, rec in pairs(self._records) do
-    self._records[id] = nil
+    self._records[id] = nil      -- id is the ring key here
     fail_chunk(self, rec, err)
   end
   self._inflight = 0
-  for _, job in ipairs(self._queue) do
+  self._resend = {}
+  for k = self._qh, self._qt do
+    local job = self._queue[k]
     job.exhausted = true
     if job.error == nil then job.error = err end
     if job.chunks_done == job.chunks_sent then finish(self, job) end
   end
-  self._queue = {}
+  self._queue, self._qh, self._qt = {}, 1, 0
 end
 
 local function handle_events(self, n)
@@ -328,17 +345,17 @@ local function handle_events(self, n)
         fail_all(self, self._broken)
       end
     else
-      local rec = records[id]
+      local rec = rget(records, id)
       if rec ~= nil then
-        records[id] = nil
+        records[rkey(id)] = nil
         self._inflight = self._inflight - 1
         if kind == "R" then
           local job = rec.job
           job.chunks_done = job.chunks_done + 1
           job.done = job.done + rec.count
-          rec.done = true
-          if job.kind == "A" then job.values.n = x end
-          if job.ready then job.ready[#job.ready + 1] = rec end
+          rec.settled = true
+          if job.kind == "A" then job._nv = x end
+          if job.ready_list then job.ready_list[#job.ready_list + 1] = rec end
           if job_complete(job) then finish(self, job) end
         else
           fail_chunk(self, rec, remote_error(x))
@@ -357,7 +374,7 @@ local function describe_exit(code)
 end
 
 local function outstanding(self)
-  return self._inflight > 0 or #self._queue > 0
+  return self._inflight > 0 or self._qt >= self._qh
 end
 
 -- Reaps dead workers: fails the task each was running, starts replacements.
@@ -372,10 +389,15 @@ local function check_workers(self)
     if p ~= nil then
       local code = p.exitcode
       if code ~= nil then
-        local task = self._chan:slot(index, true)
-        local rec = task and self._records[task]
+        handle_events(self, self._chan:journal(index, self._records, self._events))
+        local task, first, count = self._chan:slot(index)
+        for id = first, first + count - 1 do
+          local r = rget(self._records, id)
+          if r ~= nil and id ~= task then self._resend[#self._resend + 1] = r end
+        end
+        local rec = task and rget(self._records, task)
         if rec ~= nil then
-          self._records[task] = nil
+          self._records[rkey(task)] = nil
           self._inflight = self._inflight - 1
           fail_chunk(self, rec, classes.WorkerLostError(string.format(
             "worker process %d (%s) died while running a task: %s", p.pid, p.name, describe_exit(code)),
@@ -419,49 +441,102 @@ local function next_chunk(job)
   return buf, 1, count, job.sent
 end
 
--- Sends queued chunks while the task socket has room.
-local function feed(self)
+-- Encodes one task into the batch being built; false when an item cannot be sent.
+local function add_task(self, job, src, i, j, offset)
+  local id = self._next_id + 1
+  local ok, emsg = self._chan:add(job.kind, id, job.fn_id, job.fn_bytes, src, i, j)
+  if job.buf then job.buf.pending = nil end
+  if ok == nil then
+    -- An item that cannot be sent fails the job (and only it).
+    job.exhausted = true
+    if job.error == nil then job.error = emsg end
+    return false
+  end
+  self._next_id = id
+  local count, rec = j - i + 1, nil
+  if job.kind == "A" then
+    count, rec = 1, job          -- the job is its own record (see apply_async)
+    job.id = id
+  else
+    rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id, src = src, i = i, j = j }
+  end
+  if job.buf then rec.src, rec.i, rec.j = { unpack(src, i, j) }, 1, j - i + 1 end   -- buf is reused
+  self._records[rkey(id)] = rec
+  self._inflight = self._inflight + 1
+  job.sent = job.sent + count
+  job.chunks_sent = job.chunks_sent + 1
+  if job.chunk_list then job.chunk_list[job.chunks_sent] = rec end
+  if job.kind == "A" then job.exhausted = true end
+  if job.iter_done and job.buf then job.exhausted = true end
+  return true
+end
+
+--[[
+Tasks per message. Small backlogs go one task per message, so that idle
+workers share them out; a large backlog of small tasks goes in batches (up
+to 64), which saves system calls on both sides. A worker's slot names its
+batch, so the tasks it had not started when it died are sent again.
+]]
+local function batch_limit(self)
+  if self._maxtasks > 0 then return 1 end
   local queue = self._queue
-  local k = 1
-  while k <= #queue do
-    local job = queue[k]
-    local blocked = false
-    while not job.exhausted do
-      if job.window and job.chunks_sent - job.consumed >= job.window then break end
-      local src, i, j, offset = next_chunk(job)
-      if src == nil then break end
-      local id = self._next_id + 1
-      local kind = job.kind
-      local sent, emsg = self._chan:send(kind, id, job.fn_id, job.fn_bytes, src, i, j)
-      if sent == nil then
-        -- An item that cannot be sent fails the job (and only it).
-        job.exhausted = true
-        if job.buf then job.buf.pending = nil end
-        if job.error == nil then job.error = emsg end
-        if job.chunks_done == job.chunks_sent then finish(self, job) end
-        break
+  local head = queue[self._qh]
+  local backlog = self._qt - self._qh
+  if head and head.src and head.kind ~= "A" then
+    backlog = backlog + ceil((head.n - head.sent) / head.chunksize)
+  end
+  local per = 2 * self._processes
+  if backlog < 8 * per then return 1 end
+  return min(64, backlog // per)
+end
+
+-- Sends queued tasks while the task socket has room.
+local function feed(self)
+  local chan = self._chan
+  if chan == nil or self._broken then return end
+  local records, resend = self._records, self._resend
+  while #resend > 0 do
+    if not chan:begin() then return end
+    local rec = table.remove(resend, 1)
+    if records[rkey(rec.id)] == rec then
+      local job = rec.job
+      local ok, emsg = chan:add(job.kind, rec.id, job.fn_id, job.fn_bytes, rec.src, rec.i, rec.j)
+      if ok == nil then
+        records[rkey(rec.id)] = nil
+        self._inflight = self._inflight - 1
+        fail_chunk(self, rec, emsg)
       end
-      if not sent then blocked = true; break end
-      self._next_id = id
-      if job.buf then job.buf.pending = nil end
-      local count = j - i + 1
-      if kind == "A" then count = 1 end
-      local rec = { job.dest, offset, job = job, start = offset + 1, count = count }
-      self._records[id] = rec
-      self._inflight = self._inflight + 1
-      job.sent = job.sent + count
-      job.chunks_sent = job.chunks_sent + 1
-      if job.chunk_list then job.chunk_list[job.chunks_sent] = rec end
-      if kind == "A" then job.exhausted = true end
-      if job.iter_done and job.buf then job.exhausted = true end
+      chan:commit()
     end
-    if job.exhausted then
-      table.remove(queue, k)
-      if job_complete(job) then finish(self, job) end
-    else
-      k = k + 1
+  end
+  local queue = self._queue
+  local limit = batch_limit(self)    -- one size for the whole backlog
+  while self._qt >= self._qh do
+    if self._inflight >= MAX_INFLIGHT or not chan:begin() then return end
+    local added, k = 0, self._qh
+    while added < limit and k <= self._qt do
+      local job = queue[k]
+      local src, i, j, offset
+      if not job.exhausted and not (job.window and job.chunks_sent - job.consumed >= job.window) then
+        src, i, j, offset = next_chunk(job)
+      end
+      if src ~= nil and add_task(self, job, src, i, j, offset) then added = added + 1 end
+      if job.exhausted and not job.dequeued then
+        job.dequeued = true
+        if job_complete(job) then finish(self, job) end
+      end
+      if job.exhausted or src == nil then
+        k = k + 1          -- done, or waiting for its consumer: try the next job
+      end
     end
-    if blocked then break end
+    -- Drop the finished jobs at the head (others leave when they reach it).
+    while self._qh <= self._qt and queue[self._qh].exhausted do
+      queue[self._qh] = false
+      self._qh = self._qh + 1
+    end
+    if self._qh > self._qt then self._queue, self._qh, self._qt = {}, 1, 0; queue = self._queue end
+    chan:commit()
+    if added == 0 then return end
   end
 end
 
@@ -500,10 +575,16 @@ function Pool:_wait(done, timeout, tick)
 end
 
 local function submit(self, job)
-  self._queue[#self._queue + 1] = job
+  local queue = self._queue
+  self._qt = self._qt + 1
+  queue[self._qt] = job
+  local queued = self._qt - self._qh + 1
+  -- Workers with enough to do: let small tasks gather into a batch (sent when
+  -- it is full, or at the next call that waits).
+  if job.kind == "A" and self._inflight >= 2 * self._processes and queued % 64 ~= 0 then return end
   feed(self)
   -- A backed-up queue: make room by taking the results that are in.
-  if #self._queue > 0 then
+  if self._qt >= self._qh then
     local n, died = self._chan:pump(self._records, self._events, 0)
     handle_events(self, n)
     if died then check_workers(self) end
@@ -608,8 +689,13 @@ function Pool:starmap(fn, iterable, opts)
   return run_map(self, map_job(self, "S", fn, iterable, opts, "starmap", 2))
 end
 
+-- Built directly: the class's __newindex would cost a call per field.
+local function new_result(pool, job)
+  return setmetatable({ _pool = pool, _job = job, _ready = false }, AsyncResult)
+end
+
 local function async_job(self, job)
-  local ar = AsyncResult(self, job)
+  local ar = new_result(self, job)
   job.result = ar
   submit(self, job)
   if job.finished then finish(self, job) end
@@ -646,16 +732,23 @@ function Pool:apply_async(fn, args, opts, error_callback)
   if error_callback ~= nil and not callable(error_callback) then
     argerror(3, "apply_async", "error_callback must be callable", 2)
   end
-  local job = new_job(self, "A", fn, "apply_async", 2)
+  local okf, fn_id, fn_bytes = pcall(fn_entry, self, fn)
+  if not okf then argerror(1, "apply_async", tostring(fn_id), 2) end
   args = args or {}
-  job.src, job.n, job.chunksize = args, args.n or #args, 1
-  job.values = { n = 0 }
-  job.dest = job.values
-  job.callback, job.error_callback = callback, error_callback
-  local ar = AsyncResult(self, job)
-  job.result = ar
+  --[[
+  One table is the job, its task record and the AsyncResult: [1] is where the
+  values go (itself) and [2] the offset, so they land in [3..]. One
+  constructor with every field it will get: one allocation per call.
+  ]]
+  local job = setmetatable({ false, 2, _pool = self, _ready = false, _error = nil, _nv = 0,
+    kind = "A", fn_id = fn_id, fn_bytes = fn_bytes, sent = 0, done = 0, chunks_sent = 0,
+    chunks_done = 0, consumed = 0, src = args, n = args.n or #args, i = 1, j = args.n or #args,
+    start = 1, count = 1, id = 0, chunksize = 1, callback = callback, error_callback = error_callback,
+    exhausted = false, dequeued = false, finished = false, error = nil, settled = false }, AsyncResult)
+  job[1] = job
+  job.job, job.result, job._job, job.dest = job, job, job, job
   submit(self, job)
-  return ar
+  return job
 end
 
 -- apply(fn, args) --> fn's results (all of them)
@@ -667,7 +760,7 @@ function Pool:apply(fn, args)
   local ar = self:apply_async(fn, args)
   ar:wait()
   if ar._error ~= nil then error(ar._error, 2) end
-  return unpack(ar._values, 1, ar._values.n)
+  return ar:get()
 end
 
 --[[
@@ -695,15 +788,15 @@ local function imap_iter(self, fn, iterable, chunksize, fname, ordered)
   job.window = 4 * self._processes
   job.chunk_errors = {}
   job.ordered_stream = true
-  if ordered then job.chunk_list = {} else job.ready = {} end
+  if ordered then job.chunk_list = {} else job.ready_list = {} end
   submit(self, job)
   local chunk, pos, ci = nil, 0, 1
   local function has_next()
     if ordered then
       local rec = job.chunk_list[ci]
-      return rec ~= nil and rec.done
+      return rec ~= nil and rec.settled
     end
-    return #job.ready > 0
+    return #job.ready_list > 0
   end
   local function finished() return job.exhausted and job.chunks_done == job.chunks_sent and not has_next() end
   return function()
@@ -734,7 +827,7 @@ local function imap_iter(self, fn, iterable, chunksize, fname, ordered)
           job.chunk_list[ci] = nil
           ci = ci + 1
         else
-          rec = table.remove(job.ready, 1)
+          rec = table.remove(job.ready_list, 1)
         end
         local err = job.chunk_errors[rec.start]
         if err ~= nil then
