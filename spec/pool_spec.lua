@@ -308,6 +308,33 @@ describe("mp.Pool errors", function()
     unistd.close(r); unistd.close(w)
   end)
 
+  it("a worker killed inside a batch of small tasks loses only the running one", function()
+    local r, w = unistd.pipe()
+    local pool <close> = mp.Pool(2)
+    local ars = {}
+    for i = 1, 400 do
+      ars[i] = pool:apply_async(function(x)
+        if x == 150 then
+          unistd.write(w, mp.getpid() .. "\n")
+          mp.sleep(60)
+        end
+        return x * 3
+      end, { i })
+    end
+    local pid = tonumber(read_line(r))
+    signal.kill(pid, signal.SIGKILL)
+    for i = 1, 400 do
+      if i == 150 then
+        local ok, err = pcall(ars[i].get, ars[i], 10)
+        assert.is_false(ok)
+        assert.is_true(mp.WorkerLostError:is(err), tostring(err))
+      else
+        assert.equal(i * 3, ars[i]:get(10))
+      end
+    end
+    unistd.close(r); unistd.close(w)
+  end)
+
   it("a worker that exits mid-task fails that task naming the exit code", function()
     local pool <close> = mp.Pool(2)
     local ok, err = pcall(pool.apply, pool, function() os.exit(3) end)
