@@ -104,6 +104,17 @@ describe("mp.dumps/mp.loads tables", function()
     assert.equal(a, c[1])
   end)
 
+  it("keeps order and identity when scalars and objects mix", function()
+    local t = { 1 }
+    local f = function() return t end
+    local v = table.pack(rt(1, "x", t, nil, t, f, 2.5, _G, math.sqrt, f))
+    assert.equal(10, v.n)
+    assert.equal(1, v[1]); assert.equal("x", v[2]); assert.is_nil(v[4])
+    assert.equal(v[3], v[5]); assert.same({ 1 }, v[3])
+    assert.equal(v[6], v[10]); assert.equal(v[3], v[6]())
+    assert.equal(2.5, v[7]); assert.equal(_G, v[8]); assert.equal(math.sqrt, v[9])
+  end)
+
   it("sends tables as keys, with shared identity", function()
     local k = { name = "key" }
     local t = { [k] = k }
@@ -124,6 +135,18 @@ describe("mp.dumps/mp.loads tables", function()
     local plain = rt(setmetatable({ x = 1 }, { __index = function() return "meta" end }))
     assert.is_nil(getmetatable(plain))
     assert.is_nil(plain.y)
+  end)
+
+  it("keeps the class of mp's error objects", function()
+    local err = rt(mp.Empty("nothing there"))
+    assert.is_true(mp.Empty:is(err))
+    assert.equal("Empty: nothing there", tostring(err))
+  end)
+
+  it("checks register_class arguments", function()
+    assert.has_error(function() mp.register_class("", {}) end,
+      "bad argument #1 to 'register_class' (class name must be 1 to 255 bytes long)")
+    assert.has_error(function() mp.register_class("x", "not a table") end)
   end)
 
   it("does not run metamethods while reading a table", function()
@@ -181,6 +204,17 @@ describe("mp.dumps/mp.loads functions", function()
     assert.equal(_G, g)
     local f = rt(function(x) return math.sqrt(x) + select("#", string.byte("ab", 1, 2)) end)
     assert.equal(5, f(9))
+  end)
+
+  it("sends the Lua functions of loaded modules by name", function()
+    local class = require "mp.class"
+    local fresh = { helper = function() return "fresh" end }
+    package.loaded["spec.fresh_module"] = fresh
+    finally(function() package.loaded["spec.fresh_module"] = nil end)
+    local a, b, m = rt(class.class, fresh.helper, fresh)
+    assert.equal(class.class, a)
+    assert.equal(fresh.helper, b)           -- a module loaded after earlier messages
+    assert.equal(fresh, m)
   end)
 
   it("binds _ENV to the receiving state's globals", function()
@@ -250,9 +284,29 @@ describe("values that cannot be sent", function()
     assert.matches("nesting deeper than 200 levels$", err)
   end)
 
+  it("name long paths in full", function()
+    local long = string.rep("long_name_", 10)
+    local root = {}
+    local cur = root
+    for i = 1, 90 do cur[long] = { [i + 0.5] = {} }; cur = cur[long][i + 0.5] end
+    cur[string.rep("odd key ", 20)] = { [true] = co }
+    local expected = { "value" }
+    for i = 1, 90 do expected[#expected + 1] = "." .. long .. "[" .. (i + 0.5) .. "]" end
+    expected[#expected + 1] = '["' .. string.rep("odd key ", 20):sub(1, 60) .. '..."][true]'
+    expected[#expected + 1] = ": cannot send a value of type thread"
+    local ok, err = pcall(mp.dumps, root)
+    assert.is_false(ok)
+    assert.equal(table.concat(expected), err)
+  end)
+
   it("leave the scratch buffer usable after an error", function()
     assert.has_error(function() mp.dumps(string.rep("x", 1000), co) end)
     assert.equal("ok", rt("ok"))
+    -- a failure after many objects leaves a large memo behind (once a crash)
+    local many = {}
+    for i = 1, 100 do many[i] = { co = i == 100 and co or nil } end
+    assert.has_error(function() mp.dumps(many) end)
+    assert.same({ { 1 } }, rt({ { 1 } }))
   end)
 end)
 
@@ -264,7 +318,11 @@ describe("mp.loads on bad input", function()
     local k = 3
     local function f(x) return x + k end
     local function g() return f(1) end
+    local n = 0
+    local function inc() n = n + 1 return n end
+    local function get() return n, k end
     return {
+      mp.dumps(inc, get, { inc }),       -- a shared upvalue after authentic bytecode
       mp.dumps(t),
       mp.dumps(1, nil, "two", { 3 }),
       mp.dumps(f, g, math.sqrt, string, _G),

@@ -61,12 +61,14 @@ enum {
 static const char state_key = 0;
 
 /* User values of the state userdata. */
-enum { UV_FCACHE = 1, UV_NAMES, UV_CLASS_BY_MT, UV_CLASS_BY_NAME, UV_COUNT = UV_CLASS_BY_NAME };
+enum { UV_FCACHE = 1, UV_NAMES, UV_CLASS_BY_MT, UV_CLASS_BY_NAME, UV_MEMO, UV_COUNT = UV_MEMO };
+#define MEMO_REUSE 64         /* a memo with more entries is replaced, not cleared */
 
 typedef struct serial_state {
   mp_wbuf scratch;
   unsigned char key[MP_SIPHASH_KEYLEN];
   lua_Integer loaded_count;    /* entries of package.loaded when UV_NAMES was built; -1: none */
+  size_t memo_used;            /* entries put in UV_MEMO since it was last emptied */
 } serial_state;
 
 /* ------------------------------------------------------------------------ */
@@ -153,9 +155,12 @@ typedef struct enc {
   lua_State *L;
   mp_wbuf *b;
   size_t base;             /* b->len when this message started */
+  serial_state *s;
   int st;                  /* stack index of the state userdata */
   int memo;                /* stack index of object -> offset (nil until needed) */
+  int memo_ready;          /* memo fetched and emptied for this message */
   int names;               /* stack index of value -> encoded name (nil until needed) */
+  int names_loaded;        /* e->names holds the map */
   int names_fresh;         /* names checked against package.loaded in this call */
   int names_rebuilt;       /* names rebuilt in this call */
   const char *root;
@@ -204,81 +209,65 @@ static int is_identifier(const char *s, size_t len) {
   return 1;
 }
 
-/* Appends the path segment for a table key to the buffer. */
-static void add_key(lua_State *L, luaL_Buffer *B, int idx) {
+/* Pushes the path segment for the table key at idx: .name, [3], ["odd key"], [table]. */
+static void push_key(lua_State *L, int idx) {
   switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
       if (is_identifier(s, len)) {
-        luaL_addchar(B, '.');
-        luaL_addlstring(B, s, len);
-      } else {
-        luaL_addstring(B, "[\"");
-        for (size_t i = 0; i < len && i < 60; i++) {
-          unsigned char c = (unsigned char)s[i];
-          if (c == '"' || c == '\\') { luaL_addchar(B, '\\'); luaL_addchar(B, (char)c); }
-          else if (c < 32 || c >= 127) {
-            char esc[8];
-            snprintf(esc, sizeof esc, "\\%u", c);
-            luaL_addstring(B, esc);
-          } else luaL_addchar(B, (char)c);
-        }
-        if (len > 60) luaL_addstring(B, "...");
-        luaL_addstring(B, "\"]");
+        lua_pushfstring(L, ".%s", s);
+        break;
       }
+      luaL_Buffer B;                       /* its box, if any, is the only push until the result */
+      luaL_buffinit(L, &B);
+      luaL_addstring(&B, "[\"");
+      for (size_t i = 0; i < len && i < 60; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { luaL_addchar(&B, '\\'); luaL_addchar(&B, (char)c); }
+        else if (c < 32 || c >= 127) {
+          char esc[8];
+          snprintf(esc, sizeof esc, "\\%u", c);
+          luaL_addstring(&B, esc);
+        } else luaL_addchar(&B, (char)c);
+      }
+      if (len > 60) luaL_addstring(&B, "...");
+      luaL_addstring(&B, "\"]");
+      luaL_pushresult(&B);
       break;
     }
     case LUA_TNUMBER: case LUA_TBOOLEAN:
-      luaL_addchar(B, '[');
-      luaL_addstring(B, luaL_tolstring(L, idx, NULL));   /* pushes: add below the buffer's box */
-      lua_pop(L, 1);
-      luaL_addchar(B, ']');
+      lua_pushfstring(L, "[%s]", luaL_tolstring(L, idx, NULL));
+      lua_remove(L, -2);
       break;
     default:
-      luaL_addchar(B, '[');
-      luaL_addstring(B, luaL_typename(L, idx));
-      luaL_addchar(B, ']');
+      lua_pushfstring(L, "[%s]", luaL_typename(L, idx));
       break;
   }
 }
 
-/* Raises "<path>: <message>". */
+/* Raises "<path>: <message>", the path built from one string per segment. */
 static int enc_error(enc *e, const char *msg) {
   lua_State *L = e->L;
-  luaL_checkstack(L, 8, NULL);
-  lua_pushstring(L, msg);
-  int msgidx = lua_gettop(L);
-  luaL_Buffer B;
-  luaL_buffinit(L, &B);
-  luaL_addstring(&B, e->root);
-  if (e->nroot > 1) {
-    lua_pushfstring(L, "[%d]", e->rootk);
-    luaL_addvalue(&B);
-  }
+  luaL_checkstack(L, e->npath + 10, NULL);
+  int first = lua_gettop(L) + 1;
+  lua_pushstring(L, msg);                  /* keep msg alive: it may be a pushed string */
+  lua_pushstring(L, e->root);
+  if (e->nroot > 1) lua_pushfstring(L, "[%d]", e->rootk);
   for (int i = 0; i < e->npath; i++) {
     seg *s = &e->path[i];
-    if (s->kind == SEG_INDEX) {
-      lua_pushfstring(L, "[%I]", s->n);
-      luaL_addvalue(&B);
-    } else if (s->kind == SEG_KEY) {
-      /* luaL_tolstring pushes; with the buffer's box possibly on top, go through a copy. */
-      lua_pushvalue(L, s->idx);
-      lua_pushvalue(L, -1);
-      lua_remove(L, -2);
-      add_key(L, &B, lua_gettop(L));
-      lua_pop(L, 1);
-    } else if (s->kind == SEG_ASKEY) {
-      luaL_addstring(&B, "[<key>]");
-    } else {
-      lua_pushfstring(L, "(upvalue %s)", s->name != NULL && s->name[0] ? s->name : "?");
-      luaL_addvalue(&B);
+    switch (s->kind) {
+      case SEG_INDEX: lua_pushfstring(L, "[%I]", s->n); break;
+      case SEG_KEY: push_key(L, s->idx); break;
+      case SEG_ASKEY: lua_pushliteral(L, "[<key>]"); break;
+      default:
+        lua_pushfstring(L, "(upvalue %s)", s->name != NULL && s->name[0] ? s->name : "?");
     }
   }
-  luaL_addstring(&B, ": ");
-  lua_pushvalue(L, msgidx);
-  luaL_addvalue(&B);
-  luaL_pushresult(&B);
+  lua_pushliteral(L, ": ");
+  lua_pushvalue(L, first);
+  lua_remove(L, first);
+  lua_concat(L, lua_gettop(L) - first + 1);
   return lua_error(L);
 }
 
@@ -286,6 +275,13 @@ static int refuse(enc *e, int idx, const char *why) {
   lua_State *L = e->L;
   const char *msg = lua_pushfstring(L, "cannot send a value of type %s%s", luaL_typename(L, idx), why);
   return enc_error(e, msg);
+}
+
+/* Scalars and strings need no per-state data: a registry lookup costs as much as they do. */
+static void need_state(enc *e) {
+  if (e->s != NULL) return;
+  e->s = push_state(e->L);
+  lua_replace(e->L, e->st);
 }
 
 /*
@@ -378,35 +374,49 @@ static void build_names(enc *e) {
   lua_setiuservalue(L, e->st, UV_NAMES);
   lua_replace(L, e->names);
   lua_pop(L, 1);                              /* package.loaded */
-  ((serial_state *)lua_touserdata(L, e->st))->loaded_count = count;
+  e->s->loaded_count = count;
 }
 
-/* Once per message: reuse the map unless package.loaded changed size. */
-static void ensure_names(enc *e) {
+/*
+** Makes e->names usable. Counting package.loaded's entries costs as much as
+** encoding a small table, so a message checks the map against it at most once,
+** and only when it holds a function or a userdata: that is where names matter
+** (closures capture modules, library functions can only go by name). A plain
+** data message uses the map as it is.
+*/
+static void ensure_names(enc *e, int check) {
   lua_State *L = e->L;
-  serial_state *s = lua_touserdata(L, e->st);
-  e->names_fresh = 1;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_Integer n = lua_type(L, -1) == LUA_TTABLE ? count_entries(L, lua_gettop(L)) : 0;
-  lua_pop(L, 1);
-  if (n == s->loaded_count) {
+  need_state(e);
+  if (!e->names_loaded) {
+    e->names_loaded = 1;
     if (lua_getiuservalue(L, e->st, UV_NAMES) == LUA_TTABLE) {
       lua_replace(L, e->names);
-      return;
+    } else {
+      lua_pop(L, 1);
+      build_names(e);
+      e->names_fresh = e->names_rebuilt = 1;
     }
-    lua_pop(L, 1);
   }
-  build_names(e);
-  e->names_rebuilt = 1;
+  if (check && !e->names_fresh) {
+    e->names_fresh = 1;
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_Integer n = lua_type(L, -1) == LUA_TTABLE ? count_entries(L, lua_gettop(L)) : 0;
+    lua_pop(L, 1);
+    if (n != e->s->loaded_count) {
+      build_names(e);
+      e->names_rebuilt = 1;
+    }
+  }
 }
 
 /*
 ** Writes the name of the value at idx if it has one; returns whether it did.
-** `retry`: the value cannot be sent otherwise, so a miss is worth one rebuild.
+** `check`: a function or userdata (see ensure_names). `retry`: the value cannot
+** be sent otherwise, so a miss is worth one rebuild per message.
 */
-static int put_name(enc *e, int idx, int retry) {
+static int put_name(enc *e, int idx, int check, int retry) {
   lua_State *L = e->L;
-  if (!e->names_fresh) ensure_names(e);
+  ensure_names(e, check);
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->names) != LUA_TSTRING && retry && !e->names_rebuilt) {
     lua_pop(L, 1);
@@ -423,21 +433,53 @@ static int put_name(enc *e, int idx, int retry) {
   return 1;
 }
 
+/*
+** The encoder's memo (object or upvalue id -> offset) is one weak-keyed table
+** per state, emptied before reuse: a small message then allocates nothing.
+** It is emptied lazily, at the next message, so that an error halfway through
+** needs no cleanup.
+*/
 static void need_memo(enc *e) {
-  if (lua_type(e->L, e->memo) != LUA_TNIL) return;
-  lua_newtable(e->L);
-  lua_replace(e->L, e->memo);
+  lua_State *L = e->L;
+  if (e->memo_ready) return;
+  e->memo_ready = 1;
+  need_state(e);
+  serial_state *s = e->s;
+  int t = lua_getiuservalue(L, e->st, UV_MEMO);
+  if (t == LUA_TTABLE && s->memo_used <= MEMO_REUSE) {
+    if (s->memo_used > 0) {
+      int m = lua_gettop(L);
+      lua_pushnil(L);
+      while (lua_next(L, m)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, m);
+      }
+    }
+  } else {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, e->st, UV_MEMO);
+  }
+  s->memo_used = 0;
+  lua_replace(L, e->memo);
 }
 
 /* If the object at idx was already sent, writes a REF to it and returns 1. */
 static int put_ref(enc *e, int idx) {
   lua_State *L = e->L;
-  if (lua_type(L, e->memo) == LUA_TNIL) return 0;
+  if (!e->memo_ready) return 0;
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->memo) != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
   size_t off = (size_t)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  e->b->data[e->base + off] |= (char)T_SHARED;
+  ((unsigned char *)e->b->data)[e->base + off] |= T_SHARED;
   put_tagged(e, T_REF, off, 8);
   return 1;
 }
@@ -445,6 +487,7 @@ static int put_ref(enc *e, int idx) {
 static void remember(enc *e, int idx, size_t off) {
   lua_State *L = e->L;
   need_memo(e);
+  e->s->memo_used++;
   lua_pushvalue(L, idx);
   lua_pushinteger(L, (lua_Integer)off);
   lua_rawset(L, e->memo);
@@ -487,34 +530,38 @@ static void encode_table(enc *e, int t) {
   } else {
     put_u8(e, T_TABLE);
   }
-  lua_Unsigned narr = lua_rawlen(L, t);
-  if (narr > UINT32_MAX) enc_error(e, "table too large to send");
-  unsigned char *p = room(e, 8);
-  put_raw(p, narr, 4);
-  put_raw(p + 4, 0, 4);
-  size_t nhash_at = e->b->len + 4;
+  /*
+  ** One lua_next pass: the keys 1, 2, 3... met first (lua_next walks the array
+  ** part in order) go out as the array part, values only; every key after the
+  ** first one that breaks the sequence goes out as a key/value pair.
+  */
+  room(e, 8);
+  size_t counts_at = e->b->len;
   e->b->len += 8;
-  for (lua_Unsigned i = 1; i <= narr; i++) {
-    lua_rawgeti(L, t, (lua_Integer)i);
-    child(e, lua_gettop(L), (seg){SEG_INDEX, 0, (lua_Integer)i, NULL});
-    lua_pop(L, 1);
-  }
-  uint64_t nhash = 0;
+  uint64_t narr = 0, nhash = 0;
+  int in_array = 1;
+  int k = lua_gettop(L) + 1, v = k + 1;
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    int k = lua_gettop(L) - 1;
-    if (lua_isinteger(L, k)) {
-      lua_Integer i = lua_tointeger(L, k);
-      if (i >= 1 && (lua_Unsigned)i <= narr) { lua_pop(L, 1); continue; }
+    if (in_array) {
+      if (lua_isinteger(L, k) && lua_tointeger(L, k) == (lua_Integer)narr + 1) {
+        narr++;
+        child(e, v, (seg){SEG_INDEX, 0, (lua_Integer)narr, NULL});
+        lua_settop(L, k);
+        continue;
+      }
+      in_array = 0;
     }
     /* A key is named by its table's path plus "[<key>]". */
     child(e, k, (seg){SEG_ASKEY, 0, 0, NULL});
-    child(e, lua_gettop(L), (seg){SEG_KEY, k, 0, NULL});
-    lua_pop(L, 1);
+    child(e, v, (seg){SEG_KEY, k, 0, NULL});
+    lua_settop(L, k);
     nhash++;
   }
-  if (nhash > UINT32_MAX) enc_error(e, "table too large to send");
-  put_raw((unsigned char *)e->b->data + nhash_at, nhash, 4);
+  if (narr > UINT32_MAX || nhash > UINT32_MAX) enc_error(e, "table too large to send");
+  unsigned char *p = (unsigned char *)e->b->data + counts_at;
+  put_raw(p, narr, 4);
+  put_raw(p + 4, nhash, 4);
   e->depth--;
 }
 
@@ -551,7 +598,7 @@ static void push_code(enc *e, int f) {
   size_t len;
   const char *code = lua_tolstring(L, -1, &len);
   unsigned char mac[MAC_LEN];
-  put_raw(mac, mp_siphash(((serial_state *)lua_touserdata(L, e->st))->key, code, len), MAC_LEN);
+  put_raw(mac, mp_siphash(e->s->key, code, len), MAC_LEN);
   lua_pushlstring(L, (const char *)mac, MAC_LEN);
   lua_concat(L, 2);                       /* cache f code..mac */
   lua_pushvalue(L, -1);
@@ -563,10 +610,10 @@ static void push_code(enc *e, int f) {
 static void encode_function(enc *e, int f) {
   lua_State *L = e->L;
   if (lua_iscfunction(L, f)) {
-    if (put_name(e, f, 1)) return;
+    if (put_name(e, f, 1, 1)) return;
     refuse(e, f, " (a C function that is not a field of a loaded module)");
   }
-  if (put_name(e, f, 0)) return;
+  if (put_name(e, f, 1, 0)) return;
   enter(e);
   size_t off = e->b->len - e->base;
   remember(e, f, off);
@@ -602,12 +649,13 @@ static void encode_function(enc *e, int f) {
       lua_Integer packed = lua_tointeger(L, -1);
       lua_pop(L, 1);
       size_t owner = (size_t)(packed >> 8);
-      e->b->data[e->base + owner] |= (char)T_SHARED;
+      ((unsigned char *)e->b->data)[e->base + owner] |= T_SHARED;
       put_tagged(e, T_UPJOIN, owner, 8);
       put_u8(e, (unsigned)(packed & 0xFF));
       continue;
     }
     lua_pop(L, 1);
+    e->s->memo_used++;
     lua_pushlightuserdata(L, id);
     lua_pushinteger(L, (lua_Integer)((off << 8) | (size_t)i));
     lua_rawset(L, e->memo);
@@ -656,7 +704,7 @@ static void encode(enc *e, int idx) {
       lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
       if (lua_rawequal(L, -1, idx)) { lua_pop(L, 1); put_u8(e, T_GLOBALS); break; }
       lua_pop(L, 1);
-      if (put_ref(e, idx) || put_name(e, idx, 0)) break;
+      if (put_ref(e, idx) || put_name(e, idx, 0, 0)) break;
       encode_table(e, idx);
       break;
     case LUA_TFUNCTION:
@@ -664,7 +712,7 @@ static void encode(enc *e, int idx) {
       encode_function(e, idx);
       break;
     case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA:
-      if (put_name(e, idx, 1)) break;
+      if (put_name(e, idx, 1, 1)) break;
       refuse(e, idx, "");
       break;
     default:
@@ -674,20 +722,16 @@ static void encode(enc *e, int idx) {
 
 void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root) {
   idx = lua_absindex(L, idx);
-  luaL_checkstack(L, 10, "mp: message");
+  int top = lua_gettop(L);
   enc encoder;
   enc *e = &encoder;
-  int top = lua_gettop(L) + 1;
   e->L = L;
   e->b = b;
   e->base = b->len;
-  push_state(L);
-  e->st = lua_gettop(L);
-  lua_pushnil(L);
-  e->memo = lua_gettop(L);
-  lua_pushnil(L);
-  e->names = lua_gettop(L);
-  e->names_fresh = e->names_rebuilt = 0;
+  e->s = NULL;                    /* fetched on the first table or function */
+  e->st = e->memo = e->names = 0; /* stack slots, pushed with the first table or function */
+  e->memo_ready = 0;
+  e->names_loaded = e->names_fresh = e->names_rebuilt = 0;
   e->root = root != NULL ? root : "value";
   e->nroot = n;
   e->depth = 0;
@@ -698,9 +742,22 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   else put_tagged(e, 0xFF, (uint64_t)n, 4);
   for (int k = 0; k < n; k++) {
     e->rootk = k + 1;
+    /*
+    ** Only tables, functions and userdata use the slots, and the first of them
+    ** is always a root value: push the slots then, at the base of the stack.
+    */
+    if (e->st == 0 && nameable(lua_type(L, idx + k))) {
+      luaL_checkstack(L, 10, "mp: message");
+      lua_pushnil(L);
+      e->st = lua_gettop(L);
+      lua_pushnil(L);
+      e->memo = lua_gettop(L);
+      lua_pushnil(L);
+      e->names = lua_gettop(L);
+    }
     encode(e, idx + k);
   }
-  lua_settop(L, top - 1);
+  lua_settop(L, top);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -743,7 +800,17 @@ static void announce(dec *d, uint64_t n) {
   d->pending += n;
 }
 
-static void decode(dec *d);
+/* Pushes one value; returns IS_NIL for nil, IS_NAN for a NaN, else 0 (cheaper than lua_type). */
+enum { IS_NIL = 1, IS_NAN = 2 };
+static int decode(dec *d);
+
+static serial_state *dec_state(dec *d) {
+  if (lua_type(d->L, d->st) != LUA_TUSERDATA) {
+    push_state(d->L);
+    lua_replace(d->L, d->st);
+  }
+  return lua_touserdata(d->L, d->st);
+}
 
 static void dec_enter(dec *d) {
   if (++d->depth > MAX_DEPTH) dec_error(d, "nesting deeper than 200 levels");
@@ -775,6 +842,7 @@ static void decode_table(dec *d, int tag, size_t off) {
   if ((tag & ~T_SHARED) == T_CLASS) {
     size_t len = (size_t)get_num(d, 1);
     const char *name = get_bytes(d, len);
+    dec_state(d);
     lua_getiuservalue(L, d->st, UV_CLASS_BY_NAME);
     lua_pushlstring(L, name, len);
     if (lua_rawget(L, -2) != LUA_TTABLE) {
@@ -792,16 +860,12 @@ static void decode_table(dec *d, int tag, size_t off) {
   if (tag & T_SHARED) dec_remember(d, off, t);
   for (uint64_t i = 1; i <= narr; i++) {
     d->pending--;
-    decode(d);
-    if (lua_type(L, -1) == LUA_TNIL) lua_pop(L, 1);
+    if (decode(d) == IS_NIL) lua_pop(L, 1);
     else lua_rawseti(L, t, (lua_Integer)i);
   }
   for (uint64_t i = 0; i < nhash; i++) {
     d->pending--;
-    decode(d);
-    int kt = lua_type(L, -1);
-    if (kt == LUA_TNIL || (kt == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
-      dec_error(d, "invalid table key (nil or NaN)");
+    if (decode(d) != 0) dec_error(d, "invalid table key (nil or NaN)");
     d->pending--;
     decode(d);
     lua_rawset(L, t);
@@ -820,7 +884,7 @@ static void decode_function(dec *d, int tag, size_t off) {
   size_t len = (size_t)get_num(d, 4);
   const char *code = get_bytes(d, len);
   if (len < MAC_LEN) dec_error(d, "corrupt function");
-  serial_state *s = lua_touserdata(L, d->st);
+  serial_state *s = dec_state(d);
   uint64_t mac = mp_siphash(s->key, code, len - MAC_LEN), got = 0;
   for (int i = MAC_LEN - 1; i >= 0; i--) got = (got << 8) | (unsigned char)code[len - MAC_LEN + i];
   /*
@@ -889,13 +953,13 @@ static void decode_name(dec *d, int tag) {
   }
 }
 
-static void decode(dec *d) {
+static int decode(dec *d) {
   lua_State *L = d->L;
   if (left(d) < 1) truncated(d);
   size_t off = (size_t)(d->p - d->start);
   int tag = *d->p++;
   switch (tag) {
-    case T_NIL: lua_pushnil(L); break;
+    case T_NIL: lua_pushnil(L); return IS_NIL;
     case T_FALSE: lua_pushboolean(L, 0); break;
     case T_TRUE: lua_pushboolean(L, 1); break;
     case T_INT8: lua_pushinteger(L, (int8_t)get_num(d, 1)); break;
@@ -906,7 +970,7 @@ static void decode(dec *d) {
       double v;
       memcpy(&v, &bits, 8);
       lua_pushnumber(L, (lua_Number)v);
-      break;
+      return v != v ? IS_NAN : 0;
     }
     case T_STR8: case T_STR32: case T_STR64: {
       uint64_t len = get_num(d, tag == T_STR8 ? 1 : tag == T_STR32 ? 4 : 8);
@@ -931,11 +995,11 @@ static void decode(dec *d) {
     default:
       luaL_error(L, "mp.loads: corrupt message (bad tag %d at byte %I)", tag, (lua_Integer)off);
   }
+  return 0;
 }
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   luaL_checkstack(L, 10, "mp.loads");
-  int top = lua_gettop(L);
   dec d;
   d.L = L;
   d.start = d.p = (const unsigned char *)data;
@@ -950,19 +1014,30 @@ int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   uint64_t n = get_num(&d, 1);
   if (n == 0xFF) n = get_num(&d, 4);
   announce(&d, n);
-  push_state(L);
-  d.st = top + 1;
-  lua_pushnil(L);
-  d.memo = top + 2;
   if (n > INT_MAX - 20) truncated(&d);
   luaL_checkstack(L, (int)n + 10, "mp.loads: too many values");
+  int slots = 0;                 /* where the state and memo slots are, once pushed */
   for (uint64_t i = 0; i < n; i++) {
+    /*
+    ** Only tables, functions and references use the slots, and the first of
+    ** them is always a root value: push the slots just below it.
+    */
+    if (slots == 0 && left(&d) > 0 && *d.p >= T_TABLE && *d.p != T_GLOBALS &&
+        *d.p != T_MODULE && *d.p != T_FIELD) {
+      lua_pushnil(L);            /* the state, fetched when a class or function needs it */
+      slots = lua_gettop(L);
+      lua_pushnil(L);            /* the memo, made when an object is shared */
+      d.st = slots;
+      d.memo = slots + 1;
+    }
     d.pending--;
     decode(&d);
   }
   if (d.p != d.end) dec_error(&d, "trailing bytes after the message");
-  lua_rotate(L, top + 1, -2);                /* state and memo to the top */
-  lua_pop(L, 2);
+  if (slots != 0) {
+    lua_rotate(L, slots, -2);    /* state and memo to the top */
+    lua_pop(L, 2);
+  }
   return (int)n;
 }
 
@@ -974,6 +1049,11 @@ static int core_dumps(lua_State *L) {
   mp_wbuf *b = mp_serial_scratch(L);
   mp_serial_encode(L, 1, n, b, "value");
   lua_pushlstring(L, b->data, b->len);
+  if (b->cap > SCRATCH_KEEP) {             /* the message now lives in the string */
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+  }
   return 1;
 }
 
