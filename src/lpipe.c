@@ -13,6 +13,7 @@
 #include "engine/clock.h"
 #include "engine/conn.h"
 #include "engine/ring.h"
+#include "ltransport.h"
 
 #define CONN_T "mp.Connection"
 
@@ -20,8 +21,6 @@ typedef struct conn_ud {
   mp_conn c;
   int closed;
 } conn_ud;
-
-mp_ring *mp_queue_ring(lua_State *L, int idx);   /* lqueue.c */
 
 static conn_ud *check_open(lua_State *L) {
   conn_ud *u = mp_checkself(L, 1, "Connection");
@@ -31,49 +30,34 @@ static conn_ud *check_open(lua_State *L) {
 
 static conn_ud *check_readable(lua_State *L) {
   conn_ud *u = check_open(L);
-  if (u->c.rfd < 0) luaL_error(L, "connection is write-only");
+  if (!mp_conn_readable(&u->c)) luaL_error(L, "connection is write-only");
   return u;
 }
 
 static conn_ud *check_writable(lua_State *L) {
   conn_ud *u = check_open(L);
-  if (u->c.wfd < 0) luaL_error(L, "connection is read-only");
+  if (!mp_conn_writable(&u->c)) luaL_error(L, "connection is read-only");
   return u;
 }
 
-static void write_frame(lua_State *L, conn_ud *u, const char *p, size_t n, const char *q, size_t m) {
-  int rc;
-  while ((rc = mp_conn_write(&u->c, p, n, q, m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc != 0) mp_raise_errno(L, rc, "send");
+static void send_raise(lua_State *L, int rc) {
+  if (rc == EPIPE) luaL_error(L, "send: broken pipe (the other end is closed)");
+  mp_raise_errno(L, rc, "send");
 }
 
-/* conn:send(v): one frame holding the encoded value, written with one write(). */
+/* conn:send(v): the encoded value, as one message. */
 static int conn_send(lua_State *L) {
   conn_ud *u = check_writable(L);
   lua_settop(L, 2);
-  mp_wbuf *b = mp_serial_scratch(L);
-  mp_wbuf_reserve(L, b, MP_CONN_MAXHDR);
-  b->len = MP_CONN_MAXHDR;                         /* the header goes in front */
-  mp_serial_encode(L, 2, 1, b, "value");
-  size_t h = mp_conn_header(b->data, b->len - MP_CONN_MAXHDR);
-  size_t start = MP_CONN_MAXHDR - h;
-  size_t len = b->len;
-  /* Interrupt handlers may reuse the scratch buffer: keep our own copy only if one runs. */
-  int rc = mp_conn_write(&u->c, b->data + start, len - start, NULL, 0);
-  if (rc == EINTR) {
-    luaL_Buffer keep;
-    char *copy = luaL_buffinitsize(L, &keep, len - start);
-    memcpy(copy, b->data + start, len - start);
-    luaL_pushresultsize(&keep, len - start);
-    size_t n;
-    const char *s = lua_tolstring(L, -1, &n);
-    mp_check_interrupt(L);
-    write_frame(L, u, s, n, NULL, 0);
-  } else if (rc != 0) {
-    mp_raise_errno(L, rc, "send");
+  for (;;) {
+    mp_wbuf *b = mp_serial_scratch(L);
+    mp_serial_encode(L, 2, 1, b, "value");
+    int rc = mp_conn_send(&u->c, b->data, b->len);
+    if (rc == 0) return 0;
+    /* A signal handler may use the scratch buffer: encode again after it. */
+    if (rc == EINTR) { mp_check_interrupt(L); continue; }
+    send_raise(L, rc);
   }
-  return 0;
 }
 
 /*
@@ -90,46 +74,47 @@ static int conn_send_bytes(lua_State *L) {
   lua_Integer size = luaL_optinteger(L, 4, (lua_Integer)(len - (size_t)offset));
   luaL_argcheck(L, size >= 0, 4, "size is negative");
   luaL_argcheck(L, (size_t)size <= len - (size_t)offset, 4, "offset + size is past the end of the string");
-  char hdr[MP_CONN_MAXHDR];
-  size_t h = mp_conn_header(hdr, (uint64_t)size);
-  write_frame(L, u, hdr + MP_CONN_MAXHDR - h, h, s + offset, (size_t)size);
+  int rc;
+  while ((rc = mp_conn_send(&u->c, s + offset, (size_t)size)) == EINTR)
+    mp_check_interrupt(L);
+  if (rc != 0) send_raise(L, rc);
   return 0;
 }
 
-/* Waits for a whole frame; raises EOFError at the end. */
-static const char *next_frame(lua_State *L, conn_ud *u, uint64_t *len) {
-  const char *p;
+static void conn_end(void *ctx, mp_ring_msg *m) { mp_conn_recv_end(ctx, m); }
+
+/* Takes the next message and delivers it (decoded, or raw bytes). */
+static int receive(lua_State *L, conn_ud *u, int raw, lua_Integer max) {
+  mp_ring_msg m;
   int rc;
-  while ((rc = mp_conn_frame(&u->c, INFINITY, &p, len)) == EINTR)
+  while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
     mp_check_interrupt(L);
-  if (rc == MP_CONN_EOF) mp_raise(L, "EOFError", "the other end of the pipe is closed");
-  if (rc == ENOMEM) luaL_error(L, "not enough memory for a message");
-  if (rc != 0) mp_raise_errno(L, rc, "recv");
-  return p;
+  if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
+  if (rc != 0) return mp_raise_errno(L, rc, "recv");
+  if (max >= 0 && m.len > (uint64_t)max) {
+    /* Python leaves the connection unusable here; we drop the message instead. */
+    uint64_t len = m.len;
+    if (m.streamed) mp_ring_read_stream(&u->c.rx, &m, NULL);
+    mp_conn_recv_end(&u->c, &m);
+    return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+  }
+  return mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
 }
 
-/* conn:recv() --> the value sent. The frame is consumed before decoding. */
+/* conn:recv() --> the value sent */
 static int conn_recv(lua_State *L) {
-  conn_ud *u = check_readable(L);
-  uint64_t len;
-  const char *p = next_frame(L, u, &len);
-  mp_conn_consume(&u->c);        /* the bytes stay valid until the next read */
-  lua_settop(L, 0);
-  return mp_serial_decode(L, p, (size_t)len);
+  return receive(L, check_readable(L), 0, -1);
 }
 
 /* conn:recv_bytes([maxlength]) --> string */
 static int conn_recv_bytes(lua_State *L) {
   conn_ud *u = check_readable(L);
-  lua_Integer max = luaL_optinteger(L, 2, -1);
-  if (!lua_isnoneornil(L, 2)) luaL_argcheck(L, max >= 0, 2, "negative maxlength");
-  uint64_t len;
-  const char *p = next_frame(L, u, &len);
-  mp_conn_consume(&u->c);
-  if (max >= 0 && len > (uint64_t)max)
-    return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
-  lua_pushlstring(L, p, (size_t)len);
-  return 1;
+  lua_Integer max = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    max = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, max >= 0, 2, "negative maxlength");
+  }
+  return receive(L, u, 1, max);
 }
 
 /* conn:poll([timeout]) --> boolean. No argument: do not wait; nil: wait forever. */
@@ -145,8 +130,7 @@ static int conn_poll(lua_State *L) {
 }
 
 static int conn_fileno(lua_State *L) {
-  conn_ud *u = check_open(L);
-  lua_pushinteger(L, u->c.rfd >= 0 ? u->c.rfd : u->c.wfd);
+  lua_pushinteger(L, mp_conn_fileno(&check_open(L)->c));
   return 1;
 }
 
@@ -164,8 +148,8 @@ static int conn_index(lua_State *L) {
   const char *k = lua_tostring(L, 2);
   if (k != NULL) {
     if (strcmp(k, "closed") == 0) { lua_pushboolean(L, u->closed); return 1; }
-    if (strcmp(k, "readable") == 0) { lua_pushboolean(L, !u->closed && u->c.rfd >= 0); return 1; }
-    if (strcmp(k, "writable") == 0) { lua_pushboolean(L, !u->closed && u->c.wfd >= 0); return 1; }
+    if (strcmp(k, "readable") == 0) { lua_pushboolean(L, !u->closed && mp_conn_readable(&u->c)); return 1; }
+    if (strcmp(k, "writable") == 0) { lua_pushboolean(L, !u->closed && mp_conn_writable(&u->c)); return 1; }
   }
   lua_settop(L, 2);
   lua_gettable(L, lua_upvalueindex(2));
@@ -175,16 +159,16 @@ static int conn_index(lua_State *L) {
 static int conn_tostring(lua_State *L) {
   conn_ud *u = mp_checkself(L, 1, "Connection");
   if (u->closed) lua_pushliteral(L, "<Connection closed>");
-  else lua_pushfstring(L, "<Connection fd=%d%s%s>", u->c.rfd >= 0 ? u->c.rfd : u->c.wfd,
-                       u->c.rfd >= 0 ? " readable" : "", u->c.wfd >= 0 ? " writable" : "");
+  else lua_pushfstring(L, "<Connection%s%s>", mp_conn_readable(&u->c) ? " readable" : "",
+                       mp_conn_writable(&u->c) ? " writable" : "");
   return 1;
 }
 
 static conn_ud *new_conn(lua_State *L) {
   conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   memset(u, 0, sizeof *u);
-  u->c.rfd = u->c.wfd = -1;
-  u->closed = 1;                          /* until the fds exist */
+  u->c.rx.bell_r = u->c.rx.bell_w = u->c.tx.bell_r = u->c.tx.bell_w = -1;
+  u->closed = 1;                          /* until the rings exist */
   luaL_setmetatable(L, CONN_T);
   return u;
 }
@@ -220,31 +204,55 @@ static conn_ud *to_conn(lua_State *L, int idx) {
 }
 
 /*
-** core.wait(list, timeout) --> the items of list that are ready: Connections
-** with something to read (or at EOF), queues with an item, and integers
-** (file descriptors such as Process.sentinel) that poll readable.
+** core.wait(list [, timeout]) --> the items of list that are ready, in list
+** order: Connections with a message to read or at EOF, queues with an item,
+** and integers (file descriptors such as Process.sentinel) that poll
+** readable. Queues and Connections are watched without a system call per
+** message: while this waits they are registered as polled, so producers ring
+** their doorbell (see engine/ring.h).
 */
+enum { W_FD, W_CONN, W_QUEUE };
+
+typedef struct wait_item {
+  int kind;
+  mp_conn *conn;
+  mp_ring *ring;
+  int ready;
+} wait_item;
+
+static void wait_unregister(wait_item *items, int n) {
+  for (int i = 0; i < n; i++) {
+    if (items[i].kind == W_CONN) mp_conn_wait_end(items[i].conn);
+    else if (items[i].kind == W_QUEUE) mp_ring_poll_end(items[i].ring, 1);
+  }
+}
+
 static int core_wait(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   double deadline = mp_optdeadline(L, 2);
   int n = (int)luaL_len(L, 1);
-  struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(n > 0 ? n : 1), 0);
-  mp_ring **rings = lua_newuserdatauv(L, sizeof *rings * (size_t)(n > 0 ? n : 1), 0);
-  int *ready = lua_newuserdatauv(L, sizeof *ready * (size_t)(n > 0 ? n : 1), 0);
-  /* Check every item first (may raise: nothing registered yet). */
+  size_t cnt = (size_t)(n > 0 ? n : 1);
+  struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * cnt, 0);
+  wait_item *items = lua_newuserdatauv(L, sizeof *items * cnt, 0);
+  /* Check every item first (this may raise: nothing is registered yet). */
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
-    rings[i] = NULL;
-    fds[i].fd = -1;
+    wait_item *it = &items[i];
+    it->conn = NULL;
+    it->ring = NULL;
     fds[i].events = POLLIN;
-    fds[i].revents = 0;
     conn_ud *u;
     if ((u = to_conn(L, -1)) != NULL) {
-      if (u->closed || u->c.rfd < 0) luaL_error(L, "bad argument #1 to 'wait' (item %d: connection is closed or write-only)", i + 1);
-      fds[i].fd = u->c.rfd;
-    } else if ((rings[i] = mp_queue_ring(L, -1)) != NULL) {
-      fds[i].fd = rings[i]->bell_r;
+      if (u->closed || !mp_conn_readable(&u->c))
+        luaL_error(L, "bad argument #1 to 'wait' (item %d is a closed or write-only connection)", i + 1);
+      it->kind = W_CONN;
+      it->conn = &u->c;
+      fds[i].fd = u->c.rx.bell_r;
+    } else if ((it->ring = mp_queue_ring(L, -1)) != NULL) {
+      it->kind = W_QUEUE;
+      fds[i].fd = it->ring->bell_r;
     } else if (lua_isinteger(L, -1)) {
+      it->kind = W_FD;
       fds[i].fd = (int)lua_tointeger(L, -1);
     } else {
       luaL_error(L, "bad argument #1 to 'wait' (item %d: Connection, queue or file descriptor expected, got %s)",
@@ -255,33 +263,33 @@ static int core_wait(lua_State *L) {
   for (;;) {
     int any = 0;
     for (int i = 0; i < n; i++) {
-      ready[i] = 0;
-      if (rings[i] != NULL) ready[i] = mp_ring_poll_begin(rings[i]);
-      else {
-        lua_geti(L, 1, i + 1);
-        conn_ud *u = to_conn(L, -1);
-        lua_pop(L, 1);
-        if (u != NULL && mp_conn_buffered(&u->c) > 0) ready[i] = 1;
-      }
-      any |= ready[i];
+      wait_item *it = &items[i];
+      it->ready = 0;
+      if (it->kind == W_CONN) it->ready = mp_conn_wait_begin(it->conn);
+      else if (it->kind == W_QUEUE) it->ready = mp_ring_poll_begin(it->ring);
+      fds[i].revents = 0;
+      any |= it->ready;
     }
+    /* Poll even when something is ready already, without waiting then, so
+    ** that every ready item is reported. */
     int rc = 0;
-    if (!any) {
-      int sliced;
-      double end = mp_slice_end(deadline, &sliced);
-      double left = end - mp_now();
-      int ms = left <= 0 ? 0 : (int)ceil(left * 1000);
-      int got = poll(fds, (nfds_t)n, ms);
-      if (got < 0) rc = errno == EINTR ? EINTR : errno;
-      else if (got == 0) rc = sliced ? EINTR : ETIMEDOUT;
-      for (int i = 0; i < n && got > 0; i++) {
-        if (rings[i] != NULL) ready[i] = mp_ring_readable(rings[i]);
-        else ready[i] = fds[i].revents != 0;
-        any |= ready[i];
-      }
+    int sliced = 0;
+    double end = any ? -INFINITY : mp_slice_end(deadline, &sliced);
+    double left = end - mp_now();
+    int ms = left <= 0 ? 0 : (int)ceil(left * 1000);
+    int got = poll(fds, (nfds_t)n, ms);
+    if (got < 0) rc = errno == EINTR ? EINTR : errno;
+    else if (got == 0 && !any) rc = sliced ? EINTR : ETIMEDOUT;
+    for (int i = 0; i < n && got > 0; i++) {
+      wait_item *it = &items[i];
+      if (it->kind == W_QUEUE) it->ready = mp_ring_readable(it->ring);
+      else if (it->kind == W_CONN)
+        it->ready = mp_ring_readable(&it->conn->rx) || (fds[i].revents & POLLHUP);
+      else it->ready = fds[i].revents != 0;
+      any |= it->ready;
     }
-    for (int i = 0; i < n; i++)
-      if (rings[i] != NULL) mp_ring_poll_end(rings[i]);
+    if (any) rc = 0;
+    wait_unregister(items, n);
     if (any || rc == ETIMEDOUT) break;
     if (rc == EINTR) mp_check_interrupt(L);
     else if (rc != 0) return mp_raise_errno(L, rc, "wait");
@@ -289,7 +297,7 @@ static int core_wait(lua_State *L) {
   lua_createtable(L, 0, 0);
   int k = 0;
   for (int i = 0; i < n; i++) {
-    if (!ready[i]) continue;
+    if (!items[i].ready) continue;
     lua_geti(L, 1, i + 1);
     lua_rawseti(L, -2, ++k);
   }

@@ -15,6 +15,7 @@
 #include "serial.h"
 #include "engine/clock.h"
 #include "engine/ring.h"
+#include "ltransport.h"
 
 #define QUEUE_T "mp.Queue"
 #define SIMPLE_T "mp.SimpleQueue"
@@ -58,22 +59,69 @@ static int put_value(lua_State *L, queue_ud *q, int idx, double deadline) {
   }
 }
 
-/* Decodes a message that lives in memory the caller must release whatever happens. */
+/* Decodes (or, raw, pushes as a string) a message in memory the caller must release. */
 static int decode_thunk(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t len = (size_t)lua_tointeger(L, 2);
+  int raw = lua_toboolean(L, 3);
   lua_settop(L, 0);
+  if (raw) {
+    lua_pushlstring(L, p, len);
+    return 1;
+  }
   return mp_serial_decode(L, p, len);
 }
 
-static int pdecode(lua_State *L, const char *p, size_t len) {
+static int pdecode(lua_State *L, const char *p, size_t len, int raw) {
   int base = lua_gettop(L);
   lua_pushcfunction(L, decode_thunk);
   lua_pushlightuserdata(L, (void *)p);
   lua_pushinteger(L, (lua_Integer)len);
-  int status = lua_pcall(L, 2, LUA_MULTRET, 0);
+  lua_pushboolean(L, raw);
+  int status = lua_pcall(L, 3, LUA_MULTRET, 0);
   return status == LUA_OK ? lua_gettop(L) - base : -1;
 }
+
+int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, void *ctx, int raw) {
+  if (!m->streamed && m->len <= SMALL_MSG) {
+    char buf[SMALL_MSG];
+    memcpy(buf, m->p1, m->n1);
+    if (m->n2) memcpy(buf + m->n1, m->p2, m->n2);
+    end(ctx, m);
+    if (raw) {
+      lua_pushlstring(L, buf, (size_t)m->len);
+      return 1;
+    }
+    return mp_serial_decode(L, buf, (size_t)m->len);
+  }
+  if (!m->streamed && m->n2 == 0) {
+    /* Large and contiguous: decode in place, under pcall so the lock is released. */
+    int n = pdecode(L, m->p1, m->n1, raw);
+    end(ctx, m);
+    if (n < 0) return lua_error(L);
+    return n;
+  }
+  char *buf = m->len <= SIZE_MAX ? malloc((size_t)m->len) : NULL;
+  int truncated = 0;
+  if (m->streamed) truncated = mp_ring_read_stream(r, m, buf) != 0;
+  else if (buf != NULL) {
+    memcpy(buf, m->p1, m->n1);
+    memcpy(buf + m->n1, m->p2, m->n2);
+  }
+  end(ctx, m);
+  if (truncated) {
+    free(buf);
+    return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+  }
+  if (buf == NULL) return luaL_error(L, "not enough memory for a message of %I bytes",
+                                     (lua_Integer)m->len);
+  int n = pdecode(L, buf, (size_t)m->len, raw);
+  free(buf);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+static void ring_end(void *ctx, mp_ring_msg *m) { mp_ring_get_end(ctx, m); }
 
 static int get_value(lua_State *L, queue_ud *q, double deadline) {
   mp_ring_msg m;
@@ -82,33 +130,7 @@ static int get_value(lua_State *L, queue_ud *q, double deadline) {
     mp_check_interrupt(L);
   if (rc == ETIMEDOUT) return mp_raise(L, "Empty", "queue is empty");
   if (rc != 0) return mp_raise_errno(L, rc, "get");
-  if (!m.streamed && m.len <= SMALL_MSG) {
-    char buf[SMALL_MSG];
-    memcpy(buf, m.p1, m.n1);
-    if (m.n2) memcpy(buf + m.n1, m.p2, m.n2);
-    mp_ring_get_end(&q->ring, &m);
-    return mp_serial_decode(L, buf, (size_t)m.len);
-  }
-  if (!m.streamed && m.n2 == 0) {
-    /* Large and contiguous: decode in place, under pcall so the lock is released. */
-    int n = pdecode(L, m.p1, m.n1);
-    mp_ring_get_end(&q->ring, &m);
-    if (n < 0) return lua_error(L);
-    return n;
-  }
-  char *buf = m.len <= SIZE_MAX ? malloc((size_t)m.len) : NULL;
-  if (m.streamed) mp_ring_read_stream(&q->ring, &m, buf);
-  else if (buf != NULL) {
-    memcpy(buf, m.p1, m.n1);
-    memcpy(buf + m.n1, m.p2, m.n2);
-  }
-  mp_ring_get_end(&q->ring, &m);
-  if (buf == NULL) return luaL_error(L, "not enough memory for a queue item of %I bytes",
-                                     (lua_Integer)m.len);
-  int n = pdecode(L, buf, (size_t)m.len);
-  free(buf);
-  if (n < 0) return lua_error(L);
-  return n;
+  return mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
 }
 
 /* q:put(v [, block [, timeout]]) */

@@ -1,14 +1,12 @@
 /*
-** Connections: the two ends of mp.Pipe, message framing over file descriptors.
-** A frame is a 4-byte little-endian length and the payload; lengths of 2^32-1
-** and above are written as 0xffffffff and an 8-byte length. Reads are
-** buffered (one read() brings in many small frames); each frame is written
-** with one write(), so the peer can see it at once, with no flush to forget.
-**
-** Duplex pipes are two pipe(2)s rather than a socketpair: a pipe write costs
-** about a third of a socket write here (DESIGN.md). EOF is the kernel's: a
-** read returns 0 once every copy, in every process, of the peer's write end is
-** closed, which is what recv's EOFError promises.
+** Connections: the two ends of mp.Pipe. Each direction is a ring in shared
+** memory (ring.h) -- a send is a copy and a store, no system call -- plus a
+** pipe(2) used as doorbell and as the kernel's record of who holds which end:
+** every copy of a sending end holds the doorbell's write fd, every copy of a
+** receiving end its read fd. So recv sees EOF (POLLHUP) exactly when every
+** copy of the peer end, in every process, is closed, and send sees EPIPE when
+** no copy of the receiving end is left. The doorbell is written only while
+** the receiver sleeps in poll() (or after fileno() was asked for, see there).
 ** Engine code: no Lua; functions return 0 or an errno value.
 */
 #ifndef MP_CONN_H
@@ -17,43 +15,51 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MP_CONN_EOF (-1)          /* returned when the peer is gone and nothing is left */
-#define MP_CONN_MAXHDR 12
+#include "ring.h"
+
+#define MP_CONN_EOF (-1)                   /* the peer is gone and nothing is left */
+#define MP_CONN_RING ((size_t)1 << 20)     /* bytes per direction; larger messages stream */
 
 typedef struct mp_conn {
-  int rfd, wfd;                   /* -1 when this end cannot read / write, or is closed */
-  char *buf;                      /* unread bytes are buf[pos..end) */
-  size_t pos, end, cap;
+  mp_ring rx;          /* what this end receives (rx.hdr NULL: send-only) */
+  mp_ring tx;          /* what this end sends (tx.hdr NULL: receive-only) */
+  int sticky;          /* fileno() handed out: keep the doorbell rung */
 } mp_conn;
 
-/* Makes the two ends. Duplex: both read and write. Otherwise a reads, b writes. */
+/* Makes the two ends. Duplex: both send and receive. Otherwise a receives, b sends. */
 int mp_conn_pipe(mp_conn *a, mp_conn *b, int duplex);
 
-/* Closes this process's fds and frees the buffer (idempotent). */
+/* Unmaps and closes this process's copies (idempotent). */
 void mp_conn_close(mp_conn *c);
 
-/* Writes the frame header for `len` right-aligned ending at hdr + MP_CONN_MAXHDR; returns its size. */
-size_t mp_conn_header(char hdr[MP_CONN_MAXHDR], uint64_t len);
+static inline int mp_conn_readable(const mp_conn *c) { return c->rx.hdr != NULL; }
+static inline int mp_conn_writable(const mp_conn *c) { return c->tx.hdr != NULL; }
+
+/* Sends one message. 0, EPIPE, EINTR (nothing sent: check interrupts, call again). */
+int mp_conn_send(mp_conn *c, const void *p, size_t n);
 
 /*
-** Writes all of p[0..n) then q[0..m) (q may be NULL). Returns EINTR only
-** before the first byte went out (the caller checks for interrupts and calls
-** again); once started it finishes. EPIPE when the reader is gone.
+** Takes the next message, waiting until `deadline`: 0 with the receive lock
+** held and *m describing it (then mp_conn_recv_end, or mp_ring_read_stream on
+** c->rx first when m->streamed), MP_CONN_EOF, ETIMEDOUT or EINTR.
 */
-int mp_conn_write(mp_conn *c, const char *p, size_t n, const char *q, size_t m);
+int mp_conn_recv_begin(mp_conn *c, double deadline, mp_ring_msg *m);
+void mp_conn_recv_end(mp_conn *c, mp_ring_msg *m);
 
-/*
-** Makes sure a whole frame is buffered, waiting until `deadline`. On 0,
-** *payload and *len give it (valid until the next call); mp_conn_consume then
-** drops it. Returns MP_CONN_EOF, ETIMEDOUT, EINTR, ENOMEM or an errno.
-*/
-int mp_conn_frame(mp_conn *c, double deadline, const char **payload, uint64_t *len);
-void mp_conn_consume(mp_conn *c);
-
-/* 0 when something (data or EOF) can be read, ETIMEDOUT, EINTR. */
+/* 0 when a message or EOF is there to read, ETIMEDOUT, EINTR. */
 int mp_conn_poll(mp_conn *c, double deadline);
 
-/* Bytes buffered but not yet taken. */
-static inline size_t mp_conn_buffered(const mp_conn *c) { return c->end - c->pos; }
+/*
+** The fd an event loop can poll (the doorbell's read end; for a send-only end
+** the write end). Asking for it switches the receiving side to signalled
+** mode: from then on every message sent writes one doorbell byte and every
+** message received takes one, so the fd polls readable while messages sent
+** after the call are waiting, and at EOF.
+*/
+int mp_conn_fileno(mp_conn *c);
+
+/* For mp.wait: register as a sleeper (returns whether a message is there), unregister. */
+int mp_conn_wait_begin(mp_conn *c);
+void mp_conn_wait_end(mp_conn *c);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -17,6 +18,8 @@
 #define HDR_BYTES 4096           /* the data area starts on a page */
 #define REC_HDR 8                /* a record: 8-byte length, payload, pad to 8 */
 #define PUNCH ((uint64_t)2 << 20)   /* consumed memory goes back to the kernel in 2 MiB steps */
+#define HOT ((uint64_t)1 << 20)     /* a producer that is not ahead wraps back after this */
+#define SKIP_MARK UINT64_MAX        /* record header: go on at the start of the area */
 
 /*
 ** The shared header. Each side's fields share a cache line with its lock and
@@ -28,23 +31,31 @@ struct mp_ring_hdr {
   uint64_t cap, maxsize;
   int joinable;
 
-  alignas(64) mp_olock wlock;           /* producers */
+  /* Producers' line: only the wlock holder writes it. */
+  alignas(64) mp_olock wlock;
   _Atomic uint64_t tail;                /* end of the published records */
   _Atomic uint64_t nput;                /* records put (qsize = nput - nget) */
-  _Atomic uint32_t space_seq;           /* futex: bumped when a waiting producer may go on */
-  _Atomic uint32_t writer_waiting;      /* the wlock holder sleeps for room */
+  uint64_t head_seen;                   /* the head when producers last looked */
 
-  alignas(64) mp_olock rlock;           /* consumers */
+  /* Consumers' line: only the rlock holder writes it (and task_done). */
+  alignas(64) mp_olock rlock;
   _Atomic uint64_t head;                /* start of the next record */
   _Atomic uint64_t nget;
   uint64_t rd_end;                      /* end of a streamed record being taken */
-  _Atomic uint32_t data_seq;            /* futex: bumped when a waiting consumer may go on */
-  _Atomic uint32_t reader_waiting;      /* the rlock holder sleeps for data */
+  uint64_t tail_seen;                   /* the tail when consumers last looked */
+  _Atomic uint64_t ndone;               /* JoinableQueue: task_done calls (unfinished = nput - ndone) */
 
-  alignas(64) _Atomic int64_t unfinished;   /* JoinableQueue */
+  /*
+  ** Sleeping and waking: written only when somebody sleeps, so the other
+  ** side's per-message look at these flags hits a clean cache line.
+  */
+  alignas(64) _Atomic uint32_t space_seq;   /* futex: bumped when a waiting producer may go on */
+  _Atomic uint32_t writer_waiting;          /* the wlock holder sleeps for room */
+  _Atomic uint32_t data_seq;                /* futex: bumped when a waiting consumer may go on */
+  _Atomic uint32_t reader_waiting;          /* the rlock holder sleeps for data */
   _Atomic uint32_t join_seq;
   _Atomic uint32_t join_waiters;
-  _Atomic uint32_t pollers;             /* processes in mp.wait on this ring */
+  _Atomic uint32_t pollers;                 /* processes in mp.wait on this ring */
 };
 
 static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 7) & ~(uint64_t)7); }
@@ -81,6 +92,34 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   return 0;
 }
 
+int mp_ring_dup(const mp_ring *r, mp_ring *out) {
+  /* mremap with old_size 0 maps the same shared pages a second time. */
+  void *p = mremap(r->hdr, 0, r->map_len, MREMAP_MAYMOVE);
+  if (p == MAP_FAILED) return errno;
+  *out = *r;
+  out->hdr = p;
+  out->data = (char *)p + HDR_BYTES;
+  out->bell_r = out->bell_w = -1;
+  return 0;
+}
+
+/*
+** For a pipe's sending handle (it holds the doorbell's write end only):
+** whether every copy of the read end, in every process, is closed.
+*/
+static int peer_gone(mp_ring *r) {
+  if (r->bell_r >= 0 || r->bell_w < 0) return 0;
+  struct pollfd pfd = { r->bell_w, POLLOUT, 0 };
+  return poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLERR);
+}
+
+/* For a pipe's receiving handle: whether every copy of the write end is closed. */
+static int writers_gone(mp_ring *r) {
+  if (r->bell_w >= 0 || r->bell_r < 0) return 0;
+  struct pollfd pfd = { r->bell_r, POLLIN, 0 };
+  return poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLHUP);
+}
+
 void mp_ring_unmap(mp_ring *r) {
   if (r->hdr != NULL) {
     munmap(r->hdr, r->map_len);
@@ -102,7 +141,7 @@ static void copy_out(mp_ring *r, uint64_t pos, char *dst, size_t n) {
   size_t off = (size_t)(pos & (r->cap - 1));
   size_t first = r->cap - off < n ? r->cap - off : n;
   memcpy(dst, r->data + off, first);
-  if (n > first) memcpy(dst, r->data + first, n - first);
+  if (n > first) memcpy(dst + first, r->data, n - first);
 }
 
 /*
@@ -112,8 +151,10 @@ static void copy_out(mp_ring *r, uint64_t pos, char *dst, size_t n) {
 */
 static void punch(mp_ring *r, uint64_t from, uint64_t to) {
   if (r->cap < 2 * PUNCH) return;
-  for (uint64_t c = from & ~(PUNCH - 1); c + PUNCH <= to; c += PUNCH)
-    madvise(r->data + (c & (r->cap - 1)), PUNCH, MADV_REMOVE);
+  for (uint64_t c = from & ~(PUNCH - 1); c + PUNCH <= to; c += PUNCH) {
+    /* The first stretch is the hot zone, reused lap after lap: it stays. */
+    if ((c & (r->cap - 1)) != 0) madvise(r->data + (c & (r->cap - 1)), PUNCH, MADV_REMOVE);
+  }
 }
 
 /* Moves the head to `to`: frees consumed memory, publishes, wakes a waiting producer. */
@@ -121,7 +162,7 @@ static void advance_head(mp_ring *r, uint64_t from, uint64_t to) {
   mp_ring_hdr *h = r->hdr;
   punch(r, from, to);
   atomic_store(&h->head, to);
-  if (atomic_load(&h->writer_waiting)) {
+  if (atomic_load(&h->writer_waiting) && atomic_exchange(&h->writer_waiting, 0)) {
     atomic_fetch_add(&h->space_seq, 1);
     mp_futex_wake(&h->space_seq, 1);
   }
@@ -131,7 +172,9 @@ static void advance_head(mp_ring *r, uint64_t from, uint64_t to) {
 static void publish_tail(mp_ring *r, uint64_t to) {
   mp_ring_hdr *h = r->hdr;
   atomic_store(&h->tail, to);
-  if (atomic_load(&h->reader_waiting)) {
+  /* The waker clears the flag: one wake-up per sleep, not one per message
+  ** while the sleeper is still being scheduled. */
+  if (atomic_load(&h->reader_waiting) && atomic_exchange(&h->reader_waiting, 0)) {
     atomic_fetch_add(&h->data_seq, 1);
     mp_futex_wake(&h->data_seq, 1);
   }
@@ -160,13 +203,16 @@ static inline void cpu_relax(void) {
 /* Whether a producer holding wlock may write a record of `total` bytes now. */
 static int room_for(mp_ring *r, uint64_t total) {
   mp_ring_hdr *h = r->hdr;
-  uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-  uint64_t used = tail - atomic_load_explicit(&h->head, memory_order_acquire);
   if (h->maxsize != 0 &&
       atomic_load_explicit(&h->nput, memory_order_relaxed) -
       atomic_load_explicit(&h->nget, memory_order_relaxed) >= h->maxsize) return 0;
   uint64_t need = total <= r->cap ? total : REC_HDR;
-  return r->cap - used >= need;
+  uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+  /* The consumers' line is read only when the last look is not enough. */
+  uint64_t used = tail - h->head_seen;
+  if (used <= r->cap && r->cap - used >= need) return 1;
+  h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
+  return r->cap - (tail - h->head_seen) >= need;
 }
 
 /* The wlock holder sleeps until a consumer made progress. 0, ETIMEDOUT, EINTR. */
@@ -204,7 +250,7 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
 }
 
 /* A record larger than the ring: header, then the payload as room appears. */
-static void put_stream(mp_ring *r, const char *data, size_t len) {
+static int put_stream(mp_ring *r, const char *data, size_t len) {
   mp_ring_hdr *h = r->hdr;
   uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
   uint64_t end = tail + rec_size(len);
@@ -216,9 +262,11 @@ static void put_stream(mp_ring *r, const char *data, size_t len) {
   publish_tail(r, tail);
   uint64_t payload_end = tail + len;
   while (tail < end) {
-    uint64_t room = r->cap - (tail - atomic_load_explicit(&h->head, memory_order_acquire));
+    h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
+    uint64_t room = r->cap - (tail - h->head_seen);
     if (room == 0) {
-      wait_space(r, REC_HDR, INFINITY);   /* slices end with EINTR: just go on */
+      /* Slices end with EINTR: go on, unless nobody can read this any more. */
+      if (wait_space(r, REC_HDR, INFINITY) == EINTR && peer_gone(r)) return EPIPE;
       continue;
     }
     uint64_t n = end - tail < room ? end - tail : room;
@@ -229,6 +277,7 @@ static void put_stream(mp_ring *r, const char *data, size_t len) {
     tail += n;
     publish_tail(r, tail);
   }
+  return 0;
 }
 
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
@@ -237,18 +286,42 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   int rc = mp_olock_acquire(&h->wlock, deadline);
   if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);   /* the dead one's flag */
   else if (rc != 0) return rc;
+  rc = 0;
+  /* A pipe whose reader is gone: EPIPE, checked when the ring is full and
+  ** every quarter of the ring, not per message. */
+  uint64_t tail0 = atomic_load_explicit(&h->tail, memory_order_relaxed);
+  if (r->bell_r < 0 && r->bell_w >= 0 && (tail0 ^ (tail0 + total)) >= r->cap / 4 && peer_gone(r)) {
+    mp_olock_release(&h->wlock);
+    return EPIPE;
+  }
   while (!room_for(r, total)) {
     rc = wait_space(r, total, deadline);
-    if (rc != 0 && rc != EAGAIN) {
+    if (rc != 0 && peer_gone(r)) rc = EPIPE;
+    if (rc != 0) {
       mp_olock_release(&h->wlock);
       return rc;
     }
   }
-  if (h->joinable) atomic_fetch_add(&h->unfinished, 1);   /* before anyone can take it */
   if (total > r->cap) {
-    put_stream(r, data, len);
+    rc = put_stream(r, data, len);
   } else {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+    uint64_t off = tail & (r->cap - 1);
+    if (r->cap > 2 * HOT && off >= HOT && total <= HOT) {
+      /*
+      ** Wrap early when the consumers keep up: writing on into the reserved
+      ** area would touch a fresh page every 4 KiB (a page fault each, and
+      ** cold cache lines). Allowed when everything unconsumed plus this
+      ** record fits before `off`, which is what the skipped bytes need.
+      */
+      if (tail - h->head_seen + total > off)
+        h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
+      if (tail - h->head_seen + total <= off) {
+        uint64_t mark = SKIP_MARK;
+        copy_in(r, tail, (const char *)&mark, REC_HDR);
+        tail += r->cap - off;
+      }
+    }
     uint64_t hdr = len;
     copy_in(r, tail, (const char *)&hdr, REC_HDR);
     copy_in(r, tail + REC_HDR, data, len);
@@ -257,7 +330,7 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
     publish_tail(r, tail + total);
   }
   mp_olock_release(&h->wlock);
-  return 0;
+  return rc;
 }
 
 static void count_get(mp_ring_hdr *h) {
@@ -278,7 +351,10 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
   }
   for (;;) {
     uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    /* The producers' line is read only when the last look is used up. */
+    uint64_t tail = h->tail_seen;
+    if (tail < head + REC_HDR || head < h->rd_end)
+      tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (head < h->rd_end) {
       if (tail > head) {
         advance_head(r, head, tail < h->rd_end ? tail : h->rd_end);
@@ -287,6 +363,12 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
     } else if (tail - head >= REC_HDR) {
       uint64_t len;
       copy_out(r, head, (char *)&len, REC_HDR);
+      if (len == SKIP_MARK) {
+        /* The producer wrapped early: nothing was written after the mark. */
+        uint64_t next = (head | (r->cap - 1)) + 1;
+        advance_head(r, next, next);      /* publishes and wakes; nothing to punch */
+        continue;
+      }
       uint64_t total = rec_size(len);
       m->len = len;
       m->streamed = total > r->cap;
@@ -312,15 +394,17 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
   }
 }
 
-void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
+int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
   mp_ring_hdr *h = r->hdr;
   uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
   uint64_t payload_end = head + m->len;
   uint64_t start = head;
   while (head < h->rd_end) {
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    uint64_t tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (tail == head) {
-      wait_data(r, tail, INFINITY);
+      /* A pipe whose writers are all gone will not finish this record. */
+      if (wait_data(r, tail, INFINITY) == EINTR && writers_gone(r) &&
+          atomic_load(&h->tail) == tail) return EPIPE;
       continue;
     }
     uint64_t to = tail < h->rd_end ? tail : h->rd_end;
@@ -331,6 +415,7 @@ void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
     advance_head(r, head, to);
     head = to;
   }
+  return 0;
 }
 
 void mp_ring_get_end(mp_ring *r, mp_ring_msg *m) {
@@ -354,6 +439,14 @@ uint64_t mp_ring_count(mp_ring *r) {
 
 uint64_t mp_ring_maxsize(mp_ring *r) { return r->hdr->maxsize; }
 
+int mp_ring_spin_readable(mp_ring *r) {
+  for (int i = 0; i < SPIN_ROUNDS; i++) {
+    cpu_relax();
+    if (mp_ring_readable(r)) return 1;
+  }
+  return 0;
+}
+
 int mp_ring_readable(mp_ring *r) {
   mp_ring_hdr *h = r->hdr;
   return atomic_load(&h->tail) != atomic_load(&h->head);
@@ -364,34 +457,38 @@ int mp_ring_poll_begin(mp_ring *r) {
   return mp_ring_readable(r);
 }
 
-void mp_ring_poll_end(mp_ring *r) {
+void mp_ring_poll_end(mp_ring *r, int drain) {
   atomic_fetch_sub(&r->hdr->pollers, 1);
   char buf[64];
-  while (read(r->bell_r, buf, sizeof buf) > 0) {}
+  while (drain && read(r->bell_r, buf, sizeof buf) > 0) {}
 }
 
 int mp_ring_task_done(mp_ring *r) {
   mp_ring_hdr *h = r->hdr;
-  int64_t v = atomic_load(&h->unfinished);
+  uint64_t v = atomic_load(&h->ndone);
   do {
-    if (v <= 0) return ERANGE;
-  } while (!atomic_compare_exchange_weak(&h->unfinished, &v, v - 1));
-  if (v == 1) {
+    if (v >= atomic_load(&h->nput)) return ERANGE;
+  } while (!atomic_compare_exchange_weak(&h->ndone, &v, v + 1));
+  if (v + 1 == atomic_load(&h->nput)) {
     atomic_fetch_add(&h->join_seq, 1);
     if (atomic_load(&h->join_waiters)) mp_futex_wake(&h->join_seq, INT32_MAX);
   }
   return 0;
 }
 
+static int all_done(mp_ring_hdr *h) {
+  return atomic_load(&h->ndone) >= atomic_load(&h->nput);
+}
+
 int mp_ring_join(mp_ring *r, double deadline) {
   mp_ring_hdr *h = r->hdr;
   for (;;) {
-    if (atomic_load(&h->unfinished) <= 0) return 0;
+    if (all_done(h)) return 0;
     atomic_fetch_add(&h->join_waiters, 1);
     uint32_t seq = atomic_load(&h->join_seq);
     int rc = 0;
-    if (atomic_load(&h->unfinished) > 0) rc = mp_futex_wait(&h->join_seq, seq, deadline);
+    if (!all_done(h)) rc = mp_futex_wait(&h->join_seq, seq, deadline);
     atomic_fetch_sub(&h->join_waiters, 1);
-    if (rc != 0 && rc != EAGAIN) return rc;
+    if (rc != 0) return rc;
   }
 }

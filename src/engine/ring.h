@@ -63,13 +63,19 @@ typedef struct mp_ring_msg {
 /* Maps a new ring; maxsize 0 means unbounded (in items). */
 int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable);
 
+/*
+** A second handle on the same ring in this process (its own mapping, so each
+** handle can be unmapped on its own), with no doorbell fds.
+*/
+int mp_ring_dup(const mp_ring *r, mp_ring *out);
+
 /* Unmaps this process's mapping and closes its doorbell fds (idempotent). */
 void mp_ring_unmap(mp_ring *r);
 
 /*
 ** Puts one message. Waits until `deadline` for room (maxsize items, or bytes).
 ** Returns 0, ETIMEDOUT (full), EINTR (slice ended, nothing done: check for
-** interrupts and call again), or an errno. A record larger than the ring is
+** interrupts and call again), EPIPE (a pipe whose reader is gone), or an errno. A record larger than the ring is
 ** streamed and, once started, runs to the end without returning EINTR.
 */
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline);
@@ -82,8 +88,11 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline);
 */
 int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m);
 
-/* Copies a streamed message (m->len bytes) into dst, or drops it if dst is NULL. */
-void mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst);
+/*
+** Copies a streamed message (m->len bytes) into dst, or drops it if dst is
+** NULL. EPIPE when a pipe's writers all closed before the end of it.
+*/
+int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst);
 
 /* Consumes the message, releases the consumer lock and wakes a waiting producer. */
 void mp_ring_get_end(mp_ring *r, mp_ring_msg *m);
@@ -95,13 +104,16 @@ uint64_t mp_ring_maxsize(mp_ring *r);
 /* Whether a message is ready to be taken (what mp.wait asks). */
 int mp_ring_readable(mp_ring *r);
 
+/* Watches the ring for a few microseconds; whether a message arrived. */
+int mp_ring_spin_readable(mp_ring *r);
+
 /*
 ** mp.wait's side: poll_begin registers this process as polling the doorbell
 ** (producers then ring it) and returns whether a message is already there;
-** poll_end unregisters and drains the doorbell.
+** poll_end unregisters and (when `drain`) empties the doorbell.
 */
 int mp_ring_poll_begin(mp_ring *r);
-void mp_ring_poll_end(mp_ring *r);
+void mp_ring_poll_end(mp_ring *r, int drain);
 
 /* JoinableQueue: unfinished tasks, counted up by put and down by task_done. */
 int mp_ring_task_done(mp_ring *r);          /* 0, or ERANGE when called too often */
