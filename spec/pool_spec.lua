@@ -249,6 +249,32 @@ describe("mp.Pool other methods", function()
     assert.same({ 1, 2 }, list(got.list))
   end)
 
+  it("lets a callback use the pool", function()
+    local pool <close> = mp.Pool(2)
+    local inner
+    local ars = {}
+    for i = 1, 30 do
+      ars[i] = pool:apply_async(function(x) return x end, { i }, function(v)
+        if v == 1 then inner = pool:apply(function() return "nested" end) end
+      end)
+    end
+    for i = 1, 30 do assert.equal(i, ars[i]:get(10)) end
+    assert.equal("nested", inner)
+  end)
+
+  it("join after an imap left unfinished completes its tasks", function()
+    local pool = mp.Pool(2)
+    local n = 0
+    local function gen() n = n + 1; if n <= 200 then return n end end
+    for r in pool:imap(function(x) return x end, gen) do
+      if r == 3 then break end
+    end
+    pool:close()
+    pool:join()
+    assert.equal(201, n)
+    assert.same({}, H.children_of(unistd.getpid()))
+  end)
+
   it("routes a callback's error to that result's get; the pool keeps serving", function()
     local pool <close> = mp.Pool(2)
     local ar = pool:apply_async(function() return 1 end, {}, function() error("callback broke") end)

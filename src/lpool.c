@@ -628,24 +628,24 @@ static void take_entries(lua_State *L, const char *p, size_t len, int records, i
 }
 
 /*
-** chan:journal(index, records, events) --> nevents: the results a dead worker
+** chan:journal(records, events, index) --> nevents: the results a dead worker
 ** finished but had not sent yet (duplicates of results already taken are
 ** ignored: their records are gone).
 */
 static int chan_journal(lua_State *L) {
   chan *c = checkowner(L);
-  lua_Integer i = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, i >= 1 && i <= c->nslots, 2, "slot out of range");
+  luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
-  luaL_checktype(L, 4, LUA_TTABLE);
-  lua_settop(L, 4);
+  lua_Integer i = luaL_checkinteger(L, 4);
+  luaL_argcheck(L, i >= 1 && i <= c->nslots, 4, "slot out of range");
+  lua_settop(L, 3);
   pool_slot *s = slot_at(c, (int)i - 1);
   uint32_t used = atomic_load(&s->committed);
   if (used > JCAP) used = 0;
   char *j = journal_of(s);
   j[0] = 'K';
   int nev = 0;
-  take_entries(L, j, CHDR + used, 3, 4, &nev);
+  take_entries(L, j, CHDR + used, 2, 3, &nev);
   lua_pushinteger(L, nev);
   return 1;
 }

@@ -205,7 +205,8 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._state = RUN
   self._workers = {}
   self._records = {}      -- task id --> {dest, offset, job=, chunk=}
-  self._events = {}
+  self._evs = {}          -- events tables, one per nesting depth (callbacks may call the pool)
+  self._depth = 0
   self._queue = {}        -- jobs with chunks still to send, in submission order, from _qh
   self._qh, self._qt = 1, 0
   self._resend = {}       -- records of tasks a dead worker took but never started
@@ -334,8 +335,8 @@ local function fail_all(self, err)
   self._queue, self._qh, self._qt = {}, 1, 0
 end
 
-local function handle_events(self, n)
-  local ev, records = self._events, self._records
+local function handle_events(self, ev, n)
+  local records = self._records
   for k = 0, n - 1 do
     local id, kind, x = ev[3 * k + 1], ev[3 * k + 2], ev[3 * k + 3]
     ev[3 * k + 3] = nil
@@ -365,6 +366,18 @@ local function handle_events(self, n)
   end
 end
 
+-- Runs fetch(chan, records, events, ...) and handles the events it reports.
+local function take(self, fetch, ...)
+  local d = self._depth + 1
+  self._depth = d
+  local ev = self._evs[d]
+  if ev == nil then ev = {}; self._evs[d] = ev end
+  local n, died = fetch(self._chan, self._records, ev, ...)
+  handle_events(self, ev, n)
+  self._depth = d - 1
+  return n, died
+end
+
 local function describe_exit(code)
   if code < 0 then
     local name = signal_names[-code]
@@ -381,15 +394,14 @@ end
 local function check_workers(self)
   -- Results a dead worker sent before dying are queued: take them first.
   repeat
-    local n = self._chan:pump(self._records, self._events, 0)
-    handle_events(self, n)
+    local n = take(self, self._chan.pump, 0)
   until n == 0
   for index = 1, self._processes do
     local p = self._workers[index]
     if p ~= nil then
       local code = p.exitcode
       if code ~= nil then
-        handle_events(self, self._chan:journal(index, self._records, self._events))
+        take(self, self._chan.journal, index)
         local task, first, count = self._chan:slot(index)
         for id = first, first + count - 1 do
           local r = rget(self._records, id)
@@ -543,8 +555,7 @@ end
 -- One round: send, collect results (waiting up to timeout), handle deaths.
 function Pool:_pump(timeout)
   feed(self)
-  local n, died = self._chan:pump(self._records, self._events, timeout)
-  handle_events(self, n)
+  local _, died = take(self, self._chan.pump, timeout)
   if self._broken then return self:terminate() end
   if died then check_workers(self) end
   feed(self)
@@ -585,8 +596,7 @@ local function submit(self, job)
   feed(self)
   -- A backed-up queue: make room by taking the results that are in.
   if self._qt >= self._qh then
-    local n, died = self._chan:pump(self._records, self._events, 0)
-    handle_events(self, n)
+    local _, died = take(self, self._chan.pump, 0)
     if died then check_workers(self) end
     feed(self)
   end
@@ -861,6 +871,11 @@ function Pool:join()
   if self._owner ~= mypid then error("pool used from a process that did not create it", 2) end
   if self._state == RUN then error("Pool is still running", 2) end
   if self._chan == nil then return end
+  -- An imap whose consumer stopped would wait for it forever: send the rest (as Python does).
+  for k = self._qh, self._qt do
+    local job = self._queue[k]
+    if job then job.window = nil end
+  end
   self:_wait(function() return not outstanding(self) end)
   if self._chan == nil then return end
   self._chan:close_tasks()
