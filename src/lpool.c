@@ -556,7 +556,7 @@ static void push_error_values(lua_State *L, const char *p, const char *end) {
       return;
     }
     int n = lua_gettop(L) - t;
-    (void)gn;
+    if ((uint32_t)n != gn) { lua_settop(L, t); break; }
     for (int q = n; q >= 1; q--) lua_rawseti(L, t, k + q);
     k += n;
     p += glen;
@@ -985,8 +985,7 @@ static int core_pool_work(lua_State *L) {
   luaL_argcheck(L, index >= 1 && index <= c->nslots, 2, "slot out of range");
   lua_Integer maxtasks = luaL_optinteger(L, 3, 0);
   lua_settop(L, 1);
-  char *buf = lua_newuserdatauv(L, SMALL_MAX, 0);   /* collected with the worker's state */
-  (void)buf;
+  lua_newuserdatauv(L, SMALL_MAX, 0);               /* 2: receive buffer */
   lua_newtable(L);                                   /* 3: function cache */
   lua_Debug ar;
   int depth = 0;
