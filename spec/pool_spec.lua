@@ -472,6 +472,22 @@ describe("mp.Pool from a script", function()
     assert.equal("false\tinterrupted\ttrue\t0\n", r.stdout)
   end)
 
+  it("Ctrl-C under a stock lua5.4 (lua.c's handler) interrupts map the same way", function()
+    local r = H.run_script([[
+      local mp = require "mp"
+      local pool = mp.Pool(2)
+      local parent = mp.getpid()
+      local t0 = mp.time()
+      local ok, err = pcall(pool.map, pool, function(x)
+        if x == 1 then mp.kill(parent, "SIGINT") end
+        mp.sleep(30)
+      end, {1, 2}, 1)
+      print(ok, tostring(err):match("interrupted!") ~= nil, mp.time() - t0 < 1, #mp.active_children())
+    ]], { program = H.lua, env = { LUA_CPATH = H.build .. "/?.so;;" } })
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("false\ttrue\ttrue\t0\n", r.stdout)
+  end)
+
   it("draws a progress bar only when stderr is a terminal", function()
     local r = H.run_script([[
       local pool <close> = mp.Pool(2)
