@@ -9,6 +9,13 @@ local function examples()
   return list
 end
 
+-- What some examples must print (the others only need to run cleanly).
+local expect = {
+  ["examples/pool_squares.lua"] = "squares: 1, 4, 9, 16, 25\n",
+  ["examples/pool_apply_async.lua"] = "all tasks finished\n",
+  ["examples/pool_cpu_bound.lua"] = "parallel: ",
+}
+
 describe("examples", function()
   for _, path in ipairs(examples()) do
     it(path .. " runs cleanly", function()
@@ -18,6 +25,7 @@ describe("examples", function()
       -- anything else on stderr is a problem.
       if not path:match("terminate") then assert.equal("", r.stderr) end
       assert.is_true(#r.stdout > 0)
+      if expect[path] then assert.is_truthy(r.stdout:find(expect[path], 1, true), r.stdout) end
     end)
   end
 end)
