@@ -82,6 +82,9 @@ end)
 
 local AsyncResult = class.Object:extend("AsyncResult")
 M.AsyncResult = AsyncResult
+-- Plain method lookup, no computed fields: the class helper's __index and
+-- __newindex functions would cost a call per access of an absent field.
+AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
 
 function AsyncResult:init(pool, job)
   self._pool = pool
@@ -128,6 +131,7 @@ end
 
 local Pool = class.Object:extend("Pool")
 M.Pool = Pool
+Pool.__index, Pool.__newindex = Pool, nil
 
 local worker_counter = 0
 
@@ -277,6 +281,26 @@ local function new_job(self, kind, fn, fname, level)
 end
 
 -- A job's first error wins; its result (if any) is then complete.
+--[[
+An apply_async job is one small table: the job, its task record and its
+AsyncResult at once (see apply_async). Its values land in [3..]; this settles
+it with them (err nil) or with an error, and runs its callback.
+]]
+local function finish_apply(self, ar, err)
+  if ar._ready then return end
+  ar._ready = true
+  ar.src, ar.fn_bytes = nil, nil
+  local cb
+  if err ~= nil then ar._error, cb = err, ar.error_callback else cb = ar.callback end
+  if cb ~= nil then
+    local ok, cerr
+    if err == nil then ok, cerr = pcall(cb, unpack(ar, 3, 2 + ar._nv))
+    else ok, cerr = pcall(cb, err) end
+    -- A callback that raises fails this result only.
+    if not ok then ar._error = cerr end
+  end
+end
+
 local function finish(self, job)
   if job.finished then return end
   job.finished = true
@@ -304,6 +328,7 @@ local function job_complete(job)
 end
 
 local function fail_chunk(self, rec, err)
+  if rec.kind == "A" then return finish_apply(self, rec, err) end
   local job = rec.job
   job.chunks_done = job.chunks_done + 1
   job.done = job.done + rec.count
@@ -328,9 +353,13 @@ local function fail_all(self, err)
   self._resend = {}
   for k = self._qh, self._qt do
     local job = self._queue[k]
+    if job.kind == "A" then
+      if not job.exhausted then finish_apply(self, job, err) end
+    else
+      if job.error == nil then job.error = err end
+      if job.chunks_done == job.chunks_sent then finish(self, job) end
+    end
     job.exhausted = true
-    if job.error == nil then job.error = err end
-    if job.chunks_done == job.chunks_sent then finish(self, job) end
   end
   self._queue, self._qh, self._qt = {}, 1, 0
 end
@@ -350,12 +379,14 @@ local function handle_events(self, ev, n)
       if rec ~= nil then
         records[rkey(id)] = nil
         self._inflight = self._inflight - 1
-        if kind == "R" then
+        if kind == "R" and rec.kind == "A" then
+          rec._nv = x
+          finish_apply(self, rec, nil)
+        elseif kind == "R" then
           local job = rec.job
           job.chunks_done = job.chunks_done + 1
           job.done = job.done + rec.count
           rec.settled = true
-          if job.kind == "A" then job._nv = x end
           if job.ready_list then job.ready_list[#job.ready_list + 1] = rec end
           if job_complete(job) then finish(self, job) end
         else
@@ -511,8 +542,13 @@ local function feed(self)
     if not chan:begin() then return end
     local rec = table.remove(resend, 1)
     if records[rkey(rec.id)] == rec then
-      local job = rec.job
-      local ok, emsg = chan:add(job.kind, rec.id, job.fn_id, job.fn_bytes, rec.src, rec.i, rec.j)
+      local ok, emsg
+      if rec.kind == "A" then
+        ok, emsg = chan:add("A", rec.id, rec.fn_id, rec.fn_bytes, rec.src, 1, rec.n)
+      else
+        local job = rec.job
+        ok, emsg = chan:add(job.kind, rec.id, job.fn_id, job.fn_bytes, rec.src, rec.i, rec.j)
+      end
       if ok == nil then
         records[rkey(rec.id)] = nil
         self._inflight = self._inflight - 1
@@ -529,11 +565,26 @@ local function feed(self)
     while added < limit and k <= self._qt do
       local job = queue[k]
       local src, i, j, offset
-      if not job.exhausted and not (job.window and job.chunks_sent - job.consumed >= job.window) then
+      if job.kind == "A" then
+        if not job.exhausted then
+          job.exhausted = true
+          local id = self._next_id + 1
+          local ok, emsg = chan:add("A", id, job.fn_id, job.fn_bytes, job.src, 1, job.n)
+          if ok == nil then
+            finish_apply(self, job, emsg)
+          else
+            self._next_id = id
+            job.id = id
+            records[rkey(id)] = job
+            self._inflight = self._inflight + 1
+            added = added + 1
+          end
+        end
+      elseif not job.exhausted and not (job.window and job.chunks_sent - job.consumed >= job.window) then
         src, i, j, offset = next_chunk(job)
       end
       if src ~= nil and add_task(self, job, src, i, j, offset) then added = added + 1 end
-      if job.exhausted and not job.dequeued then
+      if job.kind ~= "A" and job.exhausted and not job.dequeued then
         job.dequeued = true
         if job_complete(job) then finish(self, job) end
       end
@@ -746,17 +797,15 @@ function Pool:apply_async(fn, args, opts, error_callback)
   if not okf then argerror(1, "apply_async", tostring(fn_id), 2) end
   args = args or {}
   --[[
-  One table is the job, its task record and the AsyncResult: [1] is where the
-  values go (itself) and [2] the offset, so they land in [3..]. One
-  constructor with every field it will get: one allocation per call.
+  One small table is the job, its task record and the AsyncResult: [1] is
+  where the values go (itself) and [2] the offset, so they land in [3..]. A
+  task in flight costs memory the pool touches (page faults are dear here):
+  only the fields it needs, all in the constructor.
   ]]
-  local job = setmetatable({ false, 2, _pool = self, _ready = false, _error = nil, _nv = 0,
-    kind = "A", fn_id = fn_id, fn_bytes = fn_bytes, sent = 0, done = 0, chunks_sent = 0,
-    chunks_done = 0, consumed = 0, src = args, n = args.n or #args, i = 1, j = args.n or #args,
-    start = 1, count = 1, id = 0, chunksize = 1, callback = callback, error_callback = error_callback,
-    exhausted = false, dequeued = false, finished = false, error = nil, settled = false }, AsyncResult)
+  local job = setmetatable({ false, 2, _pool = self, _ready = false, _nv = 0, kind = "A", id = 0,
+    exhausted = false, fn_id = fn_id, fn_bytes = fn_bytes, src = args, n = args.n or #args,
+    callback = callback, error_callback = error_callback }, AsyncResult)
   job[1] = job
-  job.job, job.result, job._job, job.dest = job, job, job, job
   submit(self, job)
   return job
 end
