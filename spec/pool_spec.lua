@@ -105,6 +105,15 @@ describe("mp.Pool:map", function()
     pool:terminate()
   end)
 
+  it("passes results larger than a worker's journal, alone and together", function()
+    local r = pool:map(function(n) return ("z"):rep(n) end, { 300000, 400000, 500000, 2000000, 3 }, 5)
+    assert.same({ 300000, 400000, 500000, 2000000, 3 }, { #r[1], #r[2], #r[3], #r[4], #r[5] })
+    local ars = {}
+    for i = 1, 8 do ars[i] = pool:apply_async(function(n) return ("q"):rep(n) end, { 200000 * i }) end
+    for i = 1, 8 do assert.equal(200000 * i, #ars[i]:get(10)) end
+    pool:terminate()
+  end)
+
   it("maps an empty list and an iterator function", function()
     assert.same(0, #pool:map(function(x) return x end, {}))
     local i = 0

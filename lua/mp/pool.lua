@@ -624,7 +624,7 @@ function Pool:_wait(done, timeout, tick)
     while not done() do
       local left = deadline - now()
       if left <= 0 then return end
-      if self._state == TERMINATE and not self._chan then return end
+      if self._chan == nil then return end      -- terminated or joined: nothing more will come
       self:_pump(left < math.huge and left or nil)
       if tick then tick() end
     end
