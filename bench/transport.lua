@@ -7,13 +7,27 @@ if os.getenv("BENCH_LARGE") == "1" then counts[#counts + 1] = 1000000 end
 
 local function report(name, seconds, n)
   io.write(string.format("%s\t%.4f\tus/msg\n", name, seconds / n * 1e6))
+  io.flush()
 end
+
+-- Peak resident set of this process in KiB (what ru_maxrss reports).
+local function peak_rss()
+  local f = io.open("/proc/self/status")
+  if not f then return 0 end
+  local kb = f:read("a"):match("VmHWM:%s*(%d+)")
+  f:close()
+  return tonumber(kb) or 0
+end
+
+local readers_peak = mp.Queue()   -- each reader reports its peak RSS here
+local function report_peak() readers_peak:put(peak_rss()) end
 
 local function pipe_reader(out, inp)
   inp:close()
   while true do
     if out:recv() == "DONE" then break end
   end
+  report_peak()
 end
 
 local function pipe_run(n)
@@ -33,6 +47,7 @@ local function queue_reader(q)
   while true do
     if q:get() == "DONE" then break end
   end
+  report_peak()
 end
 
 local function joinable_reader(q)
@@ -41,6 +56,7 @@ local function joinable_reader(q)
     q:task_done()
     if msg == "DONE" then break end
   end
+  report_peak()
 end
 
 local function queue_run(n, make, reader)
@@ -61,9 +77,7 @@ for _, n in ipairs(counts) do
   report("JoinableQueue " .. label .. " integers", queue_run(n, mp.JoinableQueue, joinable_reader), n)
 end
 
--- Peak resident memory of the reader processes (getrusage(RUSAGE_CHILDREN)).
-local f = io.open("/proc/self/status")
-if mp.children_maxrss then
-  io.write(string.format("peak RSS of a reader\t%d\tKiB\n", mp.children_maxrss()))
-end
-if f then f:close() end
+local readers = 0
+while not readers_peak:empty() do readers = math.max(readers, readers_peak:get()) end
+io.write(string.format("peak RSS, writer\t%d\tKiB\n", peak_rss()))
+io.write(string.format("peak RSS, largest reader\t%d\tKiB\n", readers))

@@ -68,3 +68,5 @@ if __name__ == "__main__":
         report(f"Pipe {label} integers", pipe_run(n), n)
         report(f"Queue {label} integers", queue_run(n, mp.Queue, queue_reader), n)
         report(f"JoinableQueue {label} integers", queue_run(n, mp.JoinableQueue, joinable_reader), n)
+    print(f"peak RSS, writer\t{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\tKiB")
+    print(f"peak RSS, largest reader\t{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\tKiB")

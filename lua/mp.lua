@@ -33,6 +33,7 @@ mp.loads = core.loads
 mp.register_class = core.register_class
 -- Error objects keep their class across processes (a worker's error reaches the parent).
 for name, cls in pairs(errors.classes) do core.register_class("mp." .. name, cls) end
+
 -- Queues and pipes (src/lqueue.c, src/lpipe.c)
 mp.Queue = core.Queue
 mp.SimpleQueue = core.SimpleQueue

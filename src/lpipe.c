@@ -144,6 +144,9 @@ static int conn_close(lua_State *L) {
 
 /* Fields: closed, readable, writable; then the methods (upvalue 2). */
 static int conn_index(lua_State *L) {
+  /* Methods first: this runs for every conn:send(). */
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
   conn_ud *u = mp_checkself(L, 1, "Connection");
   const char *k = lua_tostring(L, 2);
   if (k != NULL) {
@@ -151,8 +154,7 @@ static int conn_index(lua_State *L) {
     if (strcmp(k, "readable") == 0) { lua_pushboolean(L, !u->closed && mp_conn_readable(&u->c)); return 1; }
     if (strcmp(k, "writable") == 0) { lua_pushboolean(L, !u->closed && mp_conn_writable(&u->c)); return 1; }
   }
-  lua_settop(L, 2);
-  lua_gettable(L, lua_upvalueindex(2));
+  lua_pushnil(L);
   return 1;
 }
 

@@ -44,7 +44,7 @@ int mp_conn_pipe(mp_conn *a, mp_conn *b, int duplex) {
 }
 
 void mp_conn_close(mp_conn *c) {
-  if (c->sticky && c->rx.hdr != NULL) mp_ring_poll_end(&c->rx, 0);
+  if (c->sticky && c->rx.hdr != NULL) mp_ring_signalled(&c->rx, 0);
   c->sticky = 0;
   mp_ring_unmap(&c->rx);
   mp_ring_unmap(&c->tx);
@@ -128,7 +128,7 @@ int mp_conn_fileno(mp_conn *c) {
   if (c->rx.hdr == NULL) return c->tx.bell_w;
   if (!c->sticky) {
     c->sticky = 1;
-    mp_ring_poll_begin(&c->rx);    /* producers ring the doorbell for every message */
+    mp_ring_signalled(&c->rx, 1);  /* producers ring the doorbell for every message */
   }
   return c->rx.bell_r;
 }

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -56,15 +57,20 @@ struct mp_ring_hdr {
   _Atomic uint32_t join_seq;
   _Atomic uint32_t join_waiters;
   _Atomic uint32_t pollers;                 /* processes in mp.wait on this ring */
+  _Atomic uint32_t bell_rung;               /* the doorbell was written since a poller looked */
+  _Atomic uint32_t signalled;               /* receivers that handed out their fd (conn.h) */
 };
 
 static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 7) & ~(uint64_t)7); }
 
 int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
-  r->hdr = NULL; r->data = NULL; r->bell_r = r->bell_w = -1;
+  r->hdr = NULL; r->data = NULL; r->refs = NULL; r->bell_r = r->bell_w = -1;
   if (cap < 4096 || (cap & (cap - 1)) != 0) return EINVAL;
+  int *refs = malloc(sizeof *refs);
+  if (refs == NULL) return ENOMEM;
+  *refs = 1;
   int fds[2];
-  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return errno;
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) { free(refs); return errno; }
   void *p = MAP_FAILED;
   /* Reserve, do not commit: pages are allocated when written. */
   for (; cap >= 4096; cap >>= 1) {
@@ -75,6 +81,7 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   if (p == MAP_FAILED) {
     int err = errno;
     close(fds[0]); close(fds[1]);
+    free(refs);
     return err;
   }
   mp_ring_hdr *h = p;   /* zero-filled by mmap */
@@ -84,6 +91,7 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   h->maxsize = maxsize;
   h->joinable = joinable;
   r->hdr = h;
+  r->refs = refs;
   r->data = (char *)p + HDR_BYTES;
   r->cap = cap;
   r->map_len = HDR_BYTES + cap;
@@ -93,12 +101,8 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
 }
 
 int mp_ring_dup(const mp_ring *r, mp_ring *out) {
-  /* mremap with old_size 0 maps the same shared pages a second time. */
-  void *p = mremap(r->hdr, 0, r->map_len, MREMAP_MAYMOVE);
-  if (p == MAP_FAILED) return errno;
   *out = *r;
-  out->hdr = p;
-  out->data = (char *)p + HDR_BYTES;
+  (*r->refs)++;
   out->bell_r = out->bell_w = -1;
   return 0;
 }
@@ -122,9 +126,13 @@ static int writers_gone(mp_ring *r) {
 
 void mp_ring_unmap(mp_ring *r) {
   if (r->hdr != NULL) {
-    munmap(r->hdr, r->map_len);
+    if (--*r->refs == 0) {
+      munmap(r->hdr, r->map_len);
+      free(r->refs);
+    }
     r->hdr = NULL;
     r->data = NULL;
+    r->refs = NULL;
   }
   if (r->bell_r >= 0) { close(r->bell_r); r->bell_r = -1; }
   if (r->bell_w >= 0) { close(r->bell_w); r->bell_w = -1; }
@@ -178,9 +186,13 @@ static void publish_tail(mp_ring *r, uint64_t to) {
     atomic_fetch_add(&h->data_seq, 1);
     mp_futex_wake(&h->data_seq, 1);
   }
-  if (atomic_load(&h->pollers) && r->bell_w >= 0) {
-    ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
-    (void)n;
+  /* Ring once for the pollers (they clear bell_rung before looking), or
+  ** once per message for a receiver in signalled mode. */
+  if (r->bell_w >= 0 && (atomic_load(&h->pollers) || atomic_load(&h->signalled))) {
+    if (atomic_load(&h->signalled) || !atomic_exchange(&h->bell_rung, 1)) {
+      ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
+      (void)n;
+    }
   }
 }
 
@@ -454,7 +466,13 @@ int mp_ring_readable(mp_ring *r) {
 
 int mp_ring_poll_begin(mp_ring *r) {
   atomic_fetch_add(&r->hdr->pollers, 1);
+  atomic_store(&r->hdr->bell_rung, 0);
   return mp_ring_readable(r);
+}
+
+void mp_ring_signalled(mp_ring *r, int on) {
+  if (on) atomic_fetch_add(&r->hdr->signalled, 1);
+  else atomic_fetch_sub(&r->hdr->signalled, 1);
 }
 
 void mp_ring_poll_end(mp_ring *r, int drain) {

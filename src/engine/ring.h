@@ -47,6 +47,7 @@ typedef struct mp_ring {
   char *data;
   size_t cap;           /* bytes in the data area, a power of two */
   size_t map_len;
+  int *refs;            /* handles on this mapping in this process (a pipe's two ends) */
   int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
 } mp_ring;
 
@@ -64,8 +65,10 @@ typedef struct mp_ring_msg {
 int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable);
 
 /*
-** A second handle on the same ring in this process (its own mapping, so each
-** handle can be unmapped on its own), with no doorbell fds.
+** A second handle on the same mapping in this process, with no doorbell fds.
+** The mapping goes when the last handle on it is unmapped. (The count lives
+** in this process's heap: a forked child gets its own copy, as it gets its
+** own copy of the handles.)
 */
 int mp_ring_dup(const mp_ring *r, mp_ring *out);
 
@@ -114,6 +117,9 @@ int mp_ring_spin_readable(mp_ring *r);
 */
 int mp_ring_poll_begin(mp_ring *r);
 void mp_ring_poll_end(mp_ring *r, int drain);
+
+/* Signalled mode on or off: producers write one doorbell byte per message. */
+void mp_ring_signalled(mp_ring *r, int on);
 
 /* JoinableQueue: unfinished tasks, counted up by put and down by task_done. */
 int mp_ring_task_done(mp_ring *r);          /* 0, or ERANGE when called too often */
