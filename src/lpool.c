@@ -176,37 +176,62 @@ static void add_group(lua_State *L, pbuf *b, int idx, int n) {
   b->len += 8 + s->len;
 }
 
-/* lua_pcall'd: encodes its arguments 2.. as a group into the pbuf at upvalue-free arg 1. */
+/*
+** The serializer runs under lua_pcall so that a value that cannot be sent
+** fails its task only. But a hook (lua.c's Ctrl-C, an mp.signal handler) may
+** fire at the call or return of the protected function and raise there: such
+** an error is not the codec's and must propagate. `state` tells them apart:
+** 1 while the codec runs, so any other failure is raised again.
+*/
+typedef struct codec_call {
+  pbuf *b;
+  const char *p;
+  size_t len;
+  int state;
+} codec_call;
+
+/* Re-raises the error on top unless the codec itself raised it. */
+static int codec_status(lua_State *L, codec_call *cc, int status) {
+  if (status != LUA_OK && cc->state != 1) lua_error(L);
+  return status;
+}
+
+/* lua_pcall'd: encodes its arguments 2.. as a group into cc->b. */
 static int encode_values(lua_State *L) {
-  pbuf *b = lua_touserdata(L, 1);
-  add_group(L, b, 2, lua_gettop(L) - 1);
+  codec_call *cc = lua_touserdata(L, 1);
+  cc->state = 1;
+  add_group(L, cc->b, 2, lua_gettop(L) - 1);
+  cc->state = 2;
   return 0;
 }
 
 /* Encodes (and pops) the n values at idx..top as a group, in protected mode. */
 static int protected_group(lua_State *L, pbuf *b, int idx) {
+  codec_call cc = { b, NULL, 0, 0 };
   int n = lua_gettop(L) - idx + 1;
   lua_pushcfunction(L, encode_values);
   lua_insert(L, idx);
-  lua_pushlightuserdata(L, b);
+  lua_pushlightuserdata(L, &cc);
   lua_insert(L, idx + 1);
-  return lua_pcall(L, n + 1, 0, 0);
+  return codec_status(L, &cc, lua_pcall(L, n + 1, 0, 0));
 }
 
-/* lua_pcall'd: decodes the message at (lightuserdata, integer length). */
+/* lua_pcall'd: decodes the message cc->p, cc->len. */
 static int decode_values(lua_State *L) {
-  const char *p = lua_touserdata(L, 1);
-  size_t len = (size_t)lua_tointeger(L, 2);
+  codec_call *cc = lua_touserdata(L, 1);
   lua_settop(L, 0);
-  return mp_serial_decode(L, p, len);
+  cc->state = 1;
+  int n = mp_serial_decode(L, cc->p, cc->len);
+  cc->state = 2;
+  return n;
 }
 
 /* Pushes the values of one serialized message; on error pushes the message. */
 static int protected_decode(lua_State *L, const char *p, size_t len) {
+  codec_call cc = { NULL, p, len, 0 };
   lua_pushcfunction(L, decode_values);
-  lua_pushlightuserdata(L, (void *)p);
-  lua_pushinteger(L, (lua_Integer)len);
-  return lua_pcall(L, 2, LUA_MULTRET, 0);
+  lua_pushlightuserdata(L, &cc);
+  return codec_status(L, &cc, lua_pcall(L, 1, LUA_MULTRET, 0));
 }
 
 /* ---- messages --------------------------------------------------------- */
@@ -411,13 +436,15 @@ static int flush_stall(lua_State *L, chan *c) {
   return 1;
 }
 
+/* lua_pcall'd (item, index, codec_call): encodes one item alone, to name it in an error. */
 static int item_error(lua_State *L) {
-  /* Re-encodes items one by one to name the first one that cannot be sent. */
+  codec_call *cc = lua_touserdata(L, 3);
   lua_Integer i = lua_tointeger(L, 2);
-  mp_wbuf *s = mp_serial_scratch(L);
   char root[32];
   snprintf(root, sizeof root, "item %lld", (long long)i);
-  mp_serial_encode(L, 1, 1, s, root);
+  cc->state = 1;
+  mp_serial_encode(L, 1, 1, mp_serial_scratch(L), root);
+  cc->state = 2;
   return 0;
 }
 
@@ -481,10 +508,12 @@ static int chan_add(lua_State *L) {
       /* Name the first item that cannot be sent. */
       lua_settop(L, 8);
       for (int q = 0; q < g; q++) {
+        codec_call cc = { NULL, NULL, 0, 0 };
         lua_pushcfunction(L, item_error);
         if (raw) lua_rawgeti(L, 6, k + q); else lua_geti(L, 6, k + q);
         lua_pushinteger(L, k + q);
-        if (lua_pcall(L, 2, 0, 0) != LUA_OK) break;
+        lua_pushlightuserdata(L, &cc);
+        if (codec_status(L, &cc, lua_pcall(L, 3, 0, 0)) != LUA_OK) break;
       }
       if (lua_gettop(L) == 8) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
       lua_pushnil(L);
@@ -1040,13 +1069,30 @@ static int chan_send_init_error(lua_State *L) {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-/* core.pool_dumpfn(fn) --> the serialized function (sent with each task). */
+/* lua_pcall'd (fn, codec_call): the serialized function as a string. */
+static int dump_fn(lua_State *L) {
+  codec_call *cc = lua_touserdata(L, 2);
+  cc->state = 1;
+  mp_wbuf *s = mp_serial_scratch(L);
+  mp_serial_encode(L, 1, 1, s, "function");
+  cc->state = 2;
+  lua_pushlstring(L, s->data, s->len);
+  return 1;
+}
+
+/* core.pool_dumpfn(fn) --> the serialized function, or nil and why it cannot be sent. */
 static int core_pool_dumpfn(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode(L, 1, 1, s, "function");
-  lua_pushlstring(L, s->data, s->len);
+  codec_call cc = { NULL, NULL, 0, 0 };
+  lua_pushcfunction(L, dump_fn);
+  lua_insert(L, 1);
+  lua_pushlightuserdata(L, &cc);
+  if (codec_status(L, &cc, lua_pcall(L, 2, 1, 0)) != LUA_OK) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
   return 1;
 }
 

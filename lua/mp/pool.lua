@@ -244,7 +244,8 @@ end
 local function fn_entry(self, fn)
   local e = self._fncache[fn]
   if e and (e.snap == nil or same_upvalues(fn, e.snap)) then return e.id, e.bytes end
-  local bytes = core.pool_dumpfn(fn)
+  local bytes, why = core.pool_dumpfn(fn)
+  if bytes == nil then return nil, why end
   local id = self._fnids[bytes]
   if not id then
     if self._nfn % 4096 == 4095 then self._fnids = {} end   -- bounded
@@ -274,8 +275,8 @@ local function fn_entry(self, fn)
 end
 
 local function new_job(self, kind, fn, fname, level)
-  local ok, id, bytes = pcall(fn_entry, self, fn)
-  if not ok then argerror(1, fname, tostring(id):gsub("^function: ", ""), level + 1) end
+  local id, bytes = fn_entry(self, fn)
+  if id == nil then argerror(1, fname, (tostring(bytes):gsub("^function: ", "")), level + 1) end
   return { pool = self, kind = kind, fn_id = id, fn_bytes = bytes, sent = 0, done = 0,
            chunks_sent = 0, chunks_done = 0, consumed = 0 }
 end
@@ -501,9 +502,14 @@ local function add_task(self, job, src, i, j, offset)
     count, rec = 1, job          -- the job is its own record (see apply_async)
     job.id = id
   else
-    rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id, src = src, i = i, j = j }
+    -- Small: one per task in flight. A table source gives the items again if
+    -- the task must be resent; an iterator's are kept (job.buf is reused).
+    if job.buf then
+      rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id, items = { unpack(src, i, j) } }
+    else
+      rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id }
+    end
   end
-  if job.buf then rec.src, rec.i, rec.j = { unpack(src, i, j) }, 1, j - i + 1 end   -- buf is reused
   self._records[rkey(id)] = rec
   self._inflight = self._inflight + 1
   job.sent = job.sent + count
@@ -547,7 +553,11 @@ local function feed(self)
         ok, emsg = chan:add("A", rec.id, rec.fn_id, rec.fn_bytes, rec.src, 1, rec.n)
       else
         local job = rec.job
-        ok, emsg = chan:add(job.kind, rec.id, job.fn_id, job.fn_bytes, rec.src, rec.i, rec.j)
+        if rec.items then
+          ok, emsg = chan:add(job.kind, rec.id, job.fn_id, job.fn_bytes, rec.items, 1, rec.count)
+        else
+          ok, emsg = chan:add(job.kind, rec.id, job.fn_id, job.fn_bytes, job.src, rec.start, rec.start + rec.count - 1)
+        end
       end
       if ok == nil then
         records[rkey(rec.id)] = nil
@@ -793,8 +803,8 @@ function Pool:apply_async(fn, args, opts, error_callback)
   if error_callback ~= nil and not callable(error_callback) then
     argerror(3, "apply_async", "error_callback must be callable", 2)
   end
-  local okf, fn_id, fn_bytes = pcall(fn_entry, self, fn)
-  if not okf then argerror(1, "apply_async", tostring(fn_id), 2) end
+  local fn_id, fn_bytes = fn_entry(self, fn)
+  if fn_id == nil then argerror(1, "apply_async", (tostring(fn_bytes):gsub("^function: ", "")), 2) end
   args = args or {}
   --[[
   One small table is the job, its task record and the AsyncResult: [1] is
