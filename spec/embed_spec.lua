@@ -21,8 +21,11 @@ describe("embedding", function()
                          "/lib/lua/5.4/mp.so", "/share/lua/5.4/mp.lua", "/share/lua/5.4/mp/process.lua" } do
       assert.is_truthy(io.open(prefix .. f), prefix .. f)
     end
-    local r = H.run{ program = "lua5.4", env = {
-      LUA_PATH = prefix .. "/share/lua/5.4/?.lua", LUA_CPATH = prefix .. "/lib/lua/5.4/?.so" },
+    local env = { LUA_PATH = prefix .. "/share/lua/5.4/?.lua", LUA_CPATH = prefix .. "/lib/lua/5.4/?.so" }
+    -- An ASan-built mp.so needs the ASan runtime loaded first into the stock lua5.4.
+    local preload = os.getenv("MPLUA_ASAN_PRELOAD")
+    if preload and preload ~= "" then env.LD_PRELOAD = preload end
+    local r = H.run{ program = "lua5.4", env = env,
       args = { "-e", "local mp = require 'mp'; local p = mp.Process{target = os.exit, args = {4}}; p:start(); p:join(10); print(p.exitcode)" } }
     assert.equal("4\n", r.stdout, r.stderr)
   end)

@@ -23,6 +23,16 @@ static volatile sig_atomic_t pending[NSIG];
 static volatile sig_atomic_t pending_any;
 static lua_State *volatile handler_state;
 
+/*
+** A host's own handler for a signal, standing for "default" (mplua's Ctrl-C,
+** lua.c's 'laction'): reported as "default", and what "default" restores.
+*/
+static void (*volatile host_default[NSIG])(int);
+
+void mp_signal_host_default(int sig, void (*handler)(int)) {
+  if (sig > 0 && sig < NSIG) host_default[sig] = handler;
+}
+
 /* Registry key of this state's table signum -> handler. */
 static const char handlers_key = 0;
 
@@ -57,12 +67,28 @@ static void signal_hook(lua_State *L, lua_Debug *ar) {
   mp_signal_dispatch(L);
 }
 
+/*
+** A hook like the one lua.c sets from its SIGINT handler ("interrupted!"):
+** count 1 with call/return events (lua.c 5.4 adds line events). Called directly,
+** it raises in the blocked call.
+*/
+static int is_interrupt_hook(lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  return h != NULL && h != signal_hook && lua_gethookcount(L) == 1 &&
+         (lua_gethookmask(L) & ~LUA_MASKLINE) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT);
+}
+
 static void on_signal(int sig) {
   int saved = errno;
   pending[sig] = 1;
   pending_any = 1;
   lua_State *L = handler_state;
-  if (L != NULL) lua_sethook(L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  /*
+  ** A pending Ctrl-C hook is not replaced: the interrupt would be lost. The
+  ** handler then runs at the next mp_check_interrupt (mplua's hook runs it too).
+  */
+  if (L != NULL && !is_interrupt_hook(L))
+    lua_sethook(L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   errno = saved;
 }
 
@@ -93,15 +119,6 @@ void mp_signal_after_fork(void) {
   pending_any = 0;
 }
 
-/*
-** A hook like the one lua.c sets from its SIGINT handler ("interrupted!"):
-** count 1 with call/return events. Called directly, it raises in the blocked call.
-*/
-static int is_interrupt_hook(lua_State *L) {
-  lua_Hook h = lua_gethook(L);
-  return h != NULL && h != signal_hook && lua_gethookcount(L) == 1 &&
-         lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT);
-}
 
 void mp_check_interrupt(lua_State *L) {
   if (pending_any) mp_signal_dispatch(L);
@@ -133,7 +150,7 @@ static void push_handler_value(lua_State *L, int sig) {
     lua_pushliteral(L, "default");
   } else if (sa.sa_handler == SIG_IGN) {
     lua_pushliteral(L, "ignore");
-  } else if (sa.sa_handler == SIG_DFL) {
+  } else if (sa.sa_handler == SIG_DFL || (host_default[sig] != NULL && sa.sa_handler == host_default[sig])) {
     lua_pushliteral(L, "default");
   } else {
     lua_pushliteral(L, "foreign");    /* set by the host or another library */
@@ -177,7 +194,7 @@ static int core_signal(lua_State *L) {
     sa.sa_handler = on_signal;
   } else {
     const char *what = luaL_checkstring(L, 2);
-    if (strcmp(what, "default") == 0) sa.sa_handler = SIG_DFL;
+    if (strcmp(what, "default") == 0) sa.sa_handler = host_default[sig] != NULL ? host_default[sig] : SIG_DFL;
     else if (strcmp(what, "ignore") == 0) sa.sa_handler = SIG_IGN;
     else return luaL_argerror(L, 2, "expected a function, \"default\" or \"ignore\"");
   }

@@ -13,6 +13,12 @@ int mp_checksignal(lua_State *L, int arg);
 /* Runs the Lua handlers of the signals that arrived since the last call. */
 void mp_signal_dispatch(lua_State *L);
 
+/*
+** For a host: `handler` (or NULL) is its own default for `sig`, as lua.c's
+** SIGINT handler is; mp.signal reports it as "default" and "default" restores it.
+*/
+void mp_signal_host_default(int sig, void (*handler)(int));
+
 /* In a new child: signals the parent had pending are not the child's. */
 void mp_signal_after_fork(void);
 

@@ -186,6 +186,11 @@ void mp_children_at_exit(void) {
   for (mp_child *c = children; c != NULL; c = c->next) {
     if (!c->done) wait_blocking(c);
   }
+  /*
+  ** Entries no handle refers to any more are freed now: in a stock lua5.4 this
+  ** runs when lua_close unloads mp.so, and the list would be lost with it.
+  */
+  mp_children_reap();
 }
 
 void mp_exit_child(int status) {
