@@ -492,7 +492,12 @@ describe("mp.Pool from a script", function()
         mp.sleep(30)
       end, {1, 2}, 1)
       print(ok, tostring(err):match("interrupted!") ~= nil, mp.time() - t0 < 1, #mp.active_children())
-    ]], { program = H.lua, env = { LUA_CPATH = H.build .. "/?.so;;" } })
+    ]], { program = H.lua, env = (function()
+      local env = { LUA_CPATH = H.build .. "/?.so;;" }
+      local preload = os.getenv("MPLUA_ASAN_PRELOAD")    -- the sanitizer run's mp.so needs it
+      if preload and preload ~= "" then env.LD_PRELOAD = preload end
+      return env
+    end)() })
     assert.equal(0, r.status, r.stderr)
     assert.equal("false\ttrue\ttrue\t0\n", r.stdout)
   end)
