@@ -86,12 +86,6 @@ M.AsyncResult = AsyncResult
 -- __newindex functions would cost a call per access of an absent field.
 AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
 
-function AsyncResult:init(pool, job)
-  self._pool = pool
-  self._job = job
-  self._ready = false
-end
-
 -- wait([timeout]): blocks until the result is ready (runs the pool meanwhile).
 function AsyncResult:wait(timeout)
   if timeout ~= nil and type(timeout) ~= "number" then
@@ -461,7 +455,6 @@ end
 
 -- Next chunk of a job: table range, or items pulled from an iterator into job.buf.
 local function next_chunk(job)
-  if job.kind == "A" then return job.src, 1, job.n, 0 end
   local cs = job.chunksize
   if job.src then
     local i = job.sent + 1
@@ -485,7 +478,8 @@ local function next_chunk(job)
   return buf, 1, count, job.sent
 end
 
--- Encodes one task into the batch being built; false when an item cannot be sent.
+-- Encodes one chunk of a map-like job into the batch being built; false when an
+-- item cannot be sent. (apply_async jobs are added by feed itself.)
 local function add_task(self, job, src, i, j, offset)
   local id = self._next_id + 1
   local ok, emsg = self._chan:add(job.kind, id, job.fn_id, job.fn_bytes, src, i, j)
@@ -498,24 +492,18 @@ local function add_task(self, job, src, i, j, offset)
   end
   self._next_id = id
   local count, rec = j - i + 1, nil
-  if job.kind == "A" then
-    count, rec = 1, job          -- the job is its own record (see apply_async)
-    job.id = id
+  -- Small: one per task in flight. A table source gives the items again if the
+  -- task must be resent; an iterator's are kept (job.buf is reused).
+  if job.buf then
+    rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id, items = { unpack(src, i, j) } }
   else
-    -- Small: one per task in flight. A table source gives the items again if
-    -- the task must be resent; an iterator's are kept (job.buf is reused).
-    if job.buf then
-      rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id, items = { unpack(src, i, j) } }
-    else
-      rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id }
-    end
+    rec = { job.dest, offset, job = job, start = offset + 1, count = count, id = id }
   end
   self._records[rkey(id)] = rec
   self._inflight = self._inflight + 1
   job.sent = job.sent + count
   job.chunks_sent = job.chunks_sent + 1
   if job.chunk_list then job.chunk_list[job.chunks_sent] = rec end
-  if job.kind == "A" then job.exhausted = true end
   if job.iter_done and job.buf then job.exhausted = true end
   return true
 end
@@ -762,7 +750,7 @@ end
 
 -- Built directly: the class's __newindex would cost a call per field.
 local function new_result(pool, job)
-  return setmetatable({ _pool = pool, _job = job, _ready = false }, AsyncResult)
+  return setmetatable({ _pool = pool, _ready = false }, AsyncResult)
 end
 
 local function async_job(self, job)
