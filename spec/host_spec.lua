@@ -425,6 +425,16 @@ describe("mplua REPL", function()
     r = session("\27[A\27[A\ny + 1\n")
     assert.matches("\n43\r?\n", r.stdout)
     assert.equal("y = 6*7\ny\ny = 6*7\ny + 1\n", read_file(home .. "/.mplua_history"))
+    -- the file keeps the last 1000 lines
+    local lines = {}
+    for i = 1, 1200 do lines[i] = "x" .. i end
+    write_file(home .. "/.mplua_history", table.concat(lines, "\n") .. "\n")
+    r = session("last = 1\n")
+    assert.equal(0, r.status, r.stderr)
+    local kept = read_file(home .. "/.mplua_history")
+    local n = select(2, kept:gsub("\n", ""))
+    assert.equal(1000, n)
+    assert.matches("^x202\n.*\nx1200\nlast = 1\n$", kept)
   end)
 
   it("works without a usable HOME", function()

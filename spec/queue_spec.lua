@@ -224,6 +224,29 @@ describe("mp.Queue between processes", function()
     H.join(waiter)
   end)
 
+  it("skips the rest of a streamed item whose consumer was killed in the middle of it", function()
+    local q, results = mp.Queue{ bytes = 65536 }, mp.Queue()
+    local producer = mp.Process{ target = function()
+      q:put(("z"):rep(2^20))         -- 16 times the ring: streamed
+      q:put("after")
+    end }
+    producer:start()
+    blocked_in_futex(producer.pid)     -- the ring is full, the item not finished
+    signal.kill(producer.pid, signal.SIGSTOP)
+    local victim = mp.Process{ target = function() q:get() end }
+    victim:start()
+    blocked_in_futex(victim.pid)       -- took a ring's worth, waits for the rest
+    victim:kill()
+    H.join(victim)
+    signal.kill(producer.pid, signal.SIGCONT)
+    local heir = mp.Process{ target = function() results:put(q:get()) end }
+    heir:start()
+    assert.equal("after", results:get(true, 10))
+    H.join(heir)
+    H.join(producer)
+    assert.equal(0, q:qsize())
+  end)
+
   it("gives a producer killed while blocked on a full queue's lock no power over it", function()
     local q = mp.Queue(1)
     q:put(1)
@@ -235,6 +258,50 @@ describe("mp.Queue between processes", function()
     assert.equal(1, q:get(true, 5))
     q:put(3, true, 5)
     assert.equal(3, q:get(true, 5))
+  end)
+end)
+
+describe("blocking calls and signals", function()
+  it("run Lua signal handlers while blocked in get, and release the queue when one raises", function()
+    local q, results = mp.Queue(), mp.Queue()
+    local p = mp.Process{ target = function()
+      mp.signal("SIGUSR1", function() error("interrupted", 0) end)
+      local ok, err = pcall(q.get, q)
+      results:put(tostring(err))
+      results:put(q:get(true, 10))     -- the consumer lock was released
+    end }
+    p:start()
+    blocked_in_futex(p.pid)
+    signal.kill(p.pid, signal.SIGUSR1)
+    assert.equal("interrupted", results:get(true, 10))
+    q:put("after")
+    assert.equal("after", results:get(true, 10))
+    H.join(p)
+  end)
+
+  it("run them while blocked in Pipe.recv", function()
+    local a, b = mp.Pipe()
+    local results = mp.Queue()
+    local p = mp.Process{ target = function()
+      mp.signal("SIGUSR1", function() error("interrupted", 0) end)
+      local ok, err = pcall(b.recv, b)
+      results:put(tostring(err))
+      results:put(b:recv())
+    end }
+    p:start()
+    local deadline = mp.time() + 10
+    repeat                               -- poll(2) is syscall 7 on x86_64
+      local f = io.open("/proc/" .. p.pid .. "/syscall")
+      local s = f and f:read("l") or ""
+      if f then f:close() end
+      if s:match("^7 ") or s:match("^73 ") then break end
+      mp.sleep(0.005)
+    until mp.time() > deadline
+    signal.kill(p.pid, signal.SIGUSR1)
+    assert.equal("interrupted", results:get(true, 10))
+    a:send("after")
+    assert.equal("after", results:get(true, 10))
+    H.join(p)
   end)
 end)
 
