@@ -370,6 +370,28 @@ describe("mp.Pool errors", function()
     unistd.close(r); unistd.close(w)
   end)
 
+  it("survives workers killed at random moments: every task completes or is the one lost", function()
+    local pool <close> = mp.Pool(2)
+    local ars, kills = {}, 0
+    for i = 1, 1500 do
+      ars[i] = pool:apply_async(function(x) local s = 0 for k = 1, 2000 do s = s + k end return x * 2 end, { i })
+      if i % 100 == 0 then
+        local w = pool._workers[(i // 100) % 2 + 1]
+        if w and w.exitcode == nil then signal.kill(w.pid, signal.SIGKILL); kills = kills + 1 end
+      end
+    end
+    local lost = 0
+    for i = 1, 1500 do
+      local ok, v = pcall(ars[i].get, ars[i], 20)
+      if ok then assert.equal(i * 2, v)
+      else
+        assert.is_true(mp.WorkerLostError:is(v), tostring(v))
+        lost = lost + 1
+      end
+    end
+    assert.is_true(lost <= kills)
+  end)
+
   it("a worker that exits mid-task fails that task naming the exit code", function()
     local pool <close> = mp.Pool(2)
     local ok, err = pcall(pool.apply, pool, function() os.exit(3) end)

@@ -37,10 +37,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "mp_aux.h"
 #include "serial.h"
@@ -549,6 +551,29 @@ static int chan_commit(lua_State *L) {
   return 0;
 }
 
+/*
+** chan:idle() --> true when every task message sent has been taken by a
+** worker (nothing stalled in the parent, nothing left in the socket: for
+** AF_UNIX, SIOCOUTQ counts the bytes the receiver has not consumed).
+*/
+static int chan_idle(lua_State *L) {
+  chan *c = checkowner(L);
+  int queued = 0;
+  if (c->task_w >= 0 && ioctl(c->task_w, SIOCOUTQ, &queued) != 0) queued = 1;
+  lua_pushboolean(L, !c->stalled && queued == 0);
+  return 1;
+}
+
+/* chan:busy(index) --> true while the worker in slot index holds a batch or runs a task. */
+static int chan_busy(lua_State *L) {
+  chan *c = checkchan(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, i >= 1 && i <= c->nslots, 2, "slot out of range");
+  pool_slot *s = slot_at(c, (int)i - 1);
+  lua_pushboolean(L, atomic_load(&s->batch_count) != 0 || atomic_load(&s->task) != 0);
+  return 1;
+}
+
 /* chan:stalled() --> true while a task waits for room in the socket. */
 static int chan_stalled(lua_State *L) {
   chan *c = checkowner(L);
@@ -724,8 +749,8 @@ static int drain(lua_State *L, chan *c, int records, int events, int *nev) {
 /*
 ** chan:pump(records, events, timeout) --> nevents, died
 ** Sends a stalled task when there is room, collects the results available
-** (waiting up to timeout for the first), and reports whether a watched worker
-** sentinel is ready. Events are triples (task id, kind, count or error table)
+** (waiting up to timeout for the first, at most one wait slice), and reports
+** whether a watched worker sentinel is ready. Events are triples (task id, kind, count or error table)
 ** in `events`; records[id] = {dest, offset} says where a task's values go.
 */
 static int chan_pump(lua_State *L) {
@@ -759,8 +784,9 @@ static int chan_pump(lua_State *L) {
       continue;
     }
     if (r == 0) {
-      if (sliced) mp_check_interrupt(L);
-      continue;
+      if (!sliced) continue;
+      mp_check_interrupt(L);
+      break;              /* a slice without news: the caller looks for lost tasks */
     }
     for (int i = first_pid; i < nf; i++)
       if (fds[i].revents) died = 1;   /* drain first: its last results may be queued */
@@ -985,14 +1011,27 @@ unsendable:
 }
 
 /* Receives one task (blocking). 0 with the message, or -1 at end-of-file. */
+/*
+** A worker never sleeps inside recvmsg: woken by a message, it would take it
+** from the queue before dying of a SIGKILL sent meanwhile (the kernel finishes
+** the call first), and the message would be lost with nobody's slot naming it.
+** It sleeps in poll instead and takes the message only while running, which
+** leaves a window of a few instructions before it claims the batch; the
+** parent's idle check (chan:idle) covers even that.
+*/
 static int recv_task(lua_State *L, chan *c, char *buf, const char **data, size_t *len) {
   for (;;) {
     struct iovec iov = { buf, SMALL_MAX };
     union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * 4)]; } ctl;
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
                         .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
-    ssize_t n = recvmsg(c->task_r, &m, MSG_CMSG_CLOEXEC);
+    ssize_t n = recvmsg(c->task_r, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        struct pollfd pfd = { .fd = c->task_r, .events = POLLIN };
+        if (poll(&pfd, 1, -1) < 0 && errno == EINTR) mp_check_interrupt(L);
+        continue;
+      }
       if (errno == EINTR) { mp_check_interrupt(L); continue; }
       mp_raise_errno(L, errno, "pool: receiving a task");
     }
@@ -1117,6 +1156,8 @@ void mp_pool_open(lua_State *L) {
     {"add", chan_add},
     {"commit", chan_commit},
     {"journal", chan_journal},
+    {"idle", chan_idle},
+    {"busy", chan_busy},
     {"stalled", chan_stalled},
     {"pump", chan_pump},
     {"watch", chan_watch},

@@ -431,7 +431,10 @@ local function check_workers(self)
         local task, first, count = self._chan:slot(index)
         for id = first, first + count - 1 do
           local r = rget(self._records, id)
-          if r ~= nil and id ~= task then self._resend[#self._resend + 1] = r end
+          if r ~= nil and id ~= task and not r.resending then
+            r.resending = true
+            self._resend[#self._resend + 1] = r
+          end
         end
         local rec = task and rget(self._records, task)
         if rec ~= nil then
@@ -535,6 +538,7 @@ local function feed(self)
   while #resend > 0 do
     if not chan:begin() then return end
     local rec = table.remove(resend, 1)
+    rec.resending = nil
     if records[rkey(rec.id)] == rec then
       local ok, emsg
       if rec.kind == "A" then
@@ -602,11 +606,33 @@ local function feed(self)
 end
 
 -- One round: send, collect results (waiting up to timeout), handle deaths.
+--[[
+Tasks nobody holds. A worker killed in the instant between taking a message
+and naming its batch in its slot leaves tasks that no slot names. They show
+as tasks in flight while every message has been taken and every live worker
+is idle, for a whole wait slice: those never started and are sent again.
+]]
+local function recover_lost(self)
+  local chan = self._chan
+  if self._inflight == 0 or #self._resend > 0 or not chan:idle() then return end
+  for index, p in pairs(self._workers) do
+    if p.exitcode ~= nil or chan:busy(index) then return end
+  end
+  for _, rec in pairs(self._records) do
+    if not rec.resending then
+      rec.resending = true
+      self._resend[#self._resend + 1] = rec
+    end
+  end
+end
+
 function Pool:_pump(timeout)
   feed(self)
-  local _, died = take(self, self._chan.pump, timeout)
+  local t0 = (timeout == nil or timeout >= 0.1) and now()
+  local n, died = take(self, self._chan.pump, timeout)
   if self._broken then return self:terminate() end
   if died then check_workers(self) end
+  if n == 0 and not died and t0 and now() - t0 >= 0.09 then recover_lost(self) end
   feed(self)
 end
 
