@@ -618,6 +618,8 @@ local function recover_lost(self)
   for index, p in pairs(self._workers) do
     if p.exitcode ~= nil or chan:busy(index) then return end
   end
+  -- A worker sends its results before its slot shows idle: take those first.
+  repeat local n = take(self, chan.pump, 0) until n == 0
   for _, rec in pairs(self._records) do
     if not rec.resending then
       rec.resending = true
