@@ -15,8 +15,8 @@
 ** scratch buffer, the bytecode MAC key and, in its user values, the caches.
 */
 #include <limits.h>
-#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,8 +52,7 @@ enum {
   T_UPJOIN,    /* offset:u64 idx:u8: shares upvalue idx of that function (upvalues only) */
   T_GLOBALS,   /* - : the receiving state's global table */
   T_MODULE,    /* len:u32 name: package.loaded[name] */
-  T_FIELD,     /* len:u32 name len:u32 field: package.loaded[name][field] */
-  T_LAST
+  T_FIELD      /* len:u32 name len:u32 field: package.loaded[name][field] */
 };
 #define T_SHARED 0x80
 
@@ -886,7 +885,7 @@ static void decode_function(dec *d, int tag, size_t off) {
   if (len < MAC_LEN) dec_error(d, "corrupt function");
   serial_state *s = dec_state(d);
   uint64_t mac = mp_siphash(s->key, code, len - MAC_LEN), got = 0;
-  for (int i = MAC_LEN - 1; i >= 0; i--) got = (got << 8) | (unsigned char)code[len - MAC_LEN + i];
+  for (size_t i = MAC_LEN; i-- > 0;) got = (got << 8) | (unsigned char)code[len - MAC_LEN + i];
   /*
   ** lua_load trusts bytecode: corrupt bytecode can crash the interpreter. Only
   ** bytecode authenticated with this process family's key is loaded.
