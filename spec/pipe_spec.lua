@@ -67,6 +67,16 @@ describe("mp.Pipe", function()
     assert.equal("next", b:recv())
   end)
 
+  it("recv of bytes that are not a message raises and the connection goes on", function()
+    local a, b = mp.Pipe()
+    a:send_bytes("not a message")
+    a:send_bytes(("\255"):rep(20000))     -- large: decoded in place
+    a:send("fine")
+    assert.is_false(pcall(b.recv, b))
+    assert.is_false(pcall(b.recv, b))
+    assert.equal("fine", b:recv())
+  end)
+
   it("names bad arguments", function()
     local a, b = mp.Pipe()
     local ok, err = pcall(function() a:send_bytes({}) end)
@@ -179,6 +189,34 @@ describe("mp.Pipe", function()
     assert.equal("ef!", s:sub(-3))
     H.join(p, 60)
     raises(mp.EOFError, r.recv, r)
+  end)
+
+  it("lets several processes read one end: each message goes to one of them", function()
+    local r, w = mp.Pipe(false)
+    local results = mp.Queue()
+    local readers = {}
+    for k = 1, 2 do
+      readers[k] = mp.Process{ target = function()
+        local sum, n = 0, 0
+        while true do
+          local v = r:recv()
+          if v == "STOP" then break end
+          sum, n = sum + v, n + 1
+        end
+        results:put({ sum, n })
+      end }
+      readers[k]:start()
+    end
+    for i = 1, 20000 do w:send(i) end
+    w:send("STOP"); w:send("STOP")
+    local sum, n = 0, 0
+    for _ = 1, 2 do
+      local res = results:get(true, 30)
+      sum, n = sum + res[1], n + res[2]
+    end
+    for k = 1, 2 do H.join(readers[k]) end
+    assert.equal(20000, n)
+    assert.equal(20000 * 20001 // 2, sum)
   end)
 
   it("streams large messages back to back, then small ones", function()

@@ -128,7 +128,7 @@ static int get_value(lua_State *L, queue_ud *q, double deadline) {
   int rc;
   while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
     mp_check_interrupt(L);
-  if (rc == ETIMEDOUT) return mp_raise(L, "Empty", "queue is empty");
+  if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
   if (rc != 0) return mp_raise_errno(L, rc, "get");
   return mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
 }

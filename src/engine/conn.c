@@ -86,6 +86,15 @@ int mp_conn_recv_begin(mp_conn *c, double deadline, mp_ring_msg *m) {
   if (c->rx.hdr == NULL) return EBADF;
   for (;;) {
     int rc = mp_ring_get_begin(&c->rx, -INFINITY, m);
+    if (rc == EBUSY) {
+      /* Another process reads this end too: queue up on its lock (and then
+      ** on the ring) for one slice, instead of spinning. */
+      int sliced;
+      rc = mp_ring_get_begin(&c->rx, mp_slice_end(deadline, &sliced), m);
+      if (rc == ETIMEDOUT && sliced) rc = EINTR;
+      if (rc != ETIMEDOUT) return rc;
+      continue;
+    }
     if (rc != ETIMEDOUT) return rc;
     rc = sleep_on_bell(c, deadline);
     if (rc != 0) {

@@ -363,6 +363,8 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
     ** record it was taking is lost with it and is skipped below. */
     atomic_store(&h->reader_waiting, 0);
     if (h->rd_end > atomic_load(&h->head)) count_get(h);
+  } else if (rc == ETIMEDOUT && deadline == -INFINITY) {
+    return EBUSY;                      /* another consumer holds the lock */
   } else if (rc != 0) {
     return rc;
   }

@@ -87,7 +87,8 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline);
 ** Takes the next message, waiting until `deadline`. On 0 the consumer lock is
 ** held and *m describes the message in place: copy or decode it, then call
 ** mp_ring_get_end (or mp_ring_read_stream when m->streamed). ETIMEDOUT when
-** empty, EINTR as for put.
+** empty, EINTR as for put; with deadline -INFINITY (do not wait), EBUSY when
+** another consumer holds the lock.
 */
 int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m);
 
