@@ -214,6 +214,24 @@ describe("mp.Pool other methods", function()
     assert.matches("four", err.message)
   end)
 
+  it("an error of imap's iterator fails that imap after the items before it, not the pool", function()
+    local pool <close> = mp.Pool(2)
+    local n = 0
+    local function gen()
+      n = n + 1
+      if n == 6 then error("generator broke") end
+      return n
+    end
+    local got = {}
+    local ok, err = pcall(function()
+      for r in pool:imap(function(x) return x end, gen, 2) do got[#got + 1] = r end
+    end)
+    assert.is_false(ok)
+    assert.matches("generator broke", tostring(err))
+    assert.same({ 1, 2, 3, 4, 5 }, got)
+    assert.equal(3, pool:apply(function() return 3 end))
+  end)
+
   it("apply returns all results; apply_async get/wait/ready/successful", function()
     local pool <close> = mp.Pool(2)
     assert.same({ n = 3, 1, nil, 3 }, table.pack(pool:apply(function(...) return ... end, table.pack(1, nil, 3))))

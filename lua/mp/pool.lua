@@ -469,7 +469,12 @@ local function next_chunk(job)
   if buf.pending then return buf, 1, buf.count, job.sent end
   local iter, count = job.iter, 0
   for k = 1, cs do
-    local v = iter()
+    -- The iterator's error fails this imap where the items end, not the pool.
+    local ok, v = pcall(iter)
+    if not ok then
+      if job.error == nil then job.error = v end
+      v = nil
+    end
     if v == nil then job.iter_done = true; break end
     buf[k] = v
     count = k
