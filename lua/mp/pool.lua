@@ -529,6 +529,8 @@ local function batch_limit(self)
   local backlog = self._qt - self._qh
   if head and head.src and head.kind ~= "A" then
     backlog = backlog + ceil((head.n - head.sent) / head.chunksize)
+  elseif head and head.iter then
+    backlog = backlog + head.window - (head.chunks_sent - head.consumed)
   end
   local per = 2 * self._processes
   if backlog < 8 * per then return 1 end
@@ -875,7 +877,9 @@ local function imap_iter(self, fn, iterable, chunksize, fname, ordered)
     argerror(2, fname, "table or iterator function expected, got " .. type(iterable), 3)
   end
   job.dest = {}                       -- item index --> result, cleared as consumed
-  job.window = 4 * self._processes
+  -- At most this many chunks sent and not consumed: a few per worker, and for
+  -- small chunks enough items (1024) for tasks to travel in batches.
+  job.window = max(4 * self._processes, ceil(1024 / job.chunksize))
   job.chunk_errors = {}
   job.ordered_stream = true
   if ordered then job.chunk_list = {} else job.ready_list = {} end
@@ -901,7 +905,8 @@ local function imap_iter(self, fn, iterable, chunksize, fname, ordered)
         end
         chunk = nil
         job.consumed = job.consumed + 1
-        feed(self)
+        -- Refill when half the window is free: tasks then leave in batches.
+        if 2 * (job.chunks_sent - job.consumed) <= job.window then feed(self) end
       end
       if not has_next() then
         if finished() then
