@@ -28,6 +28,11 @@ mp.signal = core.signal
 mp.kill = core.kill
 mp.signals = core.signals
 
+local sync = require "mp.sync"
+for _, name in ipairs{ "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event",
+                       "Barrier", "Value", "RawValue", "Array", "RawArray" } do
+  mp[name] = sync[name]
+end
 mp.dumps = core.dumps
 mp.loads = core.loads
 mp.register_class = core.register_class

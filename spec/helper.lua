@@ -20,12 +20,20 @@ H.build = os.getenv("MPLUA_BUILD") or "build"
 H.mplua = H.build .. "/mplua"
 H.lua = "lua5.4"
 
+-- The contents of a file, or nil when it cannot be opened.
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return nil end
   local s = f:read("a")
   f:close()
   return s
+end
+H.read_file = read_file
+
+function H.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
 end
 
 -- pid --> state letter for every process whose parent is `ppid`.
@@ -148,6 +156,13 @@ function H.run_script(source, opts)
   local result = H.run(copy)
   os.remove(path)
   return result
+end
+
+-- Starts fn(...) in a new mp.Process and returns it (join it with H.join).
+function H.spawn(fn, ...)
+  local p = require("mp").Process{ target = fn, args = table.pack(...) }
+  p:start()
+  return p
 end
 
 -- Joins p within `timeout` seconds (default 10); kills it and fails if it is still alive.

@@ -5,19 +5,7 @@ local signal = require "posix.signal"
 
 local mp_version = require("mp").version
 
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file, write_file = H.read_file, H.write_file
 
 -- A temporary file holding `s`, removed by `finally`.
 local function temp_file(s, suffix)

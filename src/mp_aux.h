@@ -72,6 +72,8 @@ void mp_check_interrupt(lua_State *L);
 void mp_time_open(lua_State *L);
 void mp_process_open(lua_State *L);
 void mp_signal_open(lua_State *L);
+void mp_sync_open(lua_State *L);
+void mp_shared_open(lua_State *L);
 void mp_serial_open(lua_State *L);    /* serial.h */
 /* transport: queues, pipes, mp.wait */
 void mp_queue_open(lua_State *L);

@@ -17,6 +17,8 @@ static const subsystem_open subsystems[] = {
   mp_time_open,
   mp_process_open,
   mp_signal_open,
+  mp_sync_open,
+  mp_shared_open,
   mp_serial_open,
   mp_queue_open,     /* transport */
   mp_pipe_open,

@@ -1,0 +1,542 @@
+/*
+** Binding for the synchronization primitives: Lock, RLock, Semaphore,
+** BoundedSemaphore, Condition, Event (Barrier, `with`, `hold` and `wait_for`
+** are composed in lua/mp/sync.lua).
+**
+** Each object is a userdata pointing at its state in shared pages (shpages.h),
+** allocated when it is created; processes forked afterwards share it. The
+** memory goes back to the allocator when the object is collected in the
+** process that created it; a child's finalizer never frees it.
+*/
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "lsync.h"
+#include "mp_aux.h"
+#include "engine/shpages.h"
+#include "engine/sync.h"
+
+#define LOCK_T "mp.Lock"
+#define RLOCK_T "mp.RLock"
+#define SEM_T "mp.Semaphore"
+#define BSEM_T "mp.BoundedSemaphore"
+#define COND_T "mp.Condition"
+#define EVENT_T "mp.Event"
+
+#define SLOT 64                         /* one cache line per primitive */
+
+/* The common head of every primitive's userdata. */
+typedef struct prim_ud {
+  void *shm;                            /* NULL once collected */
+  uint32_t owner;                       /* the creating process: only it frees */
+} prim_ud;
+
+typedef struct lock_ud {
+  prim_ud h;
+  int recursive;
+} lock_ud;
+
+typedef struct cond_ud {
+  prim_ud h;
+  lock_ud *lock;                        /* kept alive by user value 1 */
+} cond_ud;
+
+/*
+** mp_checkself for the hot paths (acquire, release): the same metatable test
+** against upvalue 1, but the metatable is left on the stack instead of popped,
+** saving one API call. Callers take their arguments by absolute index and
+** return only what they push afterwards.
+*/
+static void *collected(lua_State *L, const char *tname) {
+  luaL_error(L, "%s used after it was collected", tname);
+  return NULL;
+}
+
+static inline void *check_self_fast(lua_State *L, const char *tname) {
+  prim_ud *p = lua_touserdata(L, 1);
+  if (p == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    mp_typeerror(L, 1, tname);
+  /* Only reachable from another object's finalizer, but never a NULL dereference. */
+  if (p->shm == NULL) return collected(L, tname);
+  return p;
+}
+
+/* mp_checkself plus the same check for the other methods. */
+static void *check_self(lua_State *L, const char *tname) {
+  prim_ud *p = mp_checkself(L, 1, tname);
+  if (p->shm == NULL) return collected(L, tname);
+  return p;
+}
+
+/* Pushes a primitive's userdata in a safe empty state, then allocates. */
+static void *new_prim(lua_State *L, size_t size, const char *tname) {
+  prim_ud *u = mp_newudata(L, size, tname);
+  u->shm = NULL;
+  u->owner = mp_self_pid();
+  void *shm = mp_shm_alloc(SLOT);
+  if (shm == NULL) mp_raise_errno(L, errno, "cannot allocate shared memory");
+  u->shm = shm;
+  return u;
+}
+
+/* __gc for all of them: one idempotent function. */
+static int prim_gc(lua_State *L) {
+  prim_ud *u = lua_touserdata(L, 1);
+  if (u != NULL && u->shm != NULL) {
+    if (u->owner == mp_self_pid()) mp_shm_free(u->shm, SLOT);
+    u->shm = NULL;
+  }
+  return 0;
+}
+
+/* Runs pending signal handlers and Ctrl-C under lua_pcall (for cleanup paths). */
+static int check_interrupt(lua_State *L) {
+  mp_check_interrupt(L);
+  return 0;
+}
+
+/*
+** Arguments (block, timeout) at `arg`, or one table {block =, timeout =} (for
+** Python's acquire(timeout=1)): returns the deadline, 0 for non-blocking.
+*/
+static double acquire_deadline(lua_State *L, int arg, int *blocking) {
+  if (lua_istable(L, arg)) {
+    lua_settop(L, arg + 1);
+    lua_getfield(L, arg, "timeout");
+    lua_replace(L, arg + 1);
+    lua_getfield(L, arg, "block");
+    lua_replace(L, arg);
+  }
+  *blocking = lua_isnoneornil(L, arg) || lua_toboolean(L, arg);
+  if (!*blocking) return 0;
+  return mp_optdeadline(L, arg + 1);
+}
+
+/* ---- Lock and RLock ------------------------------------------------------ */
+
+static int push_acquired(lua_State *L, int rc) {
+  switch (rc) {
+    case 0:
+      lua_pushboolean(L, 1);
+      return 1;
+    case EOWNERDEAD:
+      lua_pushboolean(L, 1);
+      lua_pushliteral(L, "owner died");
+      return 2;
+    default:
+      lua_pushboolean(L, 0);
+      return 1;
+  }
+}
+
+/* acquire(block, timeout) for a Lock or RLock, args from `arg`; slow paths. */
+static int mutex_acquire(lua_State *L, lock_ud *u, int arg) {
+  mp_mutex *m = u->h.shm;
+  if (u->recursive && mp_mutex_is_mine(m)) {
+    m->count++;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  int blocking;
+  double deadline = acquire_deadline(L, arg, &blocking);
+  int rc;
+  if (!blocking) {
+    rc = mp_mutex_trylock(m);
+  } else {
+    while ((rc = mp_mutex_lock(m, deadline)) == EINTR)
+      mp_check_interrupt(L);
+  }
+  if (rc == 0 || rc == EOWNERDEAD) m->count = 1;
+  return push_acquired(L, rc);
+}
+
+static int mutex_release(lua_State *L, lock_ud *u) {
+  mp_mutex *m = u->h.shm;
+  if (u->recursive) {
+    if (!mp_mutex_is_mine(m)) return luaL_error(L, "cannot release un-acquired lock");
+    if (--m->count > 0) return 0;
+  }
+  if (mp_mutex_unlock(m) != 0) return luaL_error(L, "release unlocked lock");
+  return 0;
+}
+
+static int lock_new(lua_State *L, int recursive) {
+  lock_ud *u = new_prim(L, sizeof *u, recursive ? RLOCK_T : LOCK_T);
+  u->recursive = recursive;
+  return 1;
+}
+
+static int core_lock(lua_State *L) { return lock_new(L, 0); }
+static int core_rlock(lua_State *L) { return lock_new(L, 1); }
+
+void mp_sync_new_lock(lua_State *L, int recursive) { lock_new(L, recursive); }
+
+int mp_sync_is_lock(lua_State *L, int arg) {
+  return luaL_testudata(L, arg, LOCK_T) != NULL || luaL_testudata(L, arg, RLOCK_T) != NULL;
+}
+
+/* lock:acquire([block [, timeout]]) --> true [, "owner died"] | false */
+static int lock_acquire(lua_State *L) {
+  int nargs = lua_gettop(L);
+  lock_ud *u = check_self_fast(L, LOCK_T);
+  if (nargs == 1 && mp_mutex_tryfast(u->h.shm)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_settop(L, nargs);
+  return mutex_acquire(L, u, 2);
+}
+
+static int lock_release(lua_State *L) {
+  lock_ud *u = check_self_fast(L, LOCK_T);
+  if (mp_mutex_unlock(u->h.shm) != 0) return luaL_error(L, "release unlocked lock");
+  return 0;
+}
+
+static int rlock_acquire(lua_State *L) {
+  int nargs = lua_gettop(L);
+  lock_ud *u = check_self_fast(L, RLOCK_T);
+  if (nargs == 1 && mp_mutex_tryfast(u->h.shm)) {
+    ((mp_mutex *)u->h.shm)->count = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_settop(L, nargs);
+  return mutex_acquire(L, u, 2);
+}
+
+static int rlock_release(lua_State *L) {
+  return mutex_release(L, check_self_fast(L, RLOCK_T));
+}
+
+static int mutex_tostring(lua_State *L, lock_ud *u, const char *name) {
+  mp_mutex *m = u->h.shm;
+  uint32_t owner = mp_mutex_owner(m);
+  if (owner == 0) lua_pushfstring(L, "%s(owner=none)", name);
+  else if (u->recursive) lua_pushfstring(L, "%s(owner=%d, count=%d)", name, (int)owner, (int)m->count);
+  else lua_pushfstring(L, "%s(owner=%d)", name, (int)owner);
+  return 1;
+}
+
+static int lock_tostring(lua_State *L) { return mutex_tostring(L, check_self(L, LOCK_T), "Lock"); }
+static int rlock_tostring(lua_State *L) { return mutex_tostring(L, check_self(L, RLOCK_T), "RLock"); }
+
+/* lock:owner() --> pid of the holder (the last acquirer), or nil when free. */
+static int mutex_owner(lua_State *L, lock_ud *u) {
+  uint32_t owner = mp_mutex_owner(u->h.shm);
+  if (owner == 0) lua_pushnil(L);
+  else lua_pushinteger(L, owner);
+  return 1;
+}
+static int lock_owner(lua_State *L) { return mutex_owner(L, check_self(L, LOCK_T)); }
+static int rlock_owner(lua_State *L) { return mutex_owner(L, check_self(L, RLOCK_T)); }
+
+/* ---- Semaphore and BoundedSemaphore ----------------------------------------- */
+
+/* Semaphore([value]) or Semaphore{value = n} */
+static int sem_new(lua_State *L, int bounded) {
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "value");
+    lua_replace(L, 1);
+  }
+  lua_Integer value = luaL_optinteger(L, 1, 1);
+  luaL_argcheck(L, value >= 0, 1, "semaphore initial value must be >= 0");
+  luaL_argcheck(L, value <= INT32_MAX, 1, "semaphore initial value too large");
+  prim_ud *u = new_prim(L, sizeof *u, bounded ? BSEM_T : SEM_T);
+  mp_sem *s = u->shm;
+  atomic_store(&s->value, (uint32_t)value);
+  s->bounded = bounded;
+  s->max = (uint32_t)value;
+  return 1;
+}
+
+static int core_semaphore(lua_State *L) { return sem_new(L, 0); }
+static int core_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
+
+/*
+** The methods are shared by both classes: upvalue 1 is one metatable, upvalue 2
+** the other. Like check_self_fast, leaves the metatable on the stack; callers
+** reset the top to their argument count before reading optional arguments.
+*/
+static prim_ud *check_sem(lua_State *L) {
+  prim_ud *u = lua_touserdata(L, 1);
+  if (u == NULL || !lua_getmetatable(L, 1) ||
+      !(lua_rawequal(L, -1, lua_upvalueindex(1)) || lua_rawequal(L, -1, lua_upvalueindex(2))))
+    mp_typeerror(L, 1, "mp.Semaphore");
+  if (u->shm == NULL) return collected(L, "mp.Semaphore");
+  return u;
+}
+
+static int sem_acquire(lua_State *L) {
+  int nargs = lua_gettop(L);
+  prim_ud *u = check_sem(L);
+  mp_sem *s = u->shm;
+  if (mp_sem_trywait(s) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_settop(L, nargs);
+  int blocking;
+  double deadline = acquire_deadline(L, 2, &blocking);
+  int rc = EAGAIN;
+  if (blocking) {
+    while ((rc = mp_sem_wait(s, deadline)) == EINTR)
+      mp_check_interrupt(L);
+  }
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+/* sem:release([n]) */
+static int sem_release(lua_State *L) {
+  int nargs = lua_gettop(L);
+  prim_ud *u = check_sem(L);
+  mp_sem *s = u->shm;
+  lua_Integer n = 1;
+  if (nargs > 1) {
+    lua_settop(L, nargs);
+    n = luaL_optinteger(L, 2, 1);
+  }
+  luaL_argcheck(L, n >= 1, 2, "n must be one or more");
+  if (n > INT32_MAX || mp_sem_post(s, (uint32_t)n) != 0)
+    return luaL_error(L, s->bounded ? "Semaphore released too many times" : "semaphore value overflow");
+  return 0;
+}
+
+static int sem_get_value(lua_State *L) {
+  prim_ud *u = check_sem(L);
+  lua_pushinteger(L, atomic_load(&((mp_sem *)u->shm)->value));
+  return 1;
+}
+
+static int sem_tostring(lua_State *L) {
+  prim_ud *u = check_sem(L);
+  mp_sem *s = u->shm;
+  if (s->bounded) lua_pushfstring(L, "BoundedSemaphore(value=%d, maxvalue=%d)", (int)atomic_load(&s->value), (int)s->max);
+  else lua_pushfstring(L, "Semaphore(value=%d)", (int)atomic_load(&s->value));
+  return 1;
+}
+
+/* ---- Event ------------------------------------------------------------------- */
+
+static int core_event(lua_State *L) {
+  new_prim(L, sizeof(prim_ud), EVENT_T);
+  return 1;
+}
+
+static mp_event *check_event(lua_State *L) {
+  return ((prim_ud *)check_self(L, EVENT_T))->shm;
+}
+
+static int event_set(lua_State *L) { mp_event_set(check_event(L)); return 0; }
+static int event_clear(lua_State *L) { mp_event_clear(check_event(L)); return 0; }
+
+static int event_is_set(lua_State *L) {
+  lua_pushboolean(L, mp_event_is_set(check_event(L)));
+  return 1;
+}
+
+/* event:wait([timeout]) --> true when set (even if cleared again meanwhile), false on timeout */
+static int event_wait(lua_State *L) {
+  mp_event *e = check_event(L);
+  double deadline = mp_optdeadline(L, 2);
+  uint32_t seen = mp_event_snapshot(e);
+  int rc;
+  while ((rc = mp_event_wait(e, seen, deadline)) == EINTR)
+    mp_check_interrupt(L);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+static int event_tostring(lua_State *L) {
+  lua_pushstring(L, mp_event_is_set(check_event(L)) ? "Event(set)" : "Event(unset)");
+  return 1;
+}
+
+/* ---- Condition ------------------------------------------------------------------ */
+
+static lock_ud *test_lock(lua_State *L, int arg) {
+  lock_ud *u = luaL_testudata(L, arg, LOCK_T);
+  if (u == NULL) u = luaL_testudata(L, arg, RLOCK_T);
+  return u;
+}
+
+/* Condition([lock]) or Condition{lock = l}: an mp.Lock or mp.RLock, by default a new RLock. */
+static int core_condition(lua_State *L) {
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "lock");
+    lua_replace(L, 1);
+  }
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lock_new(L, 1);
+  }
+  lock_ud *lock = test_lock(L, 1);
+  if (lock == NULL) return mp_typeerror(L, 1, "mp.Lock or mp.RLock");
+  cond_ud *u = new_prim(L, sizeof *u, COND_T);
+  u->lock = lock;
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static cond_ud *check_cond(lua_State *L) {
+  cond_ud *u = check_self(L, COND_T);
+  if (u->lock->h.shm == NULL) collected(L, "mp.Lock");
+  return u;
+}
+
+static int cond_acquire(lua_State *L) {
+  cond_ud *u = check_cond(L);
+  lock_ud *lk = u->lock;
+  if (lua_gettop(L) == 1 && mp_mutex_tryfast(lk->h.shm)) {
+    ((mp_mutex *)lk->h.shm)->count = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  return mutex_acquire(L, lk, 2);
+}
+
+static int cond_release(lua_State *L) {
+  return mutex_release(L, check_cond(L)->lock);
+}
+
+static int cond_get_lock(lua_State *L) {
+  check_cond(L);
+  lua_getiuservalue(L, 1, 1);
+  return 1;
+}
+
+/*
+** Takes the lock back after a wait, ignoring interrupts (they run later).
+** Returns 1 when it had to be recovered from a dead owner.
+*/
+static int relock(lock_ud *lk, uint32_t depth) {
+  mp_mutex *m = lk->h.shm;
+  int rc;
+  while ((rc = mp_mutex_lock(m, INFINITY)) == EINTR) {}
+  m->count = depth;
+  return rc == EOWNERDEAD;
+}
+
+/*
+** cond:wait([timeout]) --> true when notified, false on timeout; plus
+** "owner died" when a process died holding the lock while this one waited.
+*/
+static int cond_wait(lua_State *L) {
+  cond_ud *u = check_cond(L);
+  lock_ud *lk = u->lock;
+  mp_mutex *m = lk->h.shm;
+  mp_cond *c = u->h.shm;
+  double deadline = mp_optdeadline(L, 2);
+  if (!mp_mutex_is_mine(m)) return luaL_error(L, "cannot wait on un-acquired lock");
+  uint32_t depth = lk->recursive ? m->count : 1;
+  uint32_t seq = mp_cond_enter(c);
+  mp_mutex_unlock(m);
+  int notified;
+  for (;;) {
+    int rc = mp_cond_wait(c, seq, deadline);
+    if (rc == 0) { notified = 1; break; }
+    if (rc != EINTR) { notified = mp_cond_cancel(c); break; }
+    lua_pushcfunction(L, check_interrupt);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+      /* A handler raised (Ctrl-C): leave as Python does, holding the lock again. */
+      mp_cond_cancel(c);
+      relock(lk, depth);
+      return lua_error(L);
+    }
+  }
+  int died = relock(lk, depth);
+  lua_pushboolean(L, notified);
+  if (!died) return 1;
+  lua_pushliteral(L, "owner died");
+  return 2;
+}
+
+/* cond:notify([n]) --> how many waiters were woken */
+static int cond_notify(lua_State *L) {
+  cond_ud *u = check_cond(L);
+  lua_Integer n = luaL_optinteger(L, 2, 1);
+  if (!mp_mutex_is_mine(u->lock->h.shm)) return luaL_error(L, "cannot notify on un-acquired lock");
+  if (n <= 0) return 0;
+  mp_cond_notify(u->h.shm, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  return 0;
+}
+
+static int cond_notify_all(lua_State *L) {
+  cond_ud *u = check_cond(L);
+  if (!mp_mutex_is_mine(u->lock->h.shm)) return luaL_error(L, "cannot notify on un-acquired lock");
+  mp_cond_notify(u->h.shm, UINT32_MAX);
+  return 0;
+}
+
+static int cond_tostring(lua_State *L) {
+  cond_ud *u = check_cond(L);
+  mp_cond *c = u->h.shm;
+  lua_pushfstring(L, "Condition(waiters=%d)", (int)atomic_load(&c->nwaiters));
+  return 1;
+}
+
+/* ---- Registration ------------------------------------------------------------------ */
+
+static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
+                      lua_CFunction tostring) {
+  luaL_Reg meta[] = {{"__gc", prim_gc}, {"__tostring", tostring}, {NULL, NULL}};
+  mp_newclass(L, tname, methods, meta);
+  lua_pop(L, 1);
+}
+
+void mp_sync_open(lua_State *L) {
+  static const luaL_Reg lock_methods[] = {
+    {"acquire", lock_acquire}, {"release", lock_release}, {"owner", lock_owner}, {NULL, NULL}
+  };
+  static const luaL_Reg rlock_methods[] = {
+    {"acquire", rlock_acquire}, {"release", rlock_release}, {"owner", rlock_owner}, {NULL, NULL}
+  };
+  static const luaL_Reg event_methods[] = {
+    {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set},
+    {"wait", event_wait}, {NULL, NULL}
+  };
+  static const luaL_Reg cond_methods[] = {
+    {"acquire", cond_acquire}, {"release", cond_release}, {"wait", cond_wait},
+    {"notify", cond_notify}, {"notify_all", cond_notify_all},
+    {"get_lock", cond_get_lock}, {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"Lock", core_lock}, {"RLock", core_rlock}, {"Semaphore", core_semaphore},
+    {"BoundedSemaphore", core_bounded_semaphore}, {"Event", core_event},
+    {"Condition", core_condition}, {NULL, NULL}
+  };
+  new_class(L, LOCK_T, lock_methods, lock_tostring);
+  new_class(L, RLOCK_T, rlock_methods, rlock_tostring);
+  new_class(L, EVENT_T, event_methods, event_tostring);
+  new_class(L, COND_T, cond_methods, cond_tostring);
+
+  /* Semaphore and BoundedSemaphore: one method table, both metatables as upvalues. */
+  static const luaL_Reg sem_methods[] = {
+    {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
+    {"__tostring", sem_tostring}, {NULL, NULL}
+  };
+  luaL_newmetatable(L, SEM_T);
+  luaL_newmetatable(L, BSEM_T);
+  lua_newtable(L);                                   /* methods */
+  for (const luaL_Reg *r = sem_methods; r->name != NULL; r++) {
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, r->func, 2);
+    lua_setfield(L, -2, r->name);
+  }
+  for (int mt = -3; mt <= -2; mt++) {
+    lua_pushvalue(L, -1);
+    lua_setfield(L, mt - 1, "__index");
+    lua_getfield(L, -1, "__tostring");
+    lua_setfield(L, mt - 1, "__tostring");
+    lua_pushcfunction(L, prim_gc);
+    lua_setfield(L, mt - 1, "__gc");
+  }
+  lua_pushnil(L);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 3);
+  luaL_setfuncs(L, funcs, 0);
+}
