@@ -70,6 +70,16 @@ describe("mp.wait", function()
     assert.equal(3, #ready)
   end)
 
+  it("takes any object with a fileno method", function()
+    local a, b = mp.Pipe()
+    local wrapper = { fileno = function(self) return b:fileno() end }
+    assert.same({}, mp.wait({ wrapper }, 0))
+    a:send(1)
+    assert.same({ wrapper }, mp.wait({ wrapper }, 5))
+    local bad = { fileno = function() return "x" end }
+    assert.matches("fileno%(%) did not return an integer", select(2, pcall(mp.wait, { bad })))
+  end)
+
   it("names bad arguments", function()
     local ok, err = pcall(mp.wait, "x")
     assert.matches("bad argument #1 to '.*wait' %(table expected", err)

@@ -222,6 +222,20 @@ typedef struct wait_item {
   int ready;
 } wait_item;
 
+/* Pushes v.fileno when the value at idx has such a function (and returns 1); else 0. */
+static int fileno_method(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  int t = lua_type(L, idx);
+  if (t != LUA_TTABLE && t != LUA_TUSERDATA) return 0;
+  if (t == LUA_TUSERDATA) {          /* indexing a userdata without __index raises */
+    if (luaL_getmetafield(L, idx, "__index") == LUA_TNIL) return 0;
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, idx, "fileno") == LUA_TFUNCTION) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
 static void wait_unregister(wait_item *items, int n) {
   for (int i = 0; i < n; i++) {
     if (items[i].kind == W_CONN) mp_conn_wait_end(items[i].conn);
@@ -256,6 +270,15 @@ static int core_wait(lua_State *L) {
     } else if (lua_isinteger(L, -1)) {
       it->kind = W_FD;
       fds[i].fd = (int)lua_tointeger(L, -1);
+    } else if (fileno_method(L, -1)) {
+      /* Any object with a fileno method (a socket, a file wrapper), as in Python. */
+      lua_pushvalue(L, -2);
+      lua_call(L, 1, 1);
+      if (!lua_isinteger(L, -1))
+        luaL_error(L, "bad argument #1 to 'wait' (item %d: fileno() did not return an integer)", i + 1);
+      it->kind = W_FD;
+      fds[i].fd = (int)lua_tointeger(L, -1);
+      lua_pop(L, 1);
     } else {
       luaL_error(L, "bad argument #1 to 'wait' (item %d: Connection, queue or file descriptor expected, got %s)",
                  i + 1, luaL_typename(L, -1));

@@ -35,8 +35,26 @@ static queue_ud *check_queue(lua_State *L) {
   return q;
 }
 
-/* The deadline of put/get(block, timeout): block false means do not wait. */
+/*
+** The deadline of put/get(block, timeout), or of an options table
+** {block =, timeout =} in the block position (Python's keywords): block false
+** means do not wait.
+*/
 static double block_deadline(lua_State *L, int arg) {
+  if (lua_istable(L, arg)) {
+    lua_getfield(L, arg, "block");
+    int block = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_getfield(L, arg, "timeout");
+    if (!lua_isnil(L, -1) && !lua_isnumber(L, -1))
+      luaL_argerror(L, arg, "timeout must be a number");
+    lua_Number t = lua_isnil(L, -1) ? -1 : lua_tonumber(L, -1);
+    int forever = lua_isnil(L, -1);
+    lua_pop(L, 2);
+    if (!block) return -INFINITY;
+    if (forever) return INFINITY;
+    if (t != t) luaL_argerror(L, arg, "timeout is NaN");
+    return mp_now() + (t > 0 ? t : 0);
+  }
   if (!lua_isnoneornil(L, arg) && !lua_toboolean(L, arg)) {
     if (!lua_isnoneornil(L, arg + 1)) luaL_checknumber(L, arg + 1);
     return -INFINITY;

@@ -40,6 +40,7 @@ struct mp_ring_hdr {
   alignas(64) mp_olock wlock;           /* producers, private */
   _Atomic uint64_t nput;                /* records put (qsize = nput - nget) */
   uint64_t head_seen;                   /* the head when producers last looked */
+  uint64_t nget_seen;                   /* nget then (for maxsize) */
 
   alignas(64) _Atomic uint64_t tail;    /* published by producers: end of the records */
 
@@ -220,9 +221,13 @@ static inline void cpu_relax(void) {
 /* Whether a producer holding wlock may write a record of `total` bytes now. */
 static int room_for(mp_ring *r, uint64_t total) {
   mp_ring_hdr *h = r->hdr;
-  if (h->maxsize != 0 &&
-      atomic_load_explicit(&h->nput, memory_order_relaxed) -
-      atomic_load_explicit(&h->nget, memory_order_relaxed) >= h->maxsize) return 0;
+  if (h->maxsize != 0) {
+    uint64_t put = atomic_load_explicit(&h->nput, memory_order_relaxed);
+    if (put - h->nget_seen >= h->maxsize) {
+      h->nget_seen = atomic_load_explicit(&h->nget, memory_order_relaxed);
+      if (put - h->nget_seen >= h->maxsize) return 0;
+    }
+  }
   uint64_t need = total <= r->cap ? total : REC_HDR;
   uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
   /* The consumers' line is read only when the last look is not enough. */
