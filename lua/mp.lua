@@ -46,4 +46,8 @@ mp.JoinableQueue = core.JoinableQueue
 mp.Pipe = core.Pipe
 mp.wait = core.wait
 
+local pool = require "mp.pool"
+mp.Pool = pool.Pool
+mp.AsyncResult = pool.AsyncResult
+
 return mp

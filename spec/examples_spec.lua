@@ -15,6 +15,9 @@ local expected = {
   ["examples/sync_rlock.lua"] = "counter = 600",
   ["examples/shared_value_array.lua"] = "squares: 1, 4, 9, 16, 25\nsum: 55\n",
   ["examples/process_sigint.lua"] = "child: got SIGINT.*child exit code 0\n$",
+  ["examples/pool_squares.lua"] = "squares: 1, 4, 9, 16, 25\n",
+  ["examples/pool_apply_async.lua"] = "all tasks finished\n",
+  ["examples/pool_cpu_bound.lua"] = "parallel: ",
 }
 
 describe("examples", function()

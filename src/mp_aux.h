@@ -78,5 +78,6 @@ void mp_serial_open(lua_State *L);    /* serial.h */
 /* transport: queues, pipes, mp.wait */
 void mp_queue_open(lua_State *L);
 void mp_pipe_open(lua_State *L);
+void mp_pool_open(lua_State *L);
 
 #endif

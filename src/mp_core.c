@@ -22,6 +22,7 @@ static const subsystem_open subsystems[] = {
   mp_serial_open,
   mp_queue_open,     /* transport */
   mp_pipe_open,
+  mp_pool_open,
   NULL
 };
 

@@ -124,7 +124,10 @@ function Process:start()
   if self._creator ~= getpid() then
     error("can only start a process object created by the current process", 2)
   end
-  if state.current._daemon then error("daemonic processes are not allowed to have children", 2) end
+  -- Pool workers are daemonic (killed with their parent) yet may run pools of their own.
+  if state.current._daemon and not rawget(self, "_pool_worker") then
+    error("daemonic processes are not allowed to have children", 2)
+  end
   reap()
   local handle = spawn(self._name, self._daemon, bootstrap, self)
   self._handle = handle
