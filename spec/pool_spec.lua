@@ -388,6 +388,37 @@ describe("mp.Pool errors", function()
     unistd.close(r); unistd.close(w)
   end)
 
+  it("a worker killed inside a chunksize-1 map fails only its chunk; every other chunk runs", function()
+    local r, w = unistd.pipe()
+    local dr, dw = unistd.pipe()
+    local pool <close> = mp.Pool(2)
+    local ar = pool:map_async(function(x)
+      if x == 150 then
+        unistd.write(w, mp.getpid() .. "\n")
+        mp.sleep(60)
+      end
+      unistd.write(dw, x .. "\n")
+      return x * 3
+    end, (function() local t = {} for i = 1, 400 do t[i] = i end return t end)(), 1)
+    local pid = tonumber(read_line(r))
+    signal.kill(pid, signal.SIGKILL)
+    local ok, err = pcall(ar.get, ar, 10)
+    assert.is_false(ok)
+    assert.is_true(mp.WorkerLostError:is(err), tostring(err))
+    -- The map fails at its first error; its other chunks still run, the
+    -- unstarted ones of the dead worker's batch sent again.
+    local got, seen = "", {}
+    local deadline = mp.time() + 10
+    while select(2, got:gsub("\n", "")) < 399 and mp.time() < deadline do
+      if poll.rpoll(dr, 100) == 1 then got = got .. assert(unistd.read(dr, 4096))
+      else pool:apply(function() end) end   -- the pool makes progress inside its calls
+    end
+    for x in got:gmatch("(%d+)\n") do seen[tonumber(x)] = true end
+    for i = 1, 400 do assert.equal(i ~= 150, seen[i] == true, "item " .. i) end
+    assert.same({ 1, 4, 9 }, list(pool:map(function(x) return x * x end, { 1, 2, 3 }, 1)))
+    unistd.close(r); unistd.close(w); unistd.close(dr); unistd.close(dw)
+  end)
+
   it("survives workers killed at random moments: every task completes or is the one lost", function()
     local pool <close> = mp.Pool(2)
     local ars, kills = {}, 0

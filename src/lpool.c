@@ -87,6 +87,7 @@ typedef struct chan {
   int nslots;
   char *slots;                /* MAP_SHARED, nslots * SLOT_SIZE bytes */
   uint32_t batch_n;           /* parent: tasks in the batch being built in out */
+  uint32_t batch_fn;          /* parent: the function id of the batch's last task */
   int *pidfds;                /* parent: each slot's worker sentinel, -1 when none */
   pbuf out;                   /* the message being built */
   pbuf stall;                 /* a task message the socket had no room for yet */
@@ -467,38 +468,31 @@ static int chan_begin(lua_State *L) {
 }
 
 /*
-** chan:add(kind, task_id, fn_id, fn_bytes, src, i, j) --> true, or nil and a
-** message when an item cannot be sent (returned, not raised, so that only the
-** job fails). 'M' and 'S' send src[i..j]; 'A' sends src[1..j] as one call's
-** arguments. Task ids within a batch are consecutive.
+** Appends one task (kind, id, fn, src[i..j]) to the batch being built. 'M'
+** and 'S' send src[i..j]; 'A' sends src[1..j] as one call's arguments. The
+** function's bytes are left out when the previous task of the batch had the
+** same function: the worker that runs this task has just run that one. Returns
+** 0, or 1 with a message on top when an item cannot be sent (the task is then
+** dropped from the batch). Stack: src at 6, scratch from 9.
 */
-static int chan_add(lua_State *L) {
-  chan *c = checkowner(L);
-  const char *kind = luaL_checkstring(L, 2);
-  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
-  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 5, &fn_len);
-  luaL_checktype(L, 6, LUA_TTABLE);
-  lua_Integer i = luaL_checkinteger(L, 7), j = luaL_checkinteger(L, 8);
-  lua_settop(L, 8);
-  int raw = !lua_getmetatable(L, 6);
-  if (!raw) lua_pop(L, 1);
+static int add_task(lua_State *L, chan *c, char kind, uint64_t id, uint32_t fn_id,
+                    const char *fn, size_t fn_len, int raw, lua_Integer i, lua_Integer j) {
   pbuf *b = &c->out;
   size_t entry = b->len;
   lua_Integer count = j - i + 1;
   if (count < 0) count = 0;
-  char *p = pbuf_reserve(L, b, 4 + HDR);
+  if (c->batch_n > 0 && c->batch_fn == fn_id) fn_len = 0;
+  char *p = pbuf_reserve(L, b, 4 + HDR + fn_len);
   memset(p, 0, 4 + HDR);
-  p[4] = kind[0];
+  p[4] = kind;
   put_u32(p + 8, fn_id);
   put_u64(p + 12, id);
   put_u32(p + 20, (uint32_t)fn_len);
   put_u32(p + 24, (uint32_t)count);
-  b->len += 4 + HDR;
-  pbuf_add(L, b, fn, fn_len);
-  int per = kind[0] == 'A' ? (int)(count > 0 ? count : 0) : GROUP;
-  if (kind[0] == 'A' && count == 0) add_group(L, b, 9, 0);
+  memcpy(p + 4 + HDR, fn, fn_len);
+  b->len += 4 + HDR + fn_len;
+  int per = kind == 'A' ? (int)(count > 0 ? count : 0) : GROUP;
+  if (kind == 'A' && count == 0) add_group(L, b, 9, 0);
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
@@ -518,9 +512,7 @@ static int chan_add(lua_State *L) {
         if (codec_status(L, &cc, lua_pcall(L, 3, 0, 0)) != LUA_OK) break;
       }
       if (lua_gettop(L) == 8) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
-      lua_pushnil(L);
-      lua_insert(L, -2);
-      return 2;
+      return 1;
     }
     lua_settop(L, 8);
     k += g;
@@ -528,8 +520,72 @@ static int chan_add(lua_State *L) {
   put_u32(b->data + entry, (uint32_t)(b->len - entry - 4));
   if (c->batch_n == 0) put_u64(b->data + 8, id);
   c->batch_n++;
+  c->batch_fn = fn_id;
   put_u32(b->data + 4, c->batch_n);
+  return 0;
+}
+
+/*
+** chan:add(kind, task_id, fn_id, fn_bytes, src, i, j) --> true, or nil and a
+** message when an item cannot be sent (returned, not raised, so that only the
+** job fails). Task ids within a batch are consecutive.
+*/
+static int chan_add(lua_State *L) {
+  chan *c = checkowner(L);
+  const char *kind = luaL_checkstring(L, 2);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
+  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
+  size_t fn_len;
+  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 7), j = luaL_checkinteger(L, 8);
+  lua_settop(L, 8);
+  int raw = !lua_getmetatable(L, 6);
+  if (!raw) lua_pop(L, 1);
+  if (add_task(L, c, kind[0], id, fn_id, fn, fn_len, raw, i, j)) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** chan:add_run(kind, first_id, fn_id, fn_bytes, src, i, stop, cs, nchunks)
+** --> chunks added [, message]: up to nchunks tasks of cs items each from
+** src[i..stop], ids first_id, first_id+1... One call for many small chunks:
+** the per-task cost stays in C. Stops at a chunk holding an item that cannot
+** be sent, with the message.
+*/
+static int chan_add_run(lua_State *L) {
+  chan *c = checkowner(L);
+  const char *kind = luaL_checkstring(L, 2);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
+  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
+  size_t fn_len;
+  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 7), stop = luaL_checkinteger(L, 8);
+  lua_Integer cs = luaL_checkinteger(L, 9), nchunks = luaL_checkinteger(L, 10);
+  luaL_argcheck(L, cs >= 1, 9, "chunksize must be at least 1");
+  lua_settop(L, 6);
+  lua_pushnil(L);                      /* 7, 8: the layout add_task expects */
+  lua_pushnil(L);
+  int raw = !lua_getmetatable(L, 6);
+  if (!raw) lua_pop(L, 1);
+  lua_Integer added = 0;
+  while (added < nchunks && i <= stop) {
+    lua_Integer j = i + cs - 1 < stop ? i + cs - 1 : stop;
+    if (add_task(L, c, kind[0], id + (uint64_t)added, fn_id, fn, fn_len, raw, i, j)) {
+      lua_pushinteger(L, added);
+      lua_insert(L, -2);
+      return 2;
+    }
+    added++;
+    i = j + 1;
+  }
+  lua_pushinteger(L, added);
   return 1;
 }
 
@@ -635,14 +691,24 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
     return;
   }
   int rec = lua_gettop(L);
+  /* A run record (run_last set) stands for tasks id..run_last, chunks of cs items. */
   lua_getfield(L, rec, "id");
-  int mine = (uint64_t)lua_tointeger(L, -1) == id;
-  lua_pop(L, 1);
-  if (!mine) { lua_pop(L, 1); return; }
+  uint64_t first = (uint64_t)lua_tointeger(L, -1);
+  lua_getfield(L, rec, "run_last");
+  int run = lua_isinteger(L, -1);
+  uint64_t last = run ? (uint64_t)lua_tointeger(L, -1) : first;
+  lua_pop(L, 2);
+  if (id < first || id > last) { lua_pop(L, 1); return; }
+  lua_Integer skip = 0;
+  if (run) {
+    lua_getfield(L, rec, "cs");
+    skip = (lua_Integer)(id - first) * lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
   lua_rawgeti(L, rec, 1);
   int dest = lua_gettop(L);
   lua_rawgeti(L, rec, 2);
-  lua_Integer at = lua_tointeger(L, -1);
+  lua_Integer at = lua_tointeger(L, -1) + skip;
   lua_pop(L, 1);
   uint32_t got = 0;
   while (end - q >= 8 && got < count) {
@@ -923,6 +989,12 @@ static void run_task(lua_State *L, chan *c, const char *m, size_t len, int cache
   if ((size_t)(end - p) < fn_len) luaL_error(L, "pool: corrupt task message");
   if (lua_rawgeti(L, cache, fn_id) == LUA_TNIL) {
     lua_pop(L, 1);
+    if (fn_len == 0) {         /* sent without bytes: the previous task's function, which failed */
+      lua_pushliteral(L, "cannot receive the task's function: not sent");
+      error_result(L, c, id, lua_gettop(L));
+      lua_settop(L, base);
+      return;
+    }
     if (protected_decode(L, p, fn_len) != LUA_OK) {
       lua_pushfstring(L, "cannot receive the task's function: %s", lua_tostring(L, -1));
       error_result(L, c, id, lua_gettop(L));
@@ -1154,6 +1226,7 @@ void mp_pool_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"begin", chan_begin},
     {"add", chan_add},
+    {"add_run", chan_add_run},
     {"commit", chan_commit},
     {"journal", chan_journal},
     {"idle", chan_idle},

@@ -33,10 +33,40 @@ so the table keeps an array part instead of rehashing as ids grow.
 local RING = 65536
 local MAX_INFLIGHT = RING - 1024
 local function rkey(id) return ((id - 1) & (RING - 1)) + 1 end
+
+--[[
+A run record stands for the consecutive tasks id..run_last of a map job,
+chunks of cs items from offset [2] (the last one may be short, ending at
+offset stop): one table for many small tasks. Its ring entries all point to
+it until each task settles. The rare paths (a task's error, a dead worker,
+resending) first split the task out into a record of its own.
+]]
+local function run_part(rec, id)
+  local off = rec[2] + (id - rec.id) * rec.cs
+  return off, min(rec.cs, rec.stop - off)
+end
+
+local function split(records, id, rec)
+  local off, count = run_part(rec, id)
+  local r = { rec[1], off, job = rec.job, start = off + 1, count = count, id = id }
+  records[rkey(id)] = r
+  return r
+end
+
+-- The record of task id (split out of its run), or nil when settled.
 local function rget(records, id)
   local rec = records[rkey(id)]
-  if rec and rec.id == id then return rec end
+  if rec == nil then return nil end
+  local last = rec.run_last
+  if last then
+    if id >= rec.id and id <= last then return split(records, id, rec) end
+  elseif rec.id == id then
+    return rec
+  end
 end
+
+-- The task id of ring key k holding rec.
+local function key_id(rec, k) return rec.id + ((k - rkey(rec.id)) % RING) end
 
 local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
@@ -340,8 +370,10 @@ end
 
 -- Fails everything outstanding (initializer failure, terminate).
 local function fail_all(self, err)
-  for id, rec in pairs(self._records) do
-    self._records[id] = nil      -- id is the ring key here
+  local records = self._records
+  for k, rec in pairs(records) do
+    if rec.run_last then rec = split(records, key_id(rec, k), rec) end
+    records[k] = nil
     fail_chunk(self, rec, err)
   end
   self._inflight = 0
@@ -370,9 +402,20 @@ local function handle_events(self, ev, n)
         fail_all(self, self._broken)
       end
     else
-      local rec = rget(records, id)
+      local key = rkey(id)
+      local rec = records[key]
+      local count
       if rec ~= nil then
-        records[rkey(id)] = nil
+        local last = rec.run_last
+        if last then
+          if id < rec.id or id > last then rec = nil
+          elseif kind ~= "R" then rec = split(records, id, rec); count = rec.count
+          else local _; _, count = run_part(rec, id) end
+        elseif rec.id ~= id then rec = nil
+        else count = rec.count end
+      end
+      if rec ~= nil then
+        records[key] = nil
         self._inflight = self._inflight - 1
         if kind == "R" and rec.kind == "A" then
           rec._nv = x
@@ -380,7 +423,7 @@ local function handle_events(self, ev, n)
         elseif kind == "R" then
           local job = rec.job
           job.chunks_done = job.chunks_done + 1
-          job.done = job.done + rec.count
+          job.done = job.done + count
           rec.settled = true
           if job.ready_list then job.ready_list[#job.ready_list + 1] = rec end
           if job_complete(job) then finish(self, job) end
@@ -517,6 +560,33 @@ local function add_task(self, job, src, i, j, offset)
 end
 
 --[[
+Adds up to `want` chunks of a map job (a table source, results in a list) to
+the batch in one C call, under one run record. Returns the chunks added.
+]]
+local function add_run(self, job, want)
+  local first, off, cs = self._next_id + 1, job.sent, job.chunksize
+  local got, emsg = self._chan:add_run(job.kind, first, job.fn_id, job.fn_bytes, job.src, off + 1, job.n, cs, want)
+  if got > 0 then
+    local last, stop = first + got - 1, min(off + got * cs, job.n)
+    self._next_id = last
+    local rec = { job.dest, off, job = job, id = first, run_last = last, cs = cs, stop = stop }
+    local records = self._records
+    for id = first, last do records[rkey(id)] = rec end
+    self._inflight = self._inflight + got
+    job.sent = stop
+    job.chunks_sent = job.chunks_sent + got
+  end
+  if emsg ~= nil then
+    -- An item that cannot be sent fails the job (and only it).
+    if job.error == nil then job.error = emsg end
+    job.exhausted = true
+  elseif job.sent >= job.n then
+    job.exhausted = true
+  end
+  return got
+end
+
+--[[
 Tasks per message. Small backlogs go one task per message, so that idle
 workers share them out; a large backlog of small tasks goes in batches (up
 to 64), which saves system calls on both sides. A worker's slot names its
@@ -589,6 +659,8 @@ local function feed(self)
             added = added + 1
           end
         end
+      elseif job.run and not job.exhausted then
+        added = added + add_run(self, job, min(limit - added, MAX_INFLIGHT - self._inflight))
       elseif not job.exhausted and not (job.window and job.chunks_sent - job.consumed >= job.window) then
         src, i, j, offset = next_chunk(job)
       end
@@ -627,7 +699,9 @@ local function recover_lost(self)
   end
   -- A worker sends its results before its slot shows idle: take those first.
   repeat local n = take(self, chan.pump, 0) until n == 0
-  for _, rec in pairs(self._records) do
+  local records = self._records
+  for k, rec in pairs(records) do
+    if rec.run_last then rec = split(records, key_id(rec, k), rec) end
     if not rec.resending then
       rec.resending = true
       self._resend[#self._resend + 1] = rec
@@ -730,6 +804,7 @@ local function map_job(self, kind, fn, iterable, opts, fname, level)
   job.dest = job.results
   job.callback, job.error_callback = o.callback, o.error_callback
   job.progress = o.progress
+  job.run = true                        -- chunks travel under run records (add_run)
   if n == 0 then job.exhausted = true end
   return job
 end
