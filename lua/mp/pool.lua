@@ -31,6 +31,22 @@ C side computes the same index and checks rec.id): keys stay small and dense,
 so the table keeps an array part instead of rehashing as ids grow.
 ]]
 local RING = 65536
+
+--[[
+An apply_async job is one small table: the job, its task record and its
+AsyncResult at once. Array part: [1] itself (where its values go), [2] the
+offset (values land at [AV..]), [3] the arguments, [4] the function's id, [5]
+its bytes; hash part: _pool, _ready, id (0 until sent), _nv. A task in flight
+costs memory the pool touches (page faults are dear here): four hash fields,
+and an array already sized for the first value.
+]]
+local AV = 6
+local function is_apply(rec) return rec._nv ~= nil end
+-- A queued job with nothing left to send.
+local function sent_all(job)
+  if job._nv ~= nil then return job.id ~= 0 or job._ready end
+  return job.exhausted
+end
 local MAX_INFLIGHT = RING - 1024
 local function rkey(id) return ((id - 1) & (RING - 1)) + 1 end
 
@@ -135,7 +151,7 @@ function AsyncResult:get(timeout)
   if not self:wait(timeout) then error(classes.TimeoutError("result not ready within the timeout"), 2) end
   if self._error ~= nil then error(self._error, 2) end
   local v = self._values
-  if v == nil then return unpack(self, 3, 2 + self._nv) end   -- apply: values inline
+  if v == nil then return unpack(self, AV, AV - 1 + self._nv) end   -- apply: values inline
   return unpack(v, 1, v.n)
 end
 
@@ -306,20 +322,16 @@ local function new_job(self, kind, fn, fname, level)
 end
 
 -- A job's first error wins; its result (if any) is then complete.
---[[
-An apply_async job is one small table: the job, its task record and its
-AsyncResult at once (see apply_async). Its values land in [3..]; this settles
-it with them (err nil) or with an error, and runs its callback.
-]]
+-- Settles an apply_async job with its values (err nil) or an error; runs its callback.
 local function finish_apply(self, ar, err)
   if ar._ready then return end
   ar._ready = true
-  ar.src, ar.fn_bytes = nil, nil
+  ar[3], ar[5] = nil, nil
   local cb
   if err ~= nil then ar._error, cb = err, ar.error_callback else cb = ar.callback end
   if cb ~= nil then
     local ok, cerr
-    if err == nil then ok, cerr = pcall(cb, unpack(ar, 3, 2 + ar._nv))
+    if err == nil then ok, cerr = pcall(cb, unpack(ar, AV, AV - 1 + ar._nv))
     else ok, cerr = pcall(cb, err) end
     -- A callback that raises fails this result only.
     if not ok then ar._error = cerr end
@@ -353,7 +365,7 @@ local function job_complete(job)
 end
 
 local function fail_chunk(self, rec, err)
-  if rec.kind == "A" then return finish_apply(self, rec, err) end
+  if is_apply(rec) then return finish_apply(self, rec, err) end
   local job = rec.job
   job.chunks_done = job.chunks_done + 1
   job.done = job.done + rec.count
@@ -380,13 +392,13 @@ local function fail_all(self, err)
   self._resend = {}
   for k = self._qh, self._qt do
     local job = self._queue[k]
-    if job.kind == "A" then
-      if not job.exhausted then finish_apply(self, job, err) end
+    if is_apply(job) then
+      if not sent_all(job) then finish_apply(self, job, err) end
     else
       if job.error == nil then job.error = err end
       if job.chunks_done == job.chunks_sent then finish(self, job) end
+      job.exhausted = true
     end
-    job.exhausted = true
   end
   self._queue, self._qh, self._qt = {}, 1, 0
 end
@@ -417,7 +429,7 @@ local function handle_events(self, ev, n)
       if rec ~= nil then
         records[key] = nil
         self._inflight = self._inflight - 1
-        if kind == "R" and rec.kind == "A" then
+        if kind == "R" and is_apply(rec) then
           rec._nv = x
           finish_apply(self, rec, nil)
         elseif kind == "R" then
@@ -597,7 +609,7 @@ local function batch_limit(self)
   local queue = self._queue
   local head = queue[self._qh]
   local backlog = self._qt - self._qh
-  if head and head.src and head.kind ~= "A" then
+  if head and head.src then
     backlog = backlog + ceil((head.n - head.sent) / head.chunksize)
   elseif head and head.iter then
     backlog = backlog + head.window - (head.chunks_sent - head.consumed)
@@ -618,8 +630,9 @@ local function feed(self)
     rec.resending = nil
     if records[rkey(rec.id)] == rec then
       local ok, emsg
-      if rec.kind == "A" then
-        ok, emsg = chan:add("A", rec.id, rec.fn_id, rec.fn_bytes, rec.src, 1, rec.n)
+      if is_apply(rec) then
+        local args = rec[3]
+        ok, emsg = chan:add("A", rec.id, rec[4], rec[5], args, 1, args.n or #args)
       else
         local job = rec.job
         if rec.items then
@@ -644,11 +657,11 @@ local function feed(self)
     while added < limit and k <= self._qt do
       local job = queue[k]
       local src, i, j, offset
-      if job.kind == "A" then
-        if not job.exhausted then
-          job.exhausted = true
+      if is_apply(job) then
+        if not sent_all(job) then
           local id = self._next_id + 1
-          local ok, emsg = chan:add("A", id, job.fn_id, job.fn_bytes, job.src, 1, job.n)
+          local args = job[3]
+          local ok, emsg = chan:add("A", id, job[4], job[5], args, 1, args.n or #args)
           if ok == nil then
             finish_apply(self, job, emsg)
           else
@@ -665,16 +678,16 @@ local function feed(self)
         src, i, j, offset = next_chunk(job)
       end
       if src ~= nil and add_task(self, job, src, i, j, offset) then added = added + 1 end
-      if job.kind ~= "A" and job.exhausted and not job.dequeued then
+      if job.exhausted and not job.dequeued then
         job.dequeued = true
         if job_complete(job) then finish(self, job) end
       end
-      if job.exhausted or src == nil then
+      if src == nil or job.exhausted then
         k = k + 1          -- done, or waiting for its consumer: try the next job
       end
     end
     -- Drop the finished jobs at the head (others leave when they reach it).
-    while self._qh <= self._qt and queue[self._qh].exhausted do
+    while self._qh <= self._qt and sent_all(queue[self._qh]) do
       queue[self._qh] = false
       self._qh = self._qh + 1
     end
@@ -750,7 +763,7 @@ local function submit(self, job)
   local queued = self._qt - self._qh + 1
   -- Workers with enough to do: let small tasks gather into a batch (sent when
   -- it is full, or at the next call that waits).
-  if job.kind == "A" and self._inflight >= 2 * self._processes and queued % 64 ~= 0 then return end
+  if job._nv ~= nil and self._inflight >= 2 * self._processes and queued % 64 ~= 0 then return end
   feed(self)
   -- A backed-up queue: make room by taking the results that are in.
   if self._qt >= self._qh then
@@ -903,16 +916,16 @@ function Pool:apply_async(fn, args, opts, error_callback)
   end
   local fn_id, fn_bytes = fn_entry(self, fn)
   if fn_id == nil then argerror(1, "apply_async", (tostring(fn_bytes):gsub("^function: ", "")), 2) end
-  args = args or {}
-  --[[
-  One small table is the job, its task record and the AsyncResult: [1] is
-  where the values go (itself) and [2] the offset, so they land in [3..]. A
-  task in flight costs memory the pool touches (page faults are dear here):
-  only the fields it needs, all in the constructor.
-  ]]
-  local job = setmetatable({ false, 2, _pool = self, _ready = false, _nv = 0, kind = "A", id = 0,
-    exhausted = false, fn_id = fn_id, fn_bytes = fn_bytes, src = args, n = args.n or #args,
-    callback = callback, error_callback = error_callback }, AsyncResult)
+  -- The layout is described at AV; fields only as needed, all in the constructor.
+  local job
+  if callback == nil and error_callback == nil then
+    job = setmetatable({ false, AV - 1, args or {}, fn_id, fn_bytes, false,
+      _pool = self, _ready = false, id = 0, _nv = 0 }, AsyncResult)
+  else
+    job = setmetatable({ false, AV - 1, args or {}, fn_id, fn_bytes, false,
+      _pool = self, _ready = false, id = 0, _nv = 0,
+      callback = callback, error_callback = error_callback }, AsyncResult)
+  end
   job[1] = job
   submit(self, job)
   return job
