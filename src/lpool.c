@@ -673,6 +673,30 @@ static void push_error_values(lua_State *L, const char *p, const char *end) {
   }
 }
 
+/*
+** An apply_async job without callbacks (see AV in pool.lua: _nv set, [3] its
+** arguments, [5] its function's bytes) is settled here, without an event:
+** the Lua side only counts it (nev[1]). Returns 1 when done.
+*/
+static int settle_apply(lua_State *L, int rec, int records, uint64_t id, uint32_t got) {
+  if (lua_getfield(L, rec, "_nv") != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
+  lua_pop(L, 1);
+  int t1 = lua_getfield(L, rec, "callback"), t2 = lua_getfield(L, rec, "error_callback");
+  lua_pop(L, 2);
+  if (t1 != LUA_TNIL || t2 != LUA_TNIL) return 0;
+  lua_pushinteger(L, (lua_Integer)got);
+  lua_setfield(L, rec, "_nv");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, rec, "_ready");
+  lua_pushnil(L);
+  lua_rawseti(L, rec, 3);
+  lua_pushnil(L);
+  lua_rawseti(L, rec, 5);
+  lua_pushnil(L);
+  lua_rawseti(L, records, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
+  return 1;
+}
+
 /* One result message: values into records[id][1] from offset records[id][2]. */
 static void take_result(lua_State *L, const char *p, size_t len, int records, int events, int *nev) {
   if (len < HDR) return;
@@ -729,6 +753,12 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
     got += (uint32_t)n;
     q += glen;
   }
+  lua_settop(L, dest - 1);
+  if (settle_apply(L, rec, records, id, got)) {
+    nev[1]++;
+    lua_settop(L, rec - 1);
+    return;
+  }
   lua_settop(L, rec - 1);
   lua_pushinteger(L, got);
   add_event(L, events, nev, id, 'R');
@@ -764,10 +794,12 @@ static int chan_journal(lua_State *L) {
   if (used > JCAP) used = 0;
   char *j = journal_of(s);
   j[0] = 'K';
-  int nev = 0;
-  take_entries(L, j, CHDR + used, 2, 3, &nev);
-  lua_pushinteger(L, nev);
-  return 1;
+  int nev[2] = { 0, 0 };
+  take_entries(L, j, CHDR + used, 2, 3, nev);
+  lua_pushinteger(L, nev[0]);
+  lua_pushboolean(L, 0);
+  lua_pushinteger(L, nev[1]);
+  return 3;
 }
 
 /* Reads every result message available now. Returns 0 or an errno. */
@@ -825,13 +857,13 @@ static int chan_pump(lua_State *L) {
   luaL_checktype(L, 3, LUA_TTABLE);
   double deadline = mp_optdeadline(L, 4);
   lua_settop(L, 3);
-  int nev = 0, died = 0;
+  int nev[2] = { 0, 0 }, died = 0;
   struct pollfd fds[1 + 4096 + 1];
   for (;;) {
     if (c->task_w >= 0) flush_stall(L, c);
-    int err = drain(L, c, 2, 3, &nev);
+    int err = drain(L, c, 2, 3, nev);
     if (err) return mp_raise_errno(L, err, "pool: receiving results");
-    if (nev > 0 || died) break;
+    if (nev[0] > 0 || nev[1] > 0 || died) break;
     int nf = 0;
     fds[nf++] = (struct pollfd){ .fd = c->res_r, .events = POLLIN };
     if (c->stalled && c->task_w >= 0) fds[nf++] = (struct pollfd){ .fd = c->task_w, .events = POLLOUT };
@@ -857,9 +889,10 @@ static int chan_pump(lua_State *L) {
     for (int i = first_pid; i < nf; i++)
       if (fds[i].revents) died = 1;   /* drain first: its last results may be queued */
   }
-  lua_pushinteger(L, nev);
+  lua_pushinteger(L, nev[0]);
   lua_pushboolean(L, died);
-  return 2;
+  lua_pushinteger(L, nev[1]);
+  return 3;
 }
 
 /* ---- worker ----------------------------------------------------------- */

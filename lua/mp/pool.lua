@@ -447,16 +447,19 @@ local function handle_events(self, ev, n)
   end
 end
 
--- Runs fetch(chan, records, events, ...) and handles the events it reports.
+-- Runs fetch(chan, records, events, ...) and handles the events it reports;
+-- returns how many results came in and whether a worker died.
 local function take(self, fetch, ...)
   local d = self._depth + 1
   self._depth = d
   local ev = self._evs[d]
   if ev == nil then ev = {}; self._evs[d] = ev end
-  local n, died = fetch(self._chan, self._records, ev, ...)
+  -- quiet: apply_async results without callbacks, settled by the C side.
+  local n, died, quiet = fetch(self._chan, self._records, ev, ...)
+  self._inflight = self._inflight - quiet
   handle_events(self, ev, n)
   self._depth = d - 1
-  return n, died
+  return n + quiet, died
 end
 
 local function describe_exit(code)
