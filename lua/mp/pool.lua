@@ -764,9 +764,10 @@ local function submit(self, job)
   self._qt = self._qt + 1
   queue[self._qt] = job
   local queued = self._qt - self._qh + 1
-  -- Workers with enough to do: let small tasks gather into a batch (sent when
-  -- it is full, or at the next call that waits).
-  if job._nv ~= nil and self._inflight >= 2 * self._processes and queued % 64 ~= 0 then return end
+  -- Workers with enough to do: let small tasks gather (sent 256 at a time, a
+  -- few messages of up to 64, or at the next call that waits): per message, a
+  -- system call on each side and a worker's wakeup.
+  if job._nv ~= nil and self._inflight >= 2 * self._processes and queued % 256 ~= 0 then return end
   feed(self)
   -- A backed-up queue: make room by taking the results that are in.
   if self._qt >= self._qh then
