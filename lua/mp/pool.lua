@@ -248,7 +248,7 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._maxtasks = maxtasksperchild or 0
   self._state = RUN
   self._workers = {}
-  self._records = {}      -- task id --> {dest, offset, job=, chunk=}
+  self._records = {}      -- task id --> its record (see rkey)
   self._evs = {}          -- events tables, one per nesting depth (callbacks may call the pool)
   self._depth = 0
   self._queue = {}        -- jobs with chunks still to send, in submission order, from _qh
@@ -694,7 +694,7 @@ local function feed(self)
       queue[self._qh] = false
       self._qh = self._qh + 1
     end
-    if self._qh > self._qt then self._queue, self._qh, self._qt = {}, 1, 0; queue = self._queue end
+    if self._qh > self._qt then self._qh, self._qt = 1, 0 end   -- the same table: no new memory
     chan:commit()
     if added == 0 then return end
   end
