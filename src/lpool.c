@@ -589,6 +589,69 @@ static int chan_add_run(lua_State *L) {
   return 1;
 }
 
+/*
+** chan:add_applies(queue, k, kmax, first_id, records, limit) --> added, nextk
+** [, message]: adds the apply_async jobs queue[k..kmax] not sent yet (see AV
+** in pool.lua: [3] arguments, [4] function id, [5] its bytes; id 0 until
+** sent), at most limit of them, with ids from first_id; sets each one's id and
+** records[ring key] to it. Stops at a map job (nextk is its index), or at a
+** job whose arguments cannot be sent (nextk is its index, with the message).
+*/
+static int chan_add_applies(lua_State *L) {
+  chan *c = checkowner(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer k = luaL_checkinteger(L, 3), kmax = luaL_checkinteger(L, 4);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 5);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer limit = luaL_checkinteger(L, 7);
+  /* The layout add_task expects: arguments at 6, 7 and 8 kept, scratch from 9. */
+  lua_settop(L, 6);
+  lua_pushvalue(L, 6);                 /* 7: records */
+  lua_pushnil(L);                      /* 8: the job */
+  lua_Integer added = 0;
+  for (; k <= kmax && added < limit; k++) {
+    lua_settop(L, 8);
+    if (lua_rawgeti(L, 2, k) != LUA_TTABLE) continue;   /* dropped head entries are false */
+    lua_replace(L, 8);
+    if (lua_getfield(L, 8, "_nv") != LUA_TNUMBER) break;   /* a map job */
+    lua_getfield(L, 8, "id");
+    lua_Integer sent = lua_tointeger(L, -1);
+    lua_getfield(L, 8, "_ready");
+    int ready = lua_toboolean(L, -1);
+    if (sent != 0 || ready) continue;
+    lua_rawgeti(L, 8, 4);
+    uint32_t fn_id = (uint32_t)lua_tointeger(L, -1);
+    lua_rawgeti(L, 8, 5);              /* stays referenced by the job: fn stays valid */
+    size_t fn_len = 0;
+    const char *fn = lua_tolstring(L, -1, &fn_len);
+    lua_rawgeti(L, 8, 3);
+    if (fn == NULL || lua_type(L, -1) != LUA_TTABLE) return luaL_error(L, "pool: corrupt apply job");
+    lua_Integer n;
+    if (lua_getfield(L, -1, "n") == LUA_TNUMBER) n = lua_tointeger(L, -1);
+    else n = (lua_Integer)lua_rawlen(L, -2);
+    lua_pop(L, 1);
+    lua_replace(L, 6);
+    lua_settop(L, 8);
+    int raw = !lua_getmetatable(L, 6);
+    if (!raw) lua_pop(L, 1);
+    if (add_task(L, c, 'A', id, fn_id, fn, fn_len, raw, 1, n)) {
+      lua_pushinteger(L, added);
+      lua_pushinteger(L, k);
+      lua_rotate(L, -3, -1);           /* added, k, message */
+      return 3;
+    }
+    lua_pushinteger(L, (lua_Integer)id);
+    lua_setfield(L, 8, "id");
+    lua_pushvalue(L, 8);
+    lua_rawseti(L, 7, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
+    id++;
+    added++;
+  }
+  lua_pushinteger(L, added);
+  lua_pushinteger(L, k);
+  return 2;
+}
+
 /* chan:commit(): sends the batch (kept, and sent later, when the socket is full). */
 static int chan_commit(lua_State *L) {
   chan *c = checkowner(L);
@@ -1260,6 +1323,7 @@ void mp_pool_open(lua_State *L) {
     {"begin", chan_begin},
     {"add", chan_add},
     {"add_run", chan_add_run},
+    {"add_applies", chan_add_applies},
     {"commit", chan_commit},
     {"journal", chan_journal},
     {"idle", chan_idle},

@@ -661,20 +661,16 @@ local function feed(self)
       local job = queue[k]
       local src, i, j, offset
       if is_apply(job) then
-        if not sent_all(job) then
-          local id = self._next_id + 1
-          local args = job[3]
-          local ok, emsg = chan:add("A", id, job[4], job[5], args, 1, args.n or #args)
-          if ok == nil then
-            finish_apply(self, job, emsg)
-          else
-            self._next_id = id
-            job.id = id
-            records[rkey(id)] = job
-            self._inflight = self._inflight + 1
-            added = added + 1
-          end
+        -- The consecutive apply_async jobs from k, in one C call.
+        local got, nextk, emsg = chan:add_applies(queue, k, self._qt, self._next_id + 1, records, limit - added)
+        self._next_id = self._next_id + got
+        self._inflight = self._inflight + got
+        added = added + got
+        if emsg ~= nil then
+          finish_apply(self, queue[nextk], emsg)
+          nextk = nextk + 1
         end
+        k = nextk - 1          -- and the next job, below
       elseif job.run and not job.exhausted then
         added = added + add_run(self, job, min(limit - added, MAX_INFLIGHT - self._inflight))
       elseif not job.exhausted and not (job.window and job.chunks_sent - job.consumed >= job.window) then
