@@ -760,6 +760,46 @@ static int settle_apply(lua_State *L, int rec, int records, uint64_t id, uint32_
   return 1;
 }
 
+static lua_Integer field_int(lua_State *L, int t, const char *k) {
+  lua_getfield(L, t, k);
+  lua_Integer v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/*
+** A chunk of a run record (see pool.lua) done: its job's counters move here,
+** without an event for the Lua loop (nev[1] counts it), unless it completes
+** the job: then an 'F' event carries the job.
+*/
+static void settle_run(lua_State *L, int rec, int records, int events, int *nev,
+                       uint64_t id, lua_Integer skip) {
+  lua_rawgeti(L, rec, 2);
+  lua_Integer off = lua_tointeger(L, -1) + skip;
+  lua_pop(L, 1);
+  lua_Integer cs = field_int(L, rec, "cs");
+  lua_Integer stop = field_int(L, rec, "stop");
+  lua_Integer count = stop - off < cs ? stop - off : cs;
+  lua_getfield(L, rec, "job");
+  int job = lua_gettop(L);
+  lua_Integer done = field_int(L, job, "chunks_done") + 1;
+  lua_pushinteger(L, done);
+  lua_setfield(L, job, "chunks_done");
+  lua_pushinteger(L, field_int(L, job, "done") + count);
+  lua_setfield(L, job, "done");
+  lua_pushnil(L);
+  lua_rawseti(L, records, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
+  nev[1]++;
+  lua_getfield(L, job, "exhausted");
+  int exhausted = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (exhausted && done == field_int(L, job, "chunks_sent")) {
+    lua_pushvalue(L, job);
+    add_event(L, events, nev, id, 'F');
+  }
+  lua_settop(L, job - 1);
+}
+
 /* One result message: values into records[id][1] from offset records[id][2]. */
 static void take_result(lua_State *L, const char *p, size_t len, int records, int events, int *nev) {
   if (len < HDR) return;
@@ -817,6 +857,11 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
     q += glen;
   }
   lua_settop(L, dest - 1);
+  if (run) {
+    settle_run(L, rec, records, events, nev, id, skip);
+    lua_settop(L, rec - 1);
+    return;
+  }
   if (settle_apply(L, rec, records, id, got)) {
     nev[1]++;
     lua_settop(L, rec - 1);

@@ -408,7 +408,9 @@ local function handle_events(self, ev, n)
   for k = 0, n - 1 do
     local id, kind, x = ev[3 * k + 1], ev[3 * k + 2], ev[3 * k + 3]
     ev[3 * k + 3] = nil
-    if kind == "I" then
+    if kind == "F" then
+      finish(self, x)         -- a map job whose last chunk the C side settled
+    elseif kind == "I" then
       if not self._broken then
         self._broken = remote_error(x)
         fail_all(self, self._broken)
