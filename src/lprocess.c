@@ -123,7 +123,7 @@ static int handle_signal(lua_State *L) {
 /* handle:sentinel() --> an fd that polls readable once the process has ended */
 static int handle_sentinel(lua_State *L) {
   mp_child *c = check_handle(L)->c;
-  if (c->pidfd < 0) return luaL_error(L, "sentinel: pidfd_open is not supported by this kernel");
+  if (c->pidfd < 0) return luaL_error(L, "sentinel: this process has no sentinel");
   lua_pushinteger(L, c->pidfd);
   return 1;
 }

@@ -1078,14 +1078,16 @@ end
 function Pool:terminate()
   if self._owner ~= mypid or self._chan == nil then return end
   self._state = TERMINATE
+  --[[
+  SIGKILL, where Python sends SIGTERM: a worker inherits the parent's mp.signal
+  handlers, and one for SIGTERM would keep it alive (or, caught in the instant
+  after the fork, run the parent's handler there). SIGTERM's default action ends
+  a process just as abruptly, so nothing a worker could rely on is lost.
+  ]]
   for _, p in pairs(self._workers) do
-    if p.exitcode == nil then pcall(p.terminate, p) end
+    if p.exitcode == nil then pcall(p.kill, p) end
   end
-  local deadline = now() + 1
-  for _, p in pairs(self._workers) do
-    p:join(max(0, deadline - now()))
-    if p.exitcode == nil then pcall(p.kill, p); p:join() end
-  end
+  for _, p in pairs(self._workers) do p:join() end
   fail_all(self, classes.ProcessError("the pool was terminated before the task completed"))
   self:_shutdown()
 end

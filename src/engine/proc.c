@@ -1,3 +1,4 @@
+#define _GNU_SOURCE   /* pipe2 */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -31,6 +32,26 @@ static int open_pidfd(pid_t pid) {
   (void)pid;
   return -1;
 #endif
+}
+
+/*
+** Without pidfd_open (kernels before 5.3, valgrind 3.19) a child's sentinel is
+** the read end of a pipe whose only write end the child holds: it polls
+** readable (EOF) once the child has ended, as Python's sentinel does.
+*/
+static int pidfd_works = -1;        /* unknown until the first fork */
+static int own_sentinel_wfd = -1;   /* in a child: the write end that is its sentinel */
+
+static int pidfd_supported(void) {
+  if (pidfd_works < 0) {
+    /* MPLUA_NO_PIDFD=1 forces the pipe, so specs cover it on any kernel. */
+    const char *force = getenv("MPLUA_NO_PIDFD");
+    if (force != NULL && *force != '\0' && *force != '0') return pidfd_works = 0;
+    int fd = open_pidfd(getpid());
+    pidfd_works = fd >= 0;
+    if (fd >= 0) close(fd);
+  }
+  return pidfd_works;
 }
 
 static void unlink_child(mp_child *c) {
@@ -67,21 +88,37 @@ pid_t mp_fork(mp_child **out, int daemon) {
     if (atexit(mp_children_at_exit) != 0) { free(c); return -ENOMEM; }
     atexit_registered = 1;
   }
+  int sentinel[2] = { -1, -1 };
+  if (!pidfd_supported() && pipe2(sentinel, O_CLOEXEC) < 0) {
+    int err = errno;
+    free(c);
+    return -err;
+  }
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0) {
     int err = errno;
     free(c);
+    if (sentinel[0] >= 0) { close(sentinel[0]); close(sentinel[1]); }
     return -err;
   }
   if (pid == 0) {
     free(c);
+    /* Our parent's sentinel must not wait for us as well. */
+    if (own_sentinel_wfd >= 0) close(own_sentinel_wfd);
+    own_sentinel_wfd = sentinel[1];
+    if (sentinel[0] >= 0) close(sentinel[0]);
     reset_after_fork();
     return 0;
   }
   c->pid = pid;
   c->owner = getpid();
-  c->pidfd = open_pidfd(pid);
+  if (sentinel[0] >= 0) {
+    close(sentinel[1]);
+    c->pidfd = sentinel[0];
+  } else {
+    c->pidfd = open_pidfd(pid);
+  }
   c->daemon = daemon;
   c->has_handle = 1;
   c->next = children;

@@ -14,7 +14,8 @@
 typedef struct mp_child {
   pid_t pid;
   pid_t owner;            /* the process that forked it; only it may wait */
-  int pidfd;              /* readable once the child has ended; -1 if unsupported */
+  int pidfd;              /* readable once the child has ended: a pidfd, or a pipe's
+                             read end where pidfd_open is missing; -1 if neither */
   int daemon;             /* terminated, not waited for, when the owner exits */
   int done;               /* reaped: exitcode is valid */
   int exitcode;           /* exit status, or -signum */

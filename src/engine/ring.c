@@ -47,6 +47,7 @@ struct mp_ring_hdr {
   alignas(64) mp_olock rlock;           /* consumers, private */
   uint64_t rd_end;                      /* end of a streamed record being taken */
   uint64_t tail_seen;                   /* the tail when consumers last looked */
+  uint64_t punched;                     /* memory before this was given back (2 MiB aligned) */
   _Atomic uint64_t ndone;               /* JoinableQueue: task_done calls (unfinished = nput - ndone) */
 
   alignas(64) _Atomic uint64_t head;    /* published by consumers: start of the next record */
@@ -159,27 +160,42 @@ static void copy_out(mp_ring *r, uint64_t pos, char *dst, size_t n) {
 }
 
 /*
-** Gives the pages of every 2 MiB stretch that lies wholly before `to` back to
-** the kernel. Called by the consumer before it publishes the new head, while
-** producers still cannot write there. Small rings stay resident (hot).
+** Gives consumed memory back to the kernel, 2 MiB at a time, from the
+** consumers' watermark up to `upto` (a published head). A producer may
+** already write the next lap's image of a consumed stretch (positions up to
+** head + cap are free to it), so this runs holding the producers' lock, and a
+** stretch whose image the tail has reached is left alone: it is in use again.
+** Only tried, never waited for: if producers hold their lock, the next
+** crossing of a 2 MiB boundary tries again. The first stretch is the hot zone,
+** reused lap after lap: it stays. Small rings stay resident whole.
 */
-static void punch(mp_ring *r, uint64_t from, uint64_t to) {
+static void release_consumed(mp_ring *r, uint64_t upto) {
+  mp_ring_hdr *h = r->hdr;
   if (r->cap < 2 * PUNCH) return;
-  for (uint64_t c = from & ~(PUNCH - 1); c + PUNCH <= to; c += PUNCH) {
-    /* The first stretch is the hot zone, reused lap after lap: it stays. */
-    if ((c & (r->cap - 1)) != 0) madvise(r->data + (c & (r->cap - 1)), PUNCH, MADV_REMOVE);
+  uint64_t end = upto & ~(PUNCH - 1);
+  if (end <= h->punched) return;
+  int rc = mp_olock_try(&h->wlock);
+  if (rc == EBUSY) return;
+  if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);
+  uint64_t tail = atomic_load(&h->tail);
+  for (uint64_t c = h->punched; c < end; c += PUNCH) {
+    if ((c & (r->cap - 1)) != 0 && tail <= c + r->cap)
+      madvise(r->data + (c & (r->cap - 1)), PUNCH, MADV_REMOVE);
   }
+  h->punched = end;
+  mp_olock_release(&h->wlock);
 }
 
-/* Moves the head to `to`: frees consumed memory, publishes, wakes a waiting producer. */
+/* Moves the head to `to`: publishes, wakes a waiting producer, frees consumed memory. */
 static void advance_head(mp_ring *r, uint64_t from, uint64_t to) {
   mp_ring_hdr *h = r->hdr;
-  punch(r, from, to);
+  (void)from;
   atomic_store(&h->head, to);
   if (atomic_load(&h->writer_waiting) && atomic_exchange(&h->writer_waiting, 0)) {
     atomic_fetch_add(&h->space_seq, 1);
     mp_futex_wake(&h->space_seq, 1);
   }
+  if ((to & ~(PUNCH - 1)) > h->punched) release_consumed(r, to);
 }
 
 /* Publishes the tail, wakes a sleeping consumer and rings the doorbell for pollers. */
@@ -390,7 +406,9 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
       if (len == SKIP_MARK) {
         /* The producer wrapped early: nothing was written after the mark. */
         uint64_t next = (head | (r->cap - 1)) + 1;
-        advance_head(r, next, next);      /* publishes and wakes; nothing to punch */
+        release_consumed(r, head);        /* what this lap's walk consumed */
+        h->punched = next;                /* the skipped rest was not written */
+        advance_head(r, next, next);
         continue;
       }
       uint64_t total = rec_size(len);
