@@ -148,7 +148,9 @@ function AsyncResult:get(timeout)
   if timeout ~= nil and type(timeout) ~= "number" then
     argerror(1, "get", "number expected, got " .. type(timeout), 2)
   end
-  if not self:wait(timeout) then error(classes.TimeoutError("result not ready within the timeout"), 2) end
+  if not self._ready and not self:wait(timeout) then
+    error(classes.TimeoutError("result not ready within the timeout"), 2)
+  end
   if self._error ~= nil then error(self._error, 2) end
   local v = self._values
   if v == nil then return unpack(self, AV, AV - 1 + self._nv) end   -- apply: values inline
@@ -688,7 +690,14 @@ local function feed(self)
       end
     end
     -- Drop the finished jobs at the head (others leave when they reach it).
-    while self._qh <= self._qt and sent_all(queue[self._qh]) do
+    while self._qh <= self._qt do
+      local job = queue[self._qh]
+      -- sent_all(job), inline: this loop passes over every apply_async job
+      if job._nv ~= nil then
+        if job.id == 0 and not job._ready then break end
+      elseif not job.exhausted then
+        break
+      end
       queue[self._qh] = false
       self._qh = self._qh + 1
     end
@@ -901,23 +910,32 @@ apply_async(fn, args [, {callback=, error_callback=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
 ]]
 function Pool:apply_async(fn, args, opts, error_callback)
-  check_running(self, 2)
-  check_fn(fn, "apply_async", 2)
+  -- The common case (a running pool, a Lua function, no callbacks) tests inline.
+  if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, 2) end
+  if type(fn) ~= "function" then check_fn(fn, "apply_async", 2) end
   if args ~= nil and type(args) ~= "table" then
     argerror(2, "apply_async", "table of arguments expected, got " .. type(args), 2)
   end
   local callback
-  if type(opts) == "table" and not callable(opts) then
-    callback, error_callback = opts.callback, opts.error_callback
-  elseif opts ~= nil then
-    callback = opts
+  if opts ~= nil or error_callback ~= nil then
+    if type(opts) == "table" and not callable(opts) then
+      callback, error_callback = opts.callback, opts.error_callback
+    elseif opts ~= nil then
+      callback = opts
+    end
+    if callback ~= nil and not callable(callback) then argerror(3, "apply_async", "callback must be callable", 2) end
+    if error_callback ~= nil and not callable(error_callback) then
+      argerror(3, "apply_async", "error_callback must be callable", 2)
+    end
   end
-  if callback ~= nil and not callable(callback) then argerror(3, "apply_async", "callback must be callable", 2) end
-  if error_callback ~= nil and not callable(error_callback) then
-    argerror(3, "apply_async", "error_callback must be callable", 2)
+  local fn_id, fn_bytes
+  local e = self._fncache[fn]
+  if e and e.snap == nil then
+    fn_id, fn_bytes = e.id, e.bytes
+  else
+    fn_id, fn_bytes = fn_entry(self, fn)
+    if fn_id == nil then argerror(1, "apply_async", (tostring(fn_bytes):gsub("^function: ", "")), 2) end
   end
-  local fn_id, fn_bytes = fn_entry(self, fn)
-  if fn_id == nil then argerror(1, "apply_async", (tostring(fn_bytes):gsub("^function: ", "")), 2) end
   -- The layout is described at AV; fields only as needed, all in the constructor.
   local job
   if callback == nil and error_callback == nil then
@@ -929,7 +947,14 @@ function Pool:apply_async(fn, args, opts, error_callback)
       callback = callback, error_callback = error_callback }, AsyncResult)
   end
   job[1] = job
-  submit(self, job)
+  -- submit(), with its test for letting small tasks gather inline.
+  local qt = self._qt + 1
+  if self._inflight >= 2 * self._processes and (qt - self._qh + 1) % 256 ~= 0 then
+    self._qt = qt
+    self._queue[qt] = job
+  else
+    submit(self, job)
+  end
   return job
 end
 
