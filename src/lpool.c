@@ -590,6 +590,25 @@ static int chan_add_run(lua_State *L) {
 }
 
 /*
+** Raw access to the fields of task records and jobs: they are set in their
+** constructors, and an AsyncResult's metatable would make lua_getfield walk
+** its class chain for every absent one.
+*/
+static int rawfield(lua_State *L, int t, const char *k) {
+  t = lua_absindex(L, t);
+  lua_pushstring(L, k);
+  return lua_rawget(L, t);
+}
+
+/* t[k] = the value on top (popped), raw. */
+static void rawsetfield(lua_State *L, int t, const char *k) {
+  t = lua_absindex(L, t);
+  lua_pushstring(L, k);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
+/*
 ** chan:add_applies(queue, k, kmax, first_id, records, limit) --> added, nextk
 ** [, message]: adds the apply_async jobs queue[k..kmax] not sent yet (see AV
 ** in pool.lua: [3] arguments, [4] function id, [5] its bytes; id 0 until
@@ -613,10 +632,10 @@ static int chan_add_applies(lua_State *L) {
     lua_settop(L, 8);
     if (lua_rawgeti(L, 2, k) != LUA_TTABLE) continue;   /* dropped head entries are false */
     lua_replace(L, 8);
-    if (lua_getfield(L, 8, "_nv") != LUA_TNUMBER) break;   /* a map job */
-    lua_getfield(L, 8, "id");
+    if (rawfield(L, 8, "_nv") != LUA_TNUMBER) break;   /* a map job */
+    rawfield(L, 8, "id");
     lua_Integer sent = lua_tointeger(L, -1);
-    lua_getfield(L, 8, "_ready");
+    rawfield(L, 8, "_ready");
     int ready = lua_toboolean(L, -1);
     if (sent != 0 || ready) continue;
     lua_rawgeti(L, 8, 4);
@@ -628,7 +647,7 @@ static int chan_add_applies(lua_State *L) {
     if (fn == NULL || lua_type(L, -1) != LUA_TTABLE) return luaL_error(L, "pool: corrupt apply job");
     lua_Integer n;
     if (lua_getfield(L, -1, "n") == LUA_TNUMBER) n = lua_tointeger(L, -1);
-    else n = (lua_Integer)lua_rawlen(L, -2);
+    else n = luaL_len(L, -2);          /* as args.n or #args */
     lua_pop(L, 1);
     lua_replace(L, 6);
     lua_settop(L, 8);
@@ -641,7 +660,7 @@ static int chan_add_applies(lua_State *L) {
       return 3;
     }
     lua_pushinteger(L, (lua_Integer)id);
-    lua_setfield(L, 8, "id");
+    rawsetfield(L, 8, "id");
     lua_pushvalue(L, 8);
     lua_rawseti(L, 7, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
     id++;
@@ -742,15 +761,15 @@ static void push_error_values(lua_State *L, const char *p, const char *end) {
 ** the Lua side only counts it (nev[1]). Returns 1 when done.
 */
 static int settle_apply(lua_State *L, int rec, int records, uint64_t id, uint32_t got) {
-  if (lua_getfield(L, rec, "_nv") != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
+  if (rawfield(L, rec, "_nv") != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
   lua_pop(L, 1);
-  int t1 = lua_getfield(L, rec, "callback"), t2 = lua_getfield(L, rec, "error_callback");
+  int t1 = rawfield(L, rec, "callback"), t2 = rawfield(L, rec, "error_callback");
   lua_pop(L, 2);
   if (t1 != LUA_TNIL || t2 != LUA_TNIL) return 0;
   lua_pushinteger(L, (lua_Integer)got);
-  lua_setfield(L, rec, "_nv");
+  rawsetfield(L, rec, "_nv");
   lua_pushboolean(L, 1);
-  lua_setfield(L, rec, "_ready");
+  rawsetfield(L, rec, "_ready");
   lua_pushnil(L);
   lua_rawseti(L, rec, 3);
   lua_pushnil(L);
@@ -761,7 +780,7 @@ static int settle_apply(lua_State *L, int rec, int records, uint64_t id, uint32_
 }
 
 static lua_Integer field_int(lua_State *L, int t, const char *k) {
-  lua_getfield(L, t, k);
+  rawfield(L, t, k);
   lua_Integer v = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return v;
@@ -780,17 +799,17 @@ static void settle_run(lua_State *L, int rec, int records, int events, int *nev,
   lua_Integer cs = field_int(L, rec, "cs");
   lua_Integer stop = field_int(L, rec, "stop");
   lua_Integer count = stop - off < cs ? stop - off : cs;
-  lua_getfield(L, rec, "job");
+  rawfield(L, rec, "job");
   int job = lua_gettop(L);
   lua_Integer done = field_int(L, job, "chunks_done") + 1;
   lua_pushinteger(L, done);
-  lua_setfield(L, job, "chunks_done");
+  rawsetfield(L, job, "chunks_done");
   lua_pushinteger(L, field_int(L, job, "done") + count);
-  lua_setfield(L, job, "done");
+  rawsetfield(L, job, "done");
   lua_pushnil(L);
   lua_rawseti(L, records, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
   nev[1]++;
-  lua_getfield(L, job, "exhausted");
+  rawfield(L, job, "exhausted");
   int exhausted = lua_toboolean(L, -1);
   lua_pop(L, 1);
   if (exhausted && done == field_int(L, job, "chunks_sent")) {
@@ -819,16 +838,16 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
   }
   int rec = lua_gettop(L);
   /* A run record (run_last set) stands for tasks id..run_last, chunks of cs items. */
-  lua_getfield(L, rec, "id");
+  rawfield(L, rec, "id");
   uint64_t first = (uint64_t)lua_tointeger(L, -1);
-  lua_getfield(L, rec, "run_last");
+  rawfield(L, rec, "run_last");
   int run = lua_isinteger(L, -1);
   uint64_t last = run ? (uint64_t)lua_tointeger(L, -1) : first;
   lua_pop(L, 2);
   if (id < first || id > last) { lua_pop(L, 1); return; }
   lua_Integer skip = 0;
   if (run) {
-    lua_getfield(L, rec, "cs");
+    rawfield(L, rec, "cs");
     skip = (lua_Integer)(id - first) * lua_tointeger(L, -1);
     lua_pop(L, 1);
   }
