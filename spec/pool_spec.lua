@@ -74,6 +74,17 @@ describe("mp.Pool:map", function()
     pool:terminate()
   end)
 
+  it("runs each task's own function when many functions share a batch", function()
+    local fns = {}
+    for k = 1, 5 do fns[k] = function(x) return x * k end end   -- five encodings
+    local ars = {}
+    for i = 1, 2000 do ars[i] = pool:apply_async(fns[i % 5 + 1], { i }) end
+    for i = 1, 2000 do assert.equal(i * (i % 5 + 1), ars[i]:get(10)) end
+    local r = pool:map(fns[3], (function() local t = {} for i = 1, 1000 do t[i] = i end return t end)(), 1)
+    assert.equal(3000, r[1000])
+    pool:terminate()
+  end)
+
   it("uses the current upvalues of a function sent again", function()
     local k = 1
     local function f(x) return x + k end
