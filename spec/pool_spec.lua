@@ -74,6 +74,17 @@ describe("mp.Pool:map", function()
     pool:terminate()
   end)
 
+  it("runs each task's own function when many functions share a batch", function()
+    local fns = {}
+    for k = 1, 5 do fns[k] = function(x) return x * k end end   -- five encodings
+    local ars = {}
+    for i = 1, 2000 do ars[i] = pool:apply_async(fns[i % 5 + 1], { i }) end
+    for i = 1, 2000 do assert.equal(i * (i % 5 + 1), ars[i]:get(10)) end
+    local r = pool:map(fns[3], (function() local t = {} for i = 1, 1000 do t[i] = i end return t end)(), 1)
+    assert.equal(3000, r[1000])
+    pool:terminate()
+  end)
+
   it("uses the current upvalues of a function sent again", function()
     local k = 1
     local function f(x) return x + k end
@@ -386,6 +397,37 @@ describe("mp.Pool errors", function()
       end
     end
     unistd.close(r); unistd.close(w)
+  end)
+
+  it("a worker killed inside a chunksize-1 map fails only its chunk; every other chunk runs", function()
+    local r, w = unistd.pipe()
+    local dr, dw = unistd.pipe()
+    local pool <close> = mp.Pool(2)
+    local ar = pool:map_async(function(x)
+      if x == 150 then
+        unistd.write(w, mp.getpid() .. "\n")
+        mp.sleep(60)
+      end
+      unistd.write(dw, x .. "\n")
+      return x * 3
+    end, (function() local t = {} for i = 1, 400 do t[i] = i end return t end)(), 1)
+    local pid = tonumber(read_line(r))
+    signal.kill(pid, signal.SIGKILL)
+    local ok, err = pcall(ar.get, ar, 10)
+    assert.is_false(ok)
+    assert.is_true(mp.WorkerLostError:is(err), tostring(err))
+    -- The map fails at its first error; its other chunks still run, the
+    -- unstarted ones of the dead worker's batch sent again.
+    local got, seen = "", {}
+    local deadline = mp.time() + 10
+    while select(2, got:gsub("\n", "")) < 399 and mp.time() < deadline do
+      if poll.rpoll(dr, 100) == 1 then got = got .. assert(unistd.read(dr, 4096))
+      else pool:apply(function() end) end   -- the pool makes progress inside its calls
+    end
+    for x in got:gmatch("(%d+)\n") do seen[tonumber(x)] = true end
+    for i = 1, 400 do assert.equal(i ~= 150, seen[i] == true, "item " .. i) end
+    assert.same({ 1, 4, 9 }, list(pool:map(function(x) return x * x end, { 1, 2, 3 }, 1)))
+    unistd.close(r); unistd.close(w); unistd.close(dr); unistd.close(dw)
   end)
 
   it("survives workers killed at random moments: every task completes or is the one lost", function()

@@ -87,6 +87,7 @@ typedef struct chan {
   int nslots;
   char *slots;                /* MAP_SHARED, nslots * SLOT_SIZE bytes */
   uint32_t batch_n;           /* parent: tasks in the batch being built in out */
+  uint32_t batch_fn;          /* parent: the function id of the batch's last task */
   int *pidfds;                /* parent: each slot's worker sentinel, -1 when none */
   pbuf out;                   /* the message being built */
   pbuf stall;                 /* a task message the socket had no room for yet */
@@ -467,38 +468,31 @@ static int chan_begin(lua_State *L) {
 }
 
 /*
-** chan:add(kind, task_id, fn_id, fn_bytes, src, i, j) --> true, or nil and a
-** message when an item cannot be sent (returned, not raised, so that only the
-** job fails). 'M' and 'S' send src[i..j]; 'A' sends src[1..j] as one call's
-** arguments. Task ids within a batch are consecutive.
+** Appends one task (kind, id, fn, src[i..j]) to the batch being built. 'M'
+** and 'S' send src[i..j]; 'A' sends src[1..j] as one call's arguments. The
+** function's bytes are left out when the previous task of the batch had the
+** same function: the worker that runs this task has just run that one. Returns
+** 0, or 1 with a message on top when an item cannot be sent (the task is then
+** dropped from the batch). Stack: src at 6, scratch from 9.
 */
-static int chan_add(lua_State *L) {
-  chan *c = checkowner(L);
-  const char *kind = luaL_checkstring(L, 2);
-  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
-  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 5, &fn_len);
-  luaL_checktype(L, 6, LUA_TTABLE);
-  lua_Integer i = luaL_checkinteger(L, 7), j = luaL_checkinteger(L, 8);
-  lua_settop(L, 8);
-  int raw = !lua_getmetatable(L, 6);
-  if (!raw) lua_pop(L, 1);
+static int add_task(lua_State *L, chan *c, char kind, uint64_t id, uint32_t fn_id,
+                    const char *fn, size_t fn_len, int raw, lua_Integer i, lua_Integer j) {
   pbuf *b = &c->out;
   size_t entry = b->len;
   lua_Integer count = j - i + 1;
   if (count < 0) count = 0;
-  char *p = pbuf_reserve(L, b, 4 + HDR);
+  if (c->batch_n > 0 && c->batch_fn == fn_id) fn_len = 0;
+  char *p = pbuf_reserve(L, b, 4 + HDR + fn_len);
   memset(p, 0, 4 + HDR);
-  p[4] = kind[0];
+  p[4] = kind;
   put_u32(p + 8, fn_id);
   put_u64(p + 12, id);
   put_u32(p + 20, (uint32_t)fn_len);
   put_u32(p + 24, (uint32_t)count);
-  b->len += 4 + HDR;
-  pbuf_add(L, b, fn, fn_len);
-  int per = kind[0] == 'A' ? (int)(count > 0 ? count : 0) : GROUP;
-  if (kind[0] == 'A' && count == 0) add_group(L, b, 9, 0);
+  memcpy(p + 4 + HDR, fn, fn_len);
+  b->len += 4 + HDR + fn_len;
+  int per = kind == 'A' ? (int)(count > 0 ? count : 0) : GROUP;
+  if (kind == 'A' && count == 0) add_group(L, b, 9, 0);
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
@@ -518,9 +512,7 @@ static int chan_add(lua_State *L) {
         if (codec_status(L, &cc, lua_pcall(L, 3, 0, 0)) != LUA_OK) break;
       }
       if (lua_gettop(L) == 8) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
-      lua_pushnil(L);
-      lua_insert(L, -2);
-      return 2;
+      return 1;
     }
     lua_settop(L, 8);
     k += g;
@@ -528,9 +520,155 @@ static int chan_add(lua_State *L) {
   put_u32(b->data + entry, (uint32_t)(b->len - entry - 4));
   if (c->batch_n == 0) put_u64(b->data + 8, id);
   c->batch_n++;
+  c->batch_fn = fn_id;
   put_u32(b->data + 4, c->batch_n);
+  return 0;
+}
+
+/*
+** chan:add(kind, task_id, fn_id, fn_bytes, src, i, j) --> true, or nil and a
+** message when an item cannot be sent (returned, not raised, so that only the
+** job fails). Task ids within a batch are consecutive.
+*/
+static int chan_add(lua_State *L) {
+  chan *c = checkowner(L);
+  const char *kind = luaL_checkstring(L, 2);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
+  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
+  size_t fn_len;
+  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 7), j = luaL_checkinteger(L, 8);
+  lua_settop(L, 8);
+  int raw = !lua_getmetatable(L, 6);
+  if (!raw) lua_pop(L, 1);
+  if (add_task(L, c, kind[0], id, fn_id, fn, fn_len, raw, i, j)) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/*
+** chan:add_run(kind, first_id, fn_id, fn_bytes, src, i, stop, cs, nchunks)
+** --> chunks added [, message]: up to nchunks tasks of cs items each from
+** src[i..stop], ids first_id, first_id+1... One call for many small chunks:
+** the per-task cost stays in C. Stops at a chunk holding an item that cannot
+** be sent, with the message.
+*/
+static int chan_add_run(lua_State *L) {
+  chan *c = checkowner(L);
+  const char *kind = luaL_checkstring(L, 2);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
+  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
+  size_t fn_len;
+  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 7), stop = luaL_checkinteger(L, 8);
+  lua_Integer cs = luaL_checkinteger(L, 9), nchunks = luaL_checkinteger(L, 10);
+  luaL_argcheck(L, cs >= 1, 9, "chunksize must be at least 1");
+  lua_settop(L, 6);
+  lua_pushnil(L);                      /* 7, 8: the layout add_task expects */
+  lua_pushnil(L);
+  int raw = !lua_getmetatable(L, 6);
+  if (!raw) lua_pop(L, 1);
+  lua_Integer added = 0;
+  while (added < nchunks && i <= stop) {
+    lua_Integer j = i + cs - 1 < stop ? i + cs - 1 : stop;
+    if (add_task(L, c, kind[0], id + (uint64_t)added, fn_id, fn, fn_len, raw, i, j)) {
+      lua_pushinteger(L, added);
+      lua_insert(L, -2);
+      return 2;
+    }
+    added++;
+    i = j + 1;
+  }
+  lua_pushinteger(L, added);
+  return 1;
+}
+
+/*
+** Raw access to the fields of task records and jobs: they are set in their
+** constructors, and an AsyncResult's metatable would make lua_getfield walk
+** its class chain for every absent one.
+*/
+static int rawfield(lua_State *L, int t, const char *k) {
+  t = lua_absindex(L, t);
+  lua_pushstring(L, k);
+  return lua_rawget(L, t);
+}
+
+/* t[k] = the value on top (popped), raw. */
+static void rawsetfield(lua_State *L, int t, const char *k) {
+  t = lua_absindex(L, t);
+  lua_pushstring(L, k);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
+/*
+** chan:add_applies(queue, k, kmax, first_id, records, limit) --> added, nextk
+** [, message]: adds the apply_async jobs queue[k..kmax] not sent yet (see AV
+** in pool.lua: [3] arguments, [4] function id, [5] its bytes; id 0 until
+** sent), at most limit of them, with ids from first_id; sets each one's id and
+** records[ring key] to it. Stops at a map job (nextk is its index), or at a
+** job whose arguments cannot be sent (nextk is its index, with the message).
+*/
+static int chan_add_applies(lua_State *L) {
+  chan *c = checkowner(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer k = luaL_checkinteger(L, 3), kmax = luaL_checkinteger(L, 4);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 5);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer limit = luaL_checkinteger(L, 7);
+  /* The layout add_task expects: arguments at 6, 7 and 8 kept, scratch from 9. */
+  lua_settop(L, 6);
+  lua_pushvalue(L, 6);                 /* 7: records */
+  lua_pushnil(L);                      /* 8: the job */
+  lua_Integer added = 0;
+  for (; k <= kmax && added < limit; k++) {
+    lua_settop(L, 8);
+    if (lua_rawgeti(L, 2, k) != LUA_TTABLE) continue;   /* dropped head entries are false */
+    lua_replace(L, 8);
+    if (rawfield(L, 8, "_nv") != LUA_TNUMBER) break;   /* a map job */
+    rawfield(L, 8, "id");
+    lua_Integer sent = lua_tointeger(L, -1);
+    rawfield(L, 8, "_ready");
+    int ready = lua_toboolean(L, -1);
+    if (sent != 0 || ready) continue;
+    lua_rawgeti(L, 8, 4);
+    uint32_t fn_id = (uint32_t)lua_tointeger(L, -1);
+    lua_rawgeti(L, 8, 5);              /* stays referenced by the job: fn stays valid */
+    size_t fn_len = 0;
+    const char *fn = lua_tolstring(L, -1, &fn_len);
+    lua_rawgeti(L, 8, 3);
+    if (fn == NULL || lua_type(L, -1) != LUA_TTABLE) return luaL_error(L, "pool: corrupt apply job");
+    lua_Integer n;
+    if (lua_getfield(L, -1, "n") == LUA_TNUMBER) n = lua_tointeger(L, -1);
+    else n = luaL_len(L, -2);          /* as args.n or #args */
+    lua_pop(L, 1);
+    lua_replace(L, 6);
+    lua_settop(L, 8);
+    int raw = !lua_getmetatable(L, 6);
+    if (!raw) lua_pop(L, 1);
+    if (add_task(L, c, 'A', id, fn_id, fn, fn_len, raw, 1, n)) {
+      lua_pushinteger(L, added);
+      lua_pushinteger(L, k);
+      lua_rotate(L, -3, -1);           /* added, k, message */
+      return 3;
+    }
+    lua_pushinteger(L, (lua_Integer)id);
+    rawsetfield(L, 8, "id");
+    lua_pushvalue(L, 8);
+    lua_rawseti(L, 7, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
+    id++;
+    added++;
+  }
+  lua_pushinteger(L, added);
+  lua_pushinteger(L, k);
+  return 2;
 }
 
 /* chan:commit(): sends the batch (kept, and sent later, when the socket is full). */
@@ -617,6 +755,70 @@ static void push_error_values(lua_State *L, const char *p, const char *end) {
   }
 }
 
+/*
+** An apply_async job without callbacks (see AV in pool.lua: _nv set, [3] its
+** arguments, [5] its function's bytes) is settled here, without an event:
+** the Lua side only counts it (nev[1]). Returns 1 when done.
+*/
+static int settle_apply(lua_State *L, int rec, int records, uint64_t id, uint32_t got) {
+  if (rawfield(L, rec, "_nv") != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
+  lua_pop(L, 1);
+  int t1 = rawfield(L, rec, "callback"), t2 = rawfield(L, rec, "error_callback");
+  lua_pop(L, 2);
+  if (t1 != LUA_TNIL || t2 != LUA_TNIL) return 0;
+  lua_pushinteger(L, (lua_Integer)got);
+  rawsetfield(L, rec, "_nv");
+  lua_pushboolean(L, 1);
+  rawsetfield(L, rec, "_ready");
+  lua_pushnil(L);
+  lua_rawseti(L, rec, 3);
+  lua_pushnil(L);
+  lua_rawseti(L, rec, 5);
+  lua_pushnil(L);
+  lua_rawseti(L, records, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
+  return 1;
+}
+
+static lua_Integer field_int(lua_State *L, int t, const char *k) {
+  rawfield(L, t, k);
+  lua_Integer v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/*
+** A chunk of a run record (see pool.lua) done: its job's counters move here,
+** without an event for the Lua loop (nev[1] counts it), unless it completes
+** the job: then an 'F' event carries the job.
+*/
+static void settle_run(lua_State *L, int rec, int records, int events, int *nev,
+                       uint64_t id, lua_Integer skip) {
+  lua_rawgeti(L, rec, 2);
+  lua_Integer off = lua_tointeger(L, -1) + skip;
+  lua_pop(L, 1);
+  lua_Integer cs = field_int(L, rec, "cs");
+  lua_Integer stop = field_int(L, rec, "stop");
+  lua_Integer count = stop - off < cs ? stop - off : cs;
+  rawfield(L, rec, "job");
+  int job = lua_gettop(L);
+  lua_Integer done = field_int(L, job, "chunks_done") + 1;
+  lua_pushinteger(L, done);
+  rawsetfield(L, job, "chunks_done");
+  lua_pushinteger(L, field_int(L, job, "done") + count);
+  rawsetfield(L, job, "done");
+  lua_pushnil(L);
+  lua_rawseti(L, records, (lua_Integer)((id - 1) & (POOL_RING - 1)) + 1);
+  nev[1]++;
+  rawfield(L, job, "exhausted");
+  int exhausted = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (exhausted && done == field_int(L, job, "chunks_sent")) {
+    lua_pushvalue(L, job);
+    add_event(L, events, nev, id, 'F');
+  }
+  lua_settop(L, job - 1);
+}
+
 /* One result message: values into records[id][1] from offset records[id][2]. */
 static void take_result(lua_State *L, const char *p, size_t len, int records, int events, int *nev) {
   if (len < HDR) return;
@@ -635,14 +837,24 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
     return;
   }
   int rec = lua_gettop(L);
-  lua_getfield(L, rec, "id");
-  int mine = (uint64_t)lua_tointeger(L, -1) == id;
-  lua_pop(L, 1);
-  if (!mine) { lua_pop(L, 1); return; }
+  /* A run record (run_last set) stands for tasks id..run_last, chunks of cs items. */
+  rawfield(L, rec, "id");
+  uint64_t first = (uint64_t)lua_tointeger(L, -1);
+  rawfield(L, rec, "run_last");
+  int run = lua_isinteger(L, -1);
+  uint64_t last = run ? (uint64_t)lua_tointeger(L, -1) : first;
+  lua_pop(L, 2);
+  if (id < first || id > last) { lua_pop(L, 1); return; }
+  lua_Integer skip = 0;
+  if (run) {
+    rawfield(L, rec, "cs");
+    skip = (lua_Integer)(id - first) * lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
   lua_rawgeti(L, rec, 1);
   int dest = lua_gettop(L);
   lua_rawgeti(L, rec, 2);
-  lua_Integer at = lua_tointeger(L, -1);
+  lua_Integer at = lua_tointeger(L, -1) + skip;
   lua_pop(L, 1);
   uint32_t got = 0;
   while (end - q >= 8 && got < count) {
@@ -662,6 +874,17 @@ static void take_result(lua_State *L, const char *p, size_t len, int records, in
     for (int k = n; k >= 1; k--) lua_rawseti(L, dest, at + got + k);
     got += (uint32_t)n;
     q += glen;
+  }
+  lua_settop(L, dest - 1);
+  if (run) {
+    settle_run(L, rec, records, events, nev, id, skip);
+    lua_settop(L, rec - 1);
+    return;
+  }
+  if (settle_apply(L, rec, records, id, got)) {
+    nev[1]++;
+    lua_settop(L, rec - 1);
+    return;
   }
   lua_settop(L, rec - 1);
   lua_pushinteger(L, got);
@@ -698,10 +921,12 @@ static int chan_journal(lua_State *L) {
   if (used > JCAP) used = 0;
   char *j = journal_of(s);
   j[0] = 'K';
-  int nev = 0;
-  take_entries(L, j, CHDR + used, 2, 3, &nev);
-  lua_pushinteger(L, nev);
-  return 1;
+  int nev[2] = { 0, 0 };
+  take_entries(L, j, CHDR + used, 2, 3, nev);
+  lua_pushinteger(L, nev[0]);
+  lua_pushboolean(L, 0);
+  lua_pushinteger(L, nev[1]);
+  return 3;
 }
 
 /* Reads every result message available now. Returns 0 or an errno. */
@@ -759,13 +984,13 @@ static int chan_pump(lua_State *L) {
   luaL_checktype(L, 3, LUA_TTABLE);
   double deadline = mp_optdeadline(L, 4);
   lua_settop(L, 3);
-  int nev = 0, died = 0;
+  int nev[2] = { 0, 0 }, died = 0;
   struct pollfd fds[1 + 4096 + 1];
   for (;;) {
     if (c->task_w >= 0) flush_stall(L, c);
-    int err = drain(L, c, 2, 3, &nev);
+    int err = drain(L, c, 2, 3, nev);
     if (err) return mp_raise_errno(L, err, "pool: receiving results");
-    if (nev > 0 || died) break;
+    if (nev[0] > 0 || nev[1] > 0 || died) break;
     int nf = 0;
     fds[nf++] = (struct pollfd){ .fd = c->res_r, .events = POLLIN };
     if (c->stalled && c->task_w >= 0) fds[nf++] = (struct pollfd){ .fd = c->task_w, .events = POLLOUT };
@@ -791,9 +1016,10 @@ static int chan_pump(lua_State *L) {
     for (int i = first_pid; i < nf; i++)
       if (fds[i].revents) died = 1;   /* drain first: its last results may be queued */
   }
-  lua_pushinteger(L, nev);
+  lua_pushinteger(L, nev[0]);
   lua_pushboolean(L, died);
-  return 2;
+  lua_pushinteger(L, nev[1]);
+  return 3;
 }
 
 /* ---- worker ----------------------------------------------------------- */
@@ -923,6 +1149,12 @@ static void run_task(lua_State *L, chan *c, const char *m, size_t len, int cache
   if ((size_t)(end - p) < fn_len) luaL_error(L, "pool: corrupt task message");
   if (lua_rawgeti(L, cache, fn_id) == LUA_TNIL) {
     lua_pop(L, 1);
+    if (fn_len == 0) {         /* sent without bytes: the previous task's function, which failed */
+      lua_pushliteral(L, "cannot receive the task's function: not sent");
+      error_result(L, c, id, lua_gettop(L));
+      lua_settop(L, base);
+      return;
+    }
     if (protected_decode(L, p, fn_len) != LUA_OK) {
       lua_pushfstring(L, "cannot receive the task's function: %s", lua_tostring(L, -1));
       error_result(L, c, id, lua_gettop(L));
@@ -1154,6 +1386,8 @@ void mp_pool_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"begin", chan_begin},
     {"add", chan_add},
+    {"add_run", chan_add_run},
+    {"add_applies", chan_add_applies},
     {"commit", chan_commit},
     {"journal", chan_journal},
     {"idle", chan_idle},

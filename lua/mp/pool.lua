@@ -31,12 +31,58 @@ C side computes the same index and checks rec.id): keys stay small and dense,
 so the table keeps an array part instead of rehashing as ids grow.
 ]]
 local RING = 65536
+
+--[[
+An apply_async job is one small table: the job, its task record and its
+AsyncResult at once. Array part: [1] itself (where its values go), [2] the
+offset (values land at [AV..]), [3] the arguments, [4] the function's id, [5]
+its bytes; hash part: _pool, _ready, id (0 until sent), _nv. A task in flight
+costs memory the pool touches (page faults are dear here): four hash fields,
+and an array already sized for the first value.
+]]
+local AV = 6
+local function is_apply(rec) return rec._nv ~= nil end
+-- A queued job with nothing left to send.
+local function sent_all(job)
+  if job._nv ~= nil then return job.id ~= 0 or job._ready end
+  return job.exhausted
+end
 local MAX_INFLIGHT = RING - 1024
 local function rkey(id) return ((id - 1) & (RING - 1)) + 1 end
+
+--[[
+A run record stands for the consecutive tasks id..run_last of a map job,
+chunks of cs items from offset [2] (the last one may be short, ending at
+offset stop): one table for many small tasks. Its ring entries all point to
+it until each task settles. The rare paths (a task's error, a dead worker,
+resending) first split the task out into a record of its own.
+]]
+local function run_part(rec, id)
+  local off = rec[2] + (id - rec.id) * rec.cs
+  return off, min(rec.cs, rec.stop - off)
+end
+
+local function split(records, id, rec)
+  local off, count = run_part(rec, id)
+  local r = { rec[1], off, job = rec.job, start = off + 1, count = count, id = id }
+  records[rkey(id)] = r
+  return r
+end
+
+-- The record of task id (split out of its run), or nil when settled.
 local function rget(records, id)
   local rec = records[rkey(id)]
-  if rec and rec.id == id then return rec end
+  if rec == nil then return nil end
+  local last = rec.run_last
+  if last then
+    if id >= rec.id and id <= last then return split(records, id, rec) end
+  elseif rec.id == id then
+    return rec
+  end
 end
+
+-- The task id of ring key k holding rec.
+local function key_id(rec, k) return rec.id + ((k - rkey(rec.id)) % RING) end
 
 local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
@@ -102,10 +148,12 @@ function AsyncResult:get(timeout)
   if timeout ~= nil and type(timeout) ~= "number" then
     argerror(1, "get", "number expected, got " .. type(timeout), 2)
   end
-  if not self:wait(timeout) then error(classes.TimeoutError("result not ready within the timeout"), 2) end
+  if not self._ready and not self:wait(timeout) then
+    error(classes.TimeoutError("result not ready within the timeout"), 2)
+  end
   if self._error ~= nil then error(self._error, 2) end
   local v = self._values
-  if v == nil then return unpack(self, 3, 2 + self._nv) end   -- apply: values inline
+  if v == nil then return unpack(self, AV, AV - 1 + self._nv) end   -- apply: values inline
   return unpack(v, 1, v.n)
 end
 
@@ -202,7 +250,7 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._maxtasks = maxtasksperchild or 0
   self._state = RUN
   self._workers = {}
-  self._records = {}      -- task id --> {dest, offset, job=, chunk=}
+  self._records = {}      -- task id --> its record (see rkey)
   self._evs = {}          -- events tables, one per nesting depth (callbacks may call the pool)
   self._depth = 0
   self._queue = {}        -- jobs with chunks still to send, in submission order, from _qh
@@ -276,20 +324,16 @@ local function new_job(self, kind, fn, fname, level)
 end
 
 -- A job's first error wins; its result (if any) is then complete.
---[[
-An apply_async job is one small table: the job, its task record and its
-AsyncResult at once (see apply_async). Its values land in [3..]; this settles
-it with them (err nil) or with an error, and runs its callback.
-]]
+-- Settles an apply_async job with its values (err nil) or an error; runs its callback.
 local function finish_apply(self, ar, err)
   if ar._ready then return end
   ar._ready = true
-  ar.src, ar.fn_bytes = nil, nil
+  ar[3], ar[5] = nil, nil
   local cb
   if err ~= nil then ar._error, cb = err, ar.error_callback else cb = ar.callback end
   if cb ~= nil then
     local ok, cerr
-    if err == nil then ok, cerr = pcall(cb, unpack(ar, 3, 2 + ar._nv))
+    if err == nil then ok, cerr = pcall(cb, unpack(ar, AV, AV - 1 + ar._nv))
     else ok, cerr = pcall(cb, err) end
     -- A callback that raises fails this result only.
     if not ok then ar._error = cerr end
@@ -323,7 +367,7 @@ local function job_complete(job)
 end
 
 local function fail_chunk(self, rec, err)
-  if rec.kind == "A" then return finish_apply(self, rec, err) end
+  if is_apply(rec) then return finish_apply(self, rec, err) end
   local job = rec.job
   job.chunks_done = job.chunks_done + 1
   job.done = job.done + rec.count
@@ -340,21 +384,23 @@ end
 
 -- Fails everything outstanding (initializer failure, terminate).
 local function fail_all(self, err)
-  for id, rec in pairs(self._records) do
-    self._records[id] = nil      -- id is the ring key here
+  local records = self._records
+  for k, rec in pairs(records) do
+    if rec.run_last then rec = split(records, key_id(rec, k), rec) end
+    records[k] = nil
     fail_chunk(self, rec, err)
   end
   self._inflight = 0
   self._resend = {}
   for k = self._qh, self._qt do
     local job = self._queue[k]
-    if job.kind == "A" then
-      if not job.exhausted then finish_apply(self, job, err) end
+    if is_apply(job) then
+      if not sent_all(job) then finish_apply(self, job, err) end
     else
       if job.error == nil then job.error = err end
       if job.chunks_done == job.chunks_sent then finish(self, job) end
+      job.exhausted = true
     end
-    job.exhausted = true
   end
   self._queue, self._qh, self._qt = {}, 1, 0
 end
@@ -364,23 +410,36 @@ local function handle_events(self, ev, n)
   for k = 0, n - 1 do
     local id, kind, x = ev[3 * k + 1], ev[3 * k + 2], ev[3 * k + 3]
     ev[3 * k + 3] = nil
-    if kind == "I" then
+    if kind == "F" then
+      finish(self, x)         -- a map job whose last chunk the C side settled
+    elseif kind == "I" then
       if not self._broken then
         self._broken = remote_error(x)
         fail_all(self, self._broken)
       end
     else
-      local rec = rget(records, id)
+      local key = rkey(id)
+      local rec = records[key]
+      local count
       if rec ~= nil then
-        records[rkey(id)] = nil
+        local last = rec.run_last
+        if last then
+          if id < rec.id or id > last then rec = nil
+          elseif kind ~= "R" then rec = split(records, id, rec); count = rec.count
+          else local _; _, count = run_part(rec, id) end
+        elseif rec.id ~= id then rec = nil
+        else count = rec.count end
+      end
+      if rec ~= nil then
+        records[key] = nil
         self._inflight = self._inflight - 1
-        if kind == "R" and rec.kind == "A" then
+        if kind == "R" and is_apply(rec) then
           rec._nv = x
           finish_apply(self, rec, nil)
         elseif kind == "R" then
           local job = rec.job
           job.chunks_done = job.chunks_done + 1
-          job.done = job.done + rec.count
+          job.done = job.done + count
           rec.settled = true
           if job.ready_list then job.ready_list[#job.ready_list + 1] = rec end
           if job_complete(job) then finish(self, job) end
@@ -392,16 +451,19 @@ local function handle_events(self, ev, n)
   end
 end
 
--- Runs fetch(chan, records, events, ...) and handles the events it reports.
+-- Runs fetch(chan, records, events, ...) and handles the events it reports;
+-- returns how many results came in and whether a worker died.
 local function take(self, fetch, ...)
   local d = self._depth + 1
   self._depth = d
   local ev = self._evs[d]
   if ev == nil then ev = {}; self._evs[d] = ev end
-  local n, died = fetch(self._chan, self._records, ev, ...)
+  -- quiet: apply_async results without callbacks, settled by the C side.
+  local n, died, quiet = fetch(self._chan, self._records, ev, ...)
+  self._inflight = self._inflight - quiet
   handle_events(self, ev, n)
   self._depth = d - 1
-  return n, died
+  return n + quiet, died
 end
 
 local function describe_exit(code)
@@ -517,6 +579,33 @@ local function add_task(self, job, src, i, j, offset)
 end
 
 --[[
+Adds up to `want` chunks of a map job (a table source, results in a list) to
+the batch in one C call, under one run record. Returns the chunks added.
+]]
+local function add_run(self, job, want)
+  local first, off, cs = self._next_id + 1, job.sent, job.chunksize
+  local got, emsg = self._chan:add_run(job.kind, first, job.fn_id, job.fn_bytes, job.src, off + 1, job.n, cs, want)
+  if got > 0 then
+    local last, stop = first + got - 1, min(off + got * cs, job.n)
+    self._next_id = last
+    local rec = { job.dest, off, job = job, id = first, run_last = last, cs = cs, stop = stop }
+    local records = self._records
+    for id = first, last do records[rkey(id)] = rec end
+    self._inflight = self._inflight + got
+    job.sent = stop
+    job.chunks_sent = job.chunks_sent + got
+  end
+  if emsg ~= nil then
+    -- An item that cannot be sent fails the job (and only it).
+    if job.error == nil then job.error = emsg end
+    job.exhausted = true
+  elseif job.sent >= job.n then
+    job.exhausted = true
+  end
+  return got
+end
+
+--[[
 Tasks per message. Small backlogs go one task per message, so that idle
 workers share them out; a large backlog of small tasks goes in batches (up
 to 64), which saves system calls on both sides. A worker's slot names its
@@ -527,7 +616,7 @@ local function batch_limit(self)
   local queue = self._queue
   local head = queue[self._qh]
   local backlog = self._qt - self._qh
-  if head and head.src and head.kind ~= "A" then
+  if head and head.src then
     backlog = backlog + ceil((head.n - head.sent) / head.chunksize)
   elseif head and head.iter then
     backlog = backlog + head.window - (head.chunks_sent - head.consumed)
@@ -548,8 +637,9 @@ local function feed(self)
     rec.resending = nil
     if records[rkey(rec.id)] == rec then
       local ok, emsg
-      if rec.kind == "A" then
-        ok, emsg = chan:add("A", rec.id, rec.fn_id, rec.fn_bytes, rec.src, 1, rec.n)
+      if is_apply(rec) then
+        local args = rec[3]
+        ok, emsg = chan:add("A", rec.id, rec[4], rec[5], args, 1, args.n or #args)
       else
         local job = rec.job
         if rec.items then
@@ -574,39 +664,44 @@ local function feed(self)
     while added < limit and k <= self._qt do
       local job = queue[k]
       local src, i, j, offset
-      if job.kind == "A" then
-        if not job.exhausted then
-          job.exhausted = true
-          local id = self._next_id + 1
-          local ok, emsg = chan:add("A", id, job.fn_id, job.fn_bytes, job.src, 1, job.n)
-          if ok == nil then
-            finish_apply(self, job, emsg)
-          else
-            self._next_id = id
-            job.id = id
-            records[rkey(id)] = job
-            self._inflight = self._inflight + 1
-            added = added + 1
-          end
+      if is_apply(job) then
+        -- The consecutive apply_async jobs from k, in one C call.
+        local got, nextk, emsg = chan:add_applies(queue, k, self._qt, self._next_id + 1, records, limit - added)
+        self._next_id = self._next_id + got
+        self._inflight = self._inflight + got
+        added = added + got
+        if emsg ~= nil then
+          finish_apply(self, queue[nextk], emsg)
+          nextk = nextk + 1
         end
+        k = nextk - 1          -- and the next job, below
+      elseif job.run and not job.exhausted then
+        added = added + add_run(self, job, min(limit - added, MAX_INFLIGHT - self._inflight))
       elseif not job.exhausted and not (job.window and job.chunks_sent - job.consumed >= job.window) then
         src, i, j, offset = next_chunk(job)
       end
       if src ~= nil and add_task(self, job, src, i, j, offset) then added = added + 1 end
-      if job.kind ~= "A" and job.exhausted and not job.dequeued then
+      if job.exhausted and not job.dequeued then
         job.dequeued = true
         if job_complete(job) then finish(self, job) end
       end
-      if job.exhausted or src == nil then
+      if src == nil or job.exhausted then
         k = k + 1          -- done, or waiting for its consumer: try the next job
       end
     end
     -- Drop the finished jobs at the head (others leave when they reach it).
-    while self._qh <= self._qt and queue[self._qh].exhausted do
+    while self._qh <= self._qt do
+      local job = queue[self._qh]
+      -- sent_all(job), inline: this loop passes over every apply_async job
+      if job._nv ~= nil then
+        if job.id == 0 and not job._ready then break end
+      elseif not job.exhausted then
+        break
+      end
       queue[self._qh] = false
       self._qh = self._qh + 1
     end
-    if self._qh > self._qt then self._queue, self._qh, self._qt = {}, 1, 0; queue = self._queue end
+    if self._qh > self._qt then self._qh, self._qt = 1, 0 end   -- the same table: no new memory
     chan:commit()
     if added == 0 then return end
   end
@@ -627,7 +722,9 @@ local function recover_lost(self)
   end
   -- A worker sends its results before its slot shows idle: take those first.
   repeat local n = take(self, chan.pump, 0) until n == 0
-  for _, rec in pairs(self._records) do
+  local records = self._records
+  for k, rec in pairs(records) do
+    if rec.run_last then rec = split(records, key_id(rec, k), rec) end
     if not rec.resending then
       rec.resending = true
       self._resend[#self._resend + 1] = rec
@@ -674,9 +771,10 @@ local function submit(self, job)
   self._qt = self._qt + 1
   queue[self._qt] = job
   local queued = self._qt - self._qh + 1
-  -- Workers with enough to do: let small tasks gather into a batch (sent when
-  -- it is full, or at the next call that waits).
-  if job.kind == "A" and self._inflight >= 2 * self._processes and queued % 64 ~= 0 then return end
+  -- Workers with enough to do: let small tasks gather (sent 256 at a time, a
+  -- few messages of up to 64, or at the next call that waits): per message, a
+  -- system call on each side and a worker's wakeup.
+  if job._nv ~= nil and self._inflight >= 2 * self._processes and queued % 256 ~= 0 then return end
   feed(self)
   -- A backed-up queue: make room by taking the results that are in.
   if self._qt >= self._qh then
@@ -730,6 +828,7 @@ local function map_job(self, kind, fn, iterable, opts, fname, level)
   job.dest = job.results
   job.callback, job.error_callback = o.callback, o.error_callback
   job.progress = o.progress
+  job.run = true                        -- chunks travel under run records (add_run)
   if n == 0 then job.exhausted = true end
   return job
 end
@@ -811,35 +910,51 @@ apply_async(fn, args [, {callback=, error_callback=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
 ]]
 function Pool:apply_async(fn, args, opts, error_callback)
-  check_running(self, 2)
-  check_fn(fn, "apply_async", 2)
+  -- The common case (a running pool, a Lua function, no callbacks) tests inline.
+  if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, 2) end
+  if type(fn) ~= "function" then check_fn(fn, "apply_async", 2) end
   if args ~= nil and type(args) ~= "table" then
     argerror(2, "apply_async", "table of arguments expected, got " .. type(args), 2)
   end
   local callback
-  if type(opts) == "table" and not callable(opts) then
-    callback, error_callback = opts.callback, opts.error_callback
-  elseif opts ~= nil then
-    callback = opts
+  if opts ~= nil or error_callback ~= nil then
+    if type(opts) == "table" and not callable(opts) then
+      callback, error_callback = opts.callback, opts.error_callback
+    elseif opts ~= nil then
+      callback = opts
+    end
+    if callback ~= nil and not callable(callback) then argerror(3, "apply_async", "callback must be callable", 2) end
+    if error_callback ~= nil and not callable(error_callback) then
+      argerror(3, "apply_async", "error_callback must be callable", 2)
+    end
   end
-  if callback ~= nil and not callable(callback) then argerror(3, "apply_async", "callback must be callable", 2) end
-  if error_callback ~= nil and not callable(error_callback) then
-    argerror(3, "apply_async", "error_callback must be callable", 2)
+  local fn_id, fn_bytes
+  local e = self._fncache[fn]
+  if e and e.snap == nil then
+    fn_id, fn_bytes = e.id, e.bytes
+  else
+    fn_id, fn_bytes = fn_entry(self, fn)
+    if fn_id == nil then argerror(1, "apply_async", (tostring(fn_bytes):gsub("^function: ", "")), 2) end
   end
-  local fn_id, fn_bytes = fn_entry(self, fn)
-  if fn_id == nil then argerror(1, "apply_async", (tostring(fn_bytes):gsub("^function: ", "")), 2) end
-  args = args or {}
-  --[[
-  One small table is the job, its task record and the AsyncResult: [1] is
-  where the values go (itself) and [2] the offset, so they land in [3..]. A
-  task in flight costs memory the pool touches (page faults are dear here):
-  only the fields it needs, all in the constructor.
-  ]]
-  local job = setmetatable({ false, 2, _pool = self, _ready = false, _nv = 0, kind = "A", id = 0,
-    exhausted = false, fn_id = fn_id, fn_bytes = fn_bytes, src = args, n = args.n or #args,
-    callback = callback, error_callback = error_callback }, AsyncResult)
+  -- The layout is described at AV; fields only as needed, all in the constructor.
+  local job
+  if callback == nil and error_callback == nil then
+    job = setmetatable({ false, AV - 1, args or {}, fn_id, fn_bytes, false,
+      _pool = self, _ready = false, id = 0, _nv = 0 }, AsyncResult)
+  else
+    job = setmetatable({ false, AV - 1, args or {}, fn_id, fn_bytes, false,
+      _pool = self, _ready = false, id = 0, _nv = 0,
+      callback = callback, error_callback = error_callback }, AsyncResult)
+  end
   job[1] = job
-  submit(self, job)
+  -- submit(), with its test for letting small tasks gather inline.
+  local qt = self._qt + 1
+  if self._inflight >= 2 * self._processes and (qt - self._qh + 1) % 256 ~= 0 then
+    self._qt = qt
+    self._queue[qt] = job
+  else
+    submit(self, job)
+  end
   return job
 end
 
