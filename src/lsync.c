@@ -43,7 +43,6 @@ static const prim_class LOCK_C = {LOCK_T}, RLOCK_C = {RLOCK_T}, SEM_C = {SEM_T},
 typedef struct prim_ud {
   const prim_class *cls;                /* first: what check_prim reads */
   void *shm;                            /* NULL once collected */
-  const void *obj;                      /* its object table (see wrap) */
   uint32_t owner;                       /* the creating process: only it frees */
 } prim_ud;
 
@@ -62,44 +61,17 @@ static void *collected(lua_State *L, const char *tname) {
   return NULL;
 }
 
-/* Whether the value at idx is a primitive of class c (or c2, which may be NULL). */
-static inline prim_ud *test_prim(lua_State *L, int idx, const prim_class *c, const prim_class *c2) {
-  prim_ud *p = lua_touserdata(L, idx);
-  /*
-  ** lua_rawlen is 0 for anything but a full userdata (a light userdata could
-  ** point anywhere) and the block's size for one, so the class word is only
-  ** read inside a block at least as large as prim_ud. Only this file's
-  ** constructors write a pointer to a prim_class there.
-  */
-  if (p == NULL || lua_rawlen(L, idx) < sizeof(prim_ud) || (p->cls != c && (c2 == NULL || p->cls != c2)))
-    return NULL;
-  return p;
-}
-
 /*
-** The primitive a method works on, of class c (or c2), else a type error.
-**
-** A primitive is a table (see wrap) holding its userdata at [1] and its hot
-** methods as C closures with that userdata as upvalue 1. Called so with the
-** table itself as self (`l:acquire()`, or `acquire(l)` with the method in a
-** local) the check is one pointer comparison. Otherwise (another self, or the
-** unbound functions of the class's method table, where upvalue 1 is a
-** metatable, not a userdata) self is checked and replaced by its userdata, so
-** the functions read their other arguments from 2 on either way.
+** The primitive at argument 1 when its class is `c` (or `c2`, which may be
+** NULL), else a type error. lua_rawlen is 0 for anything but a full userdata
+** (a light userdata could point anywhere) and the block's size for one, so the
+** class word is only read inside a block at least as large as prim_ud. Only
+** this file's constructors write a pointer to a prim_class there.
 */
 static inline prim_ud *check_prim(lua_State *L, const prim_class *c, const prim_class *c2) {
-  prim_ud *p = lua_touserdata(L, lua_upvalueindex(1));
-  if (p == NULL || lua_topointer(L, 1) != p->obj) {
-    if (lua_type(L, 1) == LUA_TTABLE) {
-      lua_rawgeti(L, 1, 1);
-      p = test_prim(L, -1, c, c2);
-      if (p == NULL) lua_pop(L, 1);
-      else lua_replace(L, 1);
-    } else {
-      p = test_prim(L, 1, c, c2);
-    }
-    if (p == NULL) mp_typeerror(L, 1, c->tname);
-  }
+  prim_ud *p = lua_touserdata(L, 1);
+  if (p == NULL || lua_rawlen(L, 1) < sizeof(prim_ud) || (p->cls != c && (c2 == NULL || p->cls != c2)))
+    mp_typeerror(L, 1, c->tname);
   /* Only reachable from another object's finalizer, but never a NULL dereference. */
   if (p->shm == NULL) return collected(L, c->tname);
   return p;
@@ -112,34 +84,11 @@ static void *new_prim(lua_State *L, size_t size, const prim_class *c) {
   prim_ud *u = mp_newudata(L, size, c->tname);
   u->cls = c;
   u->shm = NULL;
-  u->obj = NULL;
   u->owner = mp_self_pid();
   void *shm = mp_shm_alloc(SLOT);
   if (shm == NULL) mp_raise_errno(L, errno, "cannot allocate shared memory");
   u->shm = shm;
   return u;
-}
-
-/*
-** Replaces the userdata on top by its object: a table with the userdata at [1],
-** the methods in `hot` as closures bound to it (see check_prim), and class c's
-** object metatable (__index: the class's methods, __tostring, __name). The
-** userdata keeps its own metatable, with __gc.
-*/
-static void wrap(lua_State *L, const prim_class *c, const luaL_Reg *hot, int nhot) {
-  prim_ud *u = lua_touserdata(L, -1);
-  lua_createtable(L, 1, nhot);
-  u->obj = lua_topointer(L, -1);
-  lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, 1);
-  for (; hot->name != NULL; hot++) {
-    lua_pushvalue(L, -2);
-    lua_pushcclosure(L, hot->func, 1);
-    lua_setfield(L, -2, hot->name);
-  }
-  lua_rawgetp(L, LUA_REGISTRYINDEX, c);
-  lua_setmetatable(L, -2);
-  lua_replace(L, -2);
 }
 
 /* __gc for all of them: one idempotent function. */
@@ -223,29 +172,10 @@ static int mutex_release(lua_State *L, lock_ud *u) {
   return 0;
 }
 
-static int lock_acquire(lua_State *L);
-static int lock_release(lua_State *L);
-static int rlock_acquire(lua_State *L);
-static int rlock_release(lua_State *L);
-
-static const luaL_Reg lock_hot[] = {{"acquire", lock_acquire}, {"release", lock_release}, {NULL, NULL}};
-static const luaL_Reg rlock_hot[] = {{"acquire", rlock_acquire}, {"release", rlock_release}, {NULL, NULL}};
-
 static int lock_new(lua_State *L, int recursive) {
   lock_ud *u = new_prim(L, sizeof *u, recursive ? &RLOCK_C : &LOCK_C);
   u->recursive = recursive;
-  if (recursive) wrap(L, &RLOCK_C, rlock_hot, 2);
-  else wrap(L, &LOCK_C, lock_hot, 2);
   return 1;
-}
-
-/* The Lock or RLock at idx (its object, or its userdata), or NULL. */
-static lock_ud *test_lock(lua_State *L, int idx) {
-  if (lua_type(L, idx) == LUA_TTABLE) lua_rawgeti(L, idx, 1);
-  else lua_pushvalue(L, idx);
-  lock_ud *u = (lock_ud *)test_prim(L, -1, &LOCK_C, &RLOCK_C);
-  lua_pop(L, 1);
-  return u;
 }
 
 static int core_lock(lua_State *L) { return lock_new(L, 0); }
@@ -254,7 +184,7 @@ static int core_rlock(lua_State *L) { return lock_new(L, 1); }
 void mp_sync_new_lock(lua_State *L, int recursive) { lock_new(L, recursive); }
 
 int mp_sync_is_lock(lua_State *L, int arg) {
-  return test_lock(L, arg) != NULL;
+  return luaL_testudata(L, arg, LOCK_T) != NULL || luaL_testudata(L, arg, RLOCK_T) != NULL;
 }
 
 /* lock:acquire([block [, timeout]]) --> true [, "owner died"] | false */
@@ -313,10 +243,6 @@ static int rlock_owner(lua_State *L) { return mutex_owner(L, check_self(L, &RLOC
 
 /* ---- Semaphore and BoundedSemaphore ----------------------------------------- */
 
-static int sem_acquire(lua_State *L);
-static int sem_release(lua_State *L);
-static const luaL_Reg sem_hot[] = {{"acquire", sem_acquire}, {"release", sem_release}, {NULL, NULL}};
-
 /* Semaphore([value]) or Semaphore{value = n} */
 static int sem_new(lua_State *L, int bounded) {
   if (lua_istable(L, 1)) {
@@ -331,7 +257,6 @@ static int sem_new(lua_State *L, int bounded) {
   atomic_store(&s->value, (uint32_t)value);
   s->bounded = bounded;
   s->max = (uint32_t)value;
-  wrap(L, bounded ? &BSEM_C : &SEM_C, sem_hot, 2);
   return 1;
 }
 
@@ -387,6 +312,11 @@ static int sem_tostring(lua_State *L) {
 
 /* ---- Event ------------------------------------------------------------------- */
 
+static int core_event(lua_State *L) {
+  new_prim(L, sizeof(prim_ud), &EVENT_C);
+  return 1;
+}
+
 static mp_event *check_event(lua_State *L) {
   return ((prim_ud *)check_self(L, &EVENT_C))->shm;
 }
@@ -411,16 +341,6 @@ static int event_wait(lua_State *L) {
   return 1;
 }
 
-static int core_event(lua_State *L) {
-  static const luaL_Reg hot[] = {
-    {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set}, {"wait", event_wait},
-    {NULL, NULL}
-  };
-  new_prim(L, sizeof(prim_ud), &EVENT_C);
-  wrap(L, &EVENT_C, hot, 4);
-  return 1;
-}
-
 static int event_tostring(lua_State *L) {
   lua_pushstring(L, mp_event_is_set(check_event(L)) ? "Event(set)" : "Event(unset)");
   return 1;
@@ -428,13 +348,15 @@ static int event_tostring(lua_State *L) {
 
 /* ---- Condition ------------------------------------------------------------------ */
 
-/* Condition([lock]) or Condition{lock = l}: an mp.Lock or mp.RLock, by default a new RLock. */
-static int cond_acquire(lua_State *L);
-static int cond_release(lua_State *L);
+static lock_ud *test_lock(lua_State *L, int arg) {
+  lock_ud *u = luaL_testudata(L, arg, LOCK_T);
+  if (u == NULL) u = luaL_testudata(L, arg, RLOCK_T);
+  return u;
+}
 
+/* Condition([lock]) or Condition{lock = l}: an mp.Lock or mp.RLock, by default a new RLock. */
 static int core_condition(lua_State *L) {
-  static const luaL_Reg hot[] = {{"acquire", cond_acquire}, {"release", cond_release}, {NULL, NULL}};
-  if (lua_istable(L, 1) && test_lock(L, 1) == NULL) {
+  if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "lock");
     lua_replace(L, 1);
   }
@@ -448,7 +370,6 @@ static int core_condition(lua_State *L) {
   u->lock = lock;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
-  wrap(L, &COND_C, hot, 2);
   return 1;
 }
 
@@ -558,20 +479,6 @@ static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
-/* Registers the metatable of class c's objects (see wrap), from its userdata's metatable. */
-static void object_class(lua_State *L, const prim_class *c) {
-  luaL_getmetatable(L, c->tname);
-  lua_createtable(L, 0, 3);
-  lua_getfield(L, -2, "__index");
-  lua_setfield(L, -2, "__index");
-  lua_getfield(L, -2, "__tostring");
-  lua_setfield(L, -2, "__tostring");
-  lua_pushstring(L, c->tname);
-  lua_setfield(L, -2, "__name");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, c);
-  lua_pop(L, 1);
-}
-
 void mp_sync_open(lua_State *L) {
   static const luaL_Reg lock_methods[] = {
     {"acquire", lock_acquire}, {"release", lock_release}, {"owner", lock_owner}, {NULL, NULL}
@@ -623,7 +530,5 @@ void mp_sync_open(lua_State *L) {
   lua_pushnil(L);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 3);
-  static const prim_class *const classes[] = {&LOCK_C, &RLOCK_C, &SEM_C, &BSEM_C, &COND_C, &EVENT_C};
-  for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++) object_class(L, classes[i]);
   luaL_setfuncs(L, funcs, 0);
 }
