@@ -13,6 +13,30 @@ local ranges = {
 }
 
 describe("mp.Value", function()
+  it("raises a clean error for a self of the wrong type", function()
+    local v, a = mp.Value("i", 1), mp.Array("i", 4)
+    local vmt, amt = getmetatable(v), getmetatable(a)
+    for _, bad in ipairs({ io.stdout, mp.Lock(), a, 42, "value", {} }) do
+      assert.has_error(function() v.add(bad, 1) end)
+      assert.has_error(function() v.compare_and_swap(bad, 1, 2) end)
+      assert.has_error(function() vmt.__index(bad, "value") end)
+      assert.has_error(function() vmt.__newindex(bad, "value", 1) end)
+      assert.has_error(function() vmt.__tostring(bad) end)
+    end
+    for _, bad in ipairs({ io.stdout, mp.Lock(), v, 42, {} }) do
+      assert.has_error(function() amt.__index(bad, 1) end)
+      assert.has_error(function() amt.__newindex(bad, 1, 1) end)
+      assert.has_error(function() a.tolist(bad) end)
+    end
+    local ok, err = pcall(v.add, io.stdout, 1)
+    assert.matches("mp.Value expected, got", err)
+    assert.is_false(ok)
+    assert.equal(1, v.value)
+    assert.equal(3, v:add(2))
+    assert.is_nil(v.nothing)
+    assert.is_function(v.add)
+  end)
+
   for code, r in pairs(ranges) do
     it("typecode '" .. code .. "' holds its range and rejects what does not fit", function()
       local v = mp.Value(code)

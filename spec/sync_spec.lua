@@ -72,6 +72,35 @@ describe("mp.Lock", function()
     l:release()
   end)
 
+  it("raises a clean error for a self of the wrong type, never touching it", function()
+    -- Methods check self by a class word inside the block: foreign and smaller
+    -- userdata, other primitives, Values and non-userdata are all refused.
+    local objs = { Lock = mp.Lock(), RLock = mp.RLock(), Semaphore = mp.Semaphore(),
+                   BoundedSemaphore = mp.BoundedSemaphore(), Event = mp.Event(),
+                   Condition = mp.Condition() }
+    local strangers = { io.stdout, mp.Value("q", 7), mp.Array("d", 100), 42, "s", {}, false }
+    for name, obj in pairs(objs) do
+      for mname, fn in pairs(getmetatable(obj).__index) do
+        if type(fn) == "function" and mname ~= "hold" and mname ~= "with" and mname ~= "wait_for" then
+          for _, bad in ipairs(strangers) do
+            local ok, err = pcall(fn, bad)
+            assert.is_false(ok, name .. "." .. mname)
+            assert.matches("bad argument #1 to '.-' %(mp%.%a+ expected, got .-%)", err)
+          end
+          for other, o in pairs(objs) do
+            local same = other == name or (name == "Semaphore" and other == "BoundedSemaphore")
+              or (name == "BoundedSemaphore" and other == "Semaphore")
+            if not same then
+              local ok, err = pcall(fn, o)
+              assert.is_false(ok, name .. "." .. mname .. "(" .. other .. ")")
+              assert.matches("expected, got", err)
+            end
+          end
+        end
+      end
+    end
+  end)
+
   it("keeps the balance exact in 10 of 10 runs of the locked deposit/withdraw example", function()
     local function deposit(balance, lock)
       for _ = 1, 1000 do lock:acquire(); balance.value = balance.value + 1; lock:release() end

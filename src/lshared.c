@@ -38,7 +38,20 @@ static const typeinfo types[] = {
   {'f', 4, K_FLOAT}, {'d', 8, K_FLOAT}, {'c', 1, K_CHAR}, {0, 0, 0}
 };
 
+/*
+** The first word of every Value or Array userdata points at one of these, so
+** the methods check the type of `self` by reading one word (see check_shared)
+** instead of fetching and comparing the metatable.
+*/
+typedef struct shared_class {
+  const char *tname;
+  const char *name;                     /* for messages */
+} shared_class;
+
+static const shared_class VALUE_C = {VALUE_T, "Value"}, ARRAY_C = {ARRAY_T, "Array"};
+
 typedef struct shared_ud {
+  const shared_class *cls;    /* first: what check_shared reads */
   char *data;                 /* NULL once collected */
   size_t n;                   /* elements (1 for a Value) */
   size_t bytes;               /* allocated size */
@@ -182,13 +195,14 @@ static void set_elem(lua_State *L, const typeinfo *t, char *p, int idx, int arg)
 
 /* ---- Construction ------------------------------------------------------------ */
 
-static shared_ud *new_shared(lua_State *L, const char *tname, const typeinfo *t, size_t n) {
+static shared_ud *new_shared(lua_State *L, const shared_class *c, const typeinfo *t, size_t n) {
   shared_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
+  u->cls = c;
   u->data = NULL;
   u->n = 0;
   u->owner = mp_self_pid();
   u->t = t;
-  luaL_setmetatable(L, tname);
+  luaL_setmetatable(L, c->tname);
   size_t bytes = n * t->size;
   char *data = mp_shm_alloc(bytes);
   if (data == NULL) mp_raise_errno(L, errno, "cannot allocate shared memory");
@@ -235,7 +249,7 @@ static int value_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
   lua_settop(L, 3);
   const typeinfo *t = check_typecode(L, 1);
-  shared_ud *u = new_shared(L, VALUE_T, t, 1);
+  shared_ud *u = new_shared(L, &VALUE_C, t, 1);
   int top = lua_gettop(L);
   if (!lua_isnoneornil(L, 2)) set_elem(L, t, u->data, 2, 2);
   lua_settop(L, top);
@@ -266,7 +280,7 @@ static int array_new(lua_State *L, int raw) {
   } else {
     return luaL_typeerror(L, 2, t->kind == K_CHAR ? "size, table or string" : "size or table");
   }
-  shared_ud *u = new_shared(L, ARRAY_T, t, n);
+  shared_ud *u = new_shared(L, &ARRAY_C, t, n);
   if (type == LUA_TTABLE) {
     for (size_t i = 0; i < n; i++) {
       lua_geti(L, 2, (lua_Integer)i + 1);
@@ -306,24 +320,34 @@ static int shared_get_lock(lua_State *L) {
 
 /* ---- Value ------------------------------------------------------------------- */
 
-static shared_ud *check_value(lua_State *L) {
-  shared_ud *u = mp_checkself(L, 1, VALUE_T);
-  if (u->data == NULL) luaL_error(L, "Value is collected");
+/*
+** The object at argument 1 when its class is `c`, else a type error.
+** lua_rawlen is 0 for anything but a full userdata (a light userdata could
+** point anywhere) and the block's size for one, so the class word is only read
+** inside a block at least as large as shared_ud; only new_shared writes a
+** pointer to a shared_class there.
+*/
+static inline shared_ud *check_shared(lua_State *L, const shared_class *c) {
+  shared_ud *u = lua_touserdata(L, 1);
+  if (u == NULL || lua_rawlen(L, 1) < sizeof(shared_ud) || u->cls != c) mp_typeerror(L, 1, c->tname);
+  if (u->data == NULL) luaL_error(L, "%s is collected", c->name);
   return u;
 }
 
+static shared_ud *check_value(lua_State *L) { return check_shared(L, &VALUE_C); }
+
 /*
-** __index: upvalue 2 is the methods table, upvalue 3 the string "value". A
-** method lookup touches no object memory, so only `.value` pays for the check.
+** __index: upvalue 2 is the methods table, where "value" maps to false. One
+** raw lookup serves both a method (returned as is) and `.value` (the false
+** marker), and a method lookup touches no object memory, so only `.value`
+** pays for the type check.
 */
 static int value_index(lua_State *L) {
-  if (lua_rawequal(L, 2, lua_upvalueindex(3))) {
+  lua_settop(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TBOOLEAN) {
     shared_ud *u = check_value(L);
     push_elem(L, u->t, u->data);
-    return 1;
   }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(2));
   return 1;
 }
 
@@ -414,11 +438,7 @@ static int value_tostring(lua_State *L) {
 
 /* ---- Array -------------------------------------------------------------------- */
 
-static shared_ud *check_array(lua_State *L) {
-  shared_ud *u = mp_checkself(L, 1, ARRAY_T);
-  if (u->data == NULL) luaL_error(L, "Array is collected");
-  return u;
-}
+static shared_ud *check_array(lua_State *L) { return check_shared(L, &ARRAY_C); }
 
 static size_t check_index(lua_State *L, shared_ud *u) {
   int isint;
@@ -531,8 +551,7 @@ static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
   luaL_setfuncs(L, methods, 1);
   lua_pushvalue(L, -2);
   lua_pushvalue(L, -2);
-  lua_pushliteral(L, "value");
-  lua_pushcclosure(L, index, 3);
+  lua_pushcclosure(L, index, 2);
   lua_setfield(L, -3, "__index");
   lua_setfield(L, -2, "methods");   /* for the Lua half to add methods */
   lua_pop(L, 1);
@@ -559,6 +578,11 @@ void mp_shared_open(lua_State *L) {
     {"RawArray", core_raw_array}, {NULL, NULL}
   };
   new_class(L, VALUE_T, value_methods, value_meta, value_index);
+  luaL_getmetatable(L, VALUE_T);
+  lua_getfield(L, -1, "methods");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "value");     /* the marker value_index looks for */
+  lua_pop(L, 2);
   new_class(L, ARRAY_T, array_methods, array_meta, array_index);
   luaL_setfuncs(L, funcs, 0);
 }
