@@ -158,6 +158,16 @@ function H.run_script(source, opts)
   return result
 end
 
+-- Raises unless f(...) raises an error object of class cls (mp.Empty...); returns the error.
+function H.raises(cls, f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok, "expected an error")
+  if not cls:is(err) then
+    error("expected " .. tostring(cls.__name or cls) .. ", got " .. tostring(err), 2)
+  end
+  return err
+end
+
 -- Starts fn(...) in a new mp.Process and returns it (join it with H.join).
 function H.spawn(fn, ...)
   local p = require("mp").Process{ target = fn, args = table.pack(...) }

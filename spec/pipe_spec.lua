@@ -2,12 +2,7 @@ local mp = require "mp"
 local H = require "helper"
 local poll = require "posix.poll"
 
-local function raises(cls, f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(cls:is(err), "expected " .. tostring(cls) .. ", got " .. tostring(err))
-  return err
-end
+local raises = H.raises
 
 describe("mp.Pipe", function()
   it("is duplex by default: both ends send and receive", function()

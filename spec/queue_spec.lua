@@ -2,13 +2,7 @@ local mp = require "mp"
 local H = require "helper"
 local signal = require "posix.signal"
 
--- Raises unless f() raises an error object of class cls; returns the error.
-local function raises(cls, f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(cls:is(err), "expected " .. tostring(cls) .. ", got " .. tostring(err))
-  return err
-end
+local raises = H.raises
 
 -- Polls /proc until process pid sleeps in a futex wait (it is blocked in get/put).
 local function blocked_in_futex(pid, timeout)
