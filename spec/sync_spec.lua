@@ -238,51 +238,41 @@ describe("mp.Lock", function()
     assert.is_true(l:acquire(false)); l:release()
   end)
 
-  it("is interrupted by a signal handler while blocked", function()
-    local r = H.run_script([[
+  --[[
+  A script that blocks in acquire while a child sends it `sig` once it sleeps
+  there (its /proc state is S), then prints what acquire raised.
+  ]]
+  local function blocked_acquire_script(sig, setup)
+    return ([[
+      local mp = mp or require "mp"
       local l = mp.Lock()
       l:acquire()
-      mp.signal("SIGUSR1", function() error("got SIGUSR1") end)
+      %s
       local me = mp.getpid()
       local p = mp.Process{ target = function()
-        -- Wait until the parent sleeps in acquire, then signal it.
         for _ = 1, 1000 do
           local f = io.open("/proc/" .. me .. "/stat")
           local s = f:read("a"); f:close()
-          if s:match("%) S ") then break end
+          if s:match("%%) S ") then break end
           mp.sleep(0.01)
         end
-        mp.kill(me, "SIGUSR1")
+        mp.kill(me, "%s")
       end }
       p:start()
       local ok, err = pcall(l.acquire, l)
       print(ok, err)
       p:join(10)
-    ]])
+    ]]):format(setup or "", sig)
+  end
+
+  it("is interrupted by a signal handler while blocked", function()
+    local r = H.run_script(blocked_acquire_script("SIGUSR1",
+      [[mp.signal("SIGUSR1", function() error("got SIGUSR1") end)]]))
     assert.equal(0, r.status, r.stderr)
     assert.matches("^false\t.*got SIGUSR1\n$", r.stdout)
   end)
 
-  -- A script that blocks in acquire while a child sends it SIGINT.
-  local ctrl_c_script = [[
-      local mp = mp or require "mp"
-      local l = mp.Lock()
-      l:acquire()
-      local me = mp.getpid()
-      local p = mp.Process{ target = function()
-        for _ = 1, 1000 do
-          local f = io.open("/proc/" .. me .. "/stat")
-          local s = f:read("a"); f:close()
-          if s:match("%) S ") then break end
-          mp.sleep(0.01)
-        end
-        mp.kill(me, "SIGINT")
-      end }
-      p:start()
-      local ok, err = pcall(l.acquire, l)
-      print(ok, err)
-      p:join(10)
-  ]]
+  local ctrl_c_script = blocked_acquire_script("SIGINT")
 
   it("lets Ctrl-C (lua.c's SIGINT hook) interrupt a blocked acquire", function()
     local r = H.run_script(ctrl_c_script, { program = H.lua, env = lua_env(), timeout = 20 })
