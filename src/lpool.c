@@ -47,6 +47,7 @@
 #include "mp_aux.h"
 #include "serial.h"
 #include "engine/clock.h"
+#include "engine/identity.h"
 
 #define CHAN_T "mp.PoolChannel"
 #define SMALL_MAX (32 * 1024)
@@ -1075,7 +1076,7 @@ static void error_result(lua_State *L, chan *c, uint64_t id, int errv) {
     lua_pushstring(L, m ? m : "unknown error");
     lua_pushnil(L);
   }
-  lua_pushinteger(L, getpid());
+  lua_pushinteger(L, mp_self_pid());
   if (protected_group(L, b, top + 1) != LUA_OK) {
     lua_settop(L, top);
     header(L, b, 'E', 0, id, 0, 0);

@@ -11,6 +11,7 @@
 
 #include "mp_aux.h"
 #include "mp_signal.h"
+#include "engine/identity.h"
 #include "engine/proc.h"
 
 #define CHILD_T "mp.ChildHandle"
@@ -102,7 +103,7 @@ static int handle_poll(lua_State *L) {
 static int handle_wait(lua_State *L) {
   mp_child *c = check_handle(L)->c;
   double deadline = mp_optdeadline(L, 2);
-  if (c->owner != getpid()) return luaL_error(L, "can only join a child process");
+  if (c->owner != (pid_t)mp_self_pid()) return luaL_error(L, "can only join a child process");
   int rc;
   while ((rc = mp_child_wait(c, deadline)) == EINTR)
     mp_check_interrupt(L);
@@ -114,7 +115,7 @@ static int handle_wait(lua_State *L) {
 static int handle_signal(lua_State *L) {
   mp_child *c = check_handle(L)->c;
   int sig = mp_checksignal(L, 2);
-  if (c->owner != getpid()) return luaL_error(L, "can only signal a child process");
+  if (c->owner != (pid_t)mp_self_pid()) return luaL_error(L, "can only signal a child process");
   int err = mp_child_signal(c, sig);
   if (err) return mp_raise_errno(L, err, "kill");
   return 0;
@@ -147,7 +148,7 @@ static int core_child_exit(lua_State *L) {
 }
 
 static int core_getpid(lua_State *L) {
-  lua_pushinteger(L, getpid());
+  lua_pushinteger(L, mp_self_pid());
   return 1;
 }
 

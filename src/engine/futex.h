@@ -20,4 +20,13 @@ int mp_futex_wait(_Atomic uint32_t *addr, uint32_t expected, double deadline);
 /* Wakes up to n waiters (INT32_MAX for all). */
 void mp_futex_wake(_Atomic uint32_t *addr, int n);
 
+/* One pause of a spin loop before a futex wait (cheap for the sibling hyperthread). */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 #endif

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "identity.h"
+
 typedef struct mp_olock {
   _Atomic uint32_t word;    /* 0 free, else owner pid | MP_OLOCK_WAITERS */
   _Atomic uint64_t tag;     /* owner's start time << 22 | pid, written after the CAS */
@@ -22,8 +24,6 @@ typedef struct mp_olock {
 
 #define MP_OLOCK_WAITERS 0x80000000u
 
-/* This process's pid, cached (kept right across fork by an atfork handler). */
-pid_t mp_self_pid(void);
 
 /*
 ** Takes the lock, waiting until `deadline` (mp_now() seconds, INFINITY for
@@ -41,7 +41,5 @@ void mp_olock_release(mp_olock *l);
 /* True when the lock is held by a process that no longer exists. */
 int mp_olock_owner_dead(mp_olock *l);
 
-/* Whether process `pid` (started at `start` clock ticks, 0 if unknown) is gone. */
-int mp_pid_dead(pid_t pid, uint64_t start);
 
 #endif

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "identity.h"
 #include "proc.h"
 
 /*
@@ -112,7 +113,7 @@ pid_t mp_fork(mp_child **out, int daemon) {
     return 0;
   }
   c->pid = pid;
-  c->owner = getpid();
+  c->owner = (pid_t)mp_self_pid();
   if (sentinel[0] >= 0) {
     close(sentinel[1]);
     c->pidfd = sentinel[0];
@@ -136,7 +137,7 @@ static void record_status(mp_child *c, int status) {
 
 int mp_child_poll(mp_child *c) {
   if (c->done) return 1;
-  if (c->owner != getpid()) return 0;
+  if (c->owner != (pid_t)mp_self_pid()) return 0;
   int status;
   pid_t r;
   do r = waitpid(c->pid, &status, WNOHANG); while (r < 0 && errno == EINTR);
@@ -183,7 +184,7 @@ int mp_child_signal(mp_child *c, int sig) {
 }
 
 void mp_child_release(mp_child *c) {
-  if (c->owner != getpid()) {
+  if (c->owner != (pid_t)mp_self_pid()) {
     /* An entry inherited through fork: this process's list never held it. */
     free_child(c);
     return;

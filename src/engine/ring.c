@@ -226,14 +226,6 @@ static void publish_tail(mp_ring *r, uint64_t to) {
 */
 #define SPIN_ROUNDS 1000   /* about 50 us here (a pause is ~50 ns) */
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 /* Whether a producer holding wlock may write a record of `total` bytes now. */
 static int room_for(mp_ring *r, uint64_t total) {
   mp_ring_hdr *h = r->hdr;

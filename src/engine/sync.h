@@ -17,26 +17,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-/*
-** Who this process is, for lock ownership: its pid, and a tag that adds the
-** process start time (pid | starttime << 22; pids are below 2^22 on Linux),
-** so that a dead owner's pid reused by a new process is not taken for the owner.
-** Cached; a fork handler clears the cache in the child.
-*/
-extern uint32_t mp_sync_pid;
-extern uint64_t mp_sync_tag;
-void mp_sync_identify(void);
-
-static inline uint32_t mp_self_pid(void) {
-  if (__builtin_expect(mp_sync_pid == 0, 0)) mp_sync_identify();
-  return mp_sync_pid;
-}
+#include "identity.h"
 
 /* ---- Mutex: Lock and RLock ---------------------------------------------- */
 
 #define MP_MUTEX_WAITERS 0x80000000u
-#define MP_PID_BITS 22
-#define MP_PID_MASK ((1u << MP_PID_BITS) - 1)
 
 /*
 ** `state` is 0 when free, else the owner's pid, with MP_MUTEX_WAITERS set when
@@ -58,7 +43,7 @@ static inline int mp_mutex_tryfast(mp_mutex *m) {
   uint32_t me = mp_self_pid();
   if (atomic_compare_exchange_strong_explicit(&m->state, &expected, me,
                                               memory_order_acquire, memory_order_relaxed)) {
-    atomic_store_explicit(&m->tag, mp_sync_tag, memory_order_relaxed);
+    atomic_store_explicit(&m->tag, mp_self_tag(), memory_order_relaxed);
     return 1;
   }
   return 0;
