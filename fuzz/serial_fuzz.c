@@ -108,15 +108,21 @@ static void init(void) {
 }
 
 
-static int reencode(lua_State *l) {
-  int n = lua_gettop(l);
+/*
+** Encodes the n values at 1..n, then decodes the message, which must give n
+** values back. Leaves the message at n + 1 and the decoded values above it.
+*/
+static void encode_decode(lua_State *l, int n) {
   mp_wbuf *b = mp_serial_scratch(l);
   mp_serial_encode(l, 1, n, b, "value");
   lua_pushlstring(l, b->data, b->len);
   size_t len;
   const char *s = lua_tolstring(l, -1, &len);
-  int m = mp_serial_decode(l, s, len);
-  if (m != n) abort();
+  if (mp_serial_decode(l, s, len) != n) abort();
+}
+
+static int reencode(lua_State *l) {
+  encode_decode(l, lua_gettop(l));
   return 0;
 }
 
@@ -236,13 +242,7 @@ static int roundtrip_mode(lua_State *l) {
   reader *r = lua_touserdata(l, 1);
   lua_settop(l, 0);
   int n = build(l, r);
-  mp_wbuf *b = mp_serial_scratch(l);
-  mp_serial_encode(l, 1, n, b, "value");
-  lua_pushlstring(l, b->data, b->len);
-  size_t len;
-  const char *s = lua_tolstring(l, -1, &len);
-  int m = mp_serial_decode(l, s, len);
-  if (m != n) abort();
+  encode_decode(l, n);
   lua_remove(l, n + 1);                       /* the message */
   lua_rawgeti(l, LUA_REGISTRYINDEX, same_ref);
   lua_insert(l, 1);
