@@ -531,19 +531,35 @@ static int add_task(lua_State *L, chan *c, char kind, uint64_t id, uint32_t fn_i
 ** message when an item cannot be sent (returned, not raised, so that only the
 ** job fails). Task ids within a batch are consecutive.
 */
+/* The arguments chan:add and chan:add_run share: (kind, id, fn_id, fn_bytes, src, i). */
+typedef struct task_spec {
+  int kind;
+  uint64_t id;
+  uint32_t fn_id;
+  const char *fn;
+  size_t fn_len;
+  int raw;                    /* src has no metatable: read it with lua_rawgeti */
+  lua_Integer i;
+} task_spec;
+
+static void check_task_spec(lua_State *L, task_spec *t) {
+  t->kind = luaL_checkstring(L, 2)[0];
+  t->id = (uint64_t)luaL_checkinteger(L, 3);
+  t->fn_id = (uint32_t)luaL_checkinteger(L, 4);
+  t->fn = luaL_checklstring(L, 5, &t->fn_len);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  t->raw = !lua_getmetatable(L, 6);
+  if (!t->raw) lua_pop(L, 1);
+  t->i = luaL_checkinteger(L, 7);
+}
+
 static int chan_add(lua_State *L) {
   chan *c = checkowner(L);
-  const char *kind = luaL_checkstring(L, 2);
-  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
-  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 5, &fn_len);
-  luaL_checktype(L, 6, LUA_TTABLE);
-  lua_Integer i = luaL_checkinteger(L, 7), j = luaL_checkinteger(L, 8);
+  task_spec t;
+  check_task_spec(L, &t);
+  lua_Integer j = luaL_checkinteger(L, 8);
   lua_settop(L, 8);
-  int raw = !lua_getmetatable(L, 6);
-  if (!raw) lua_pop(L, 1);
-  if (add_task(L, c, kind[0], id, fn_id, fn, fn_len, raw, i, j)) {
+  if (add_task(L, c, t.kind, t.id, t.fn_id, t.fn, t.fn_len, t.raw, t.i, j)) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
@@ -561,24 +577,18 @@ static int chan_add(lua_State *L) {
 */
 static int chan_add_run(lua_State *L) {
   chan *c = checkowner(L);
-  const char *kind = luaL_checkstring(L, 2);
-  uint64_t id = (uint64_t)luaL_checkinteger(L, 3);
-  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 5, &fn_len);
-  luaL_checktype(L, 6, LUA_TTABLE);
-  lua_Integer i = luaL_checkinteger(L, 7), stop = luaL_checkinteger(L, 8);
+  task_spec t;
+  check_task_spec(L, &t);
+  lua_Integer i = t.i, stop = luaL_checkinteger(L, 8);
   lua_Integer cs = luaL_checkinteger(L, 9), nchunks = luaL_checkinteger(L, 10);
   luaL_argcheck(L, cs >= 1, 9, "chunksize must be at least 1");
   lua_settop(L, 6);
   lua_pushnil(L);                      /* 7, 8: the layout add_task expects */
   lua_pushnil(L);
-  int raw = !lua_getmetatable(L, 6);
-  if (!raw) lua_pop(L, 1);
   lua_Integer added = 0;
   while (added < nchunks && i <= stop) {
     lua_Integer j = i + cs - 1 < stop ? i + cs - 1 : stop;
-    if (add_task(L, c, kind[0], id + (uint64_t)added, fn_id, fn, fn_len, raw, i, j)) {
+    if (add_task(L, c, t.kind, t.id + (uint64_t)added, t.fn_id, t.fn, t.fn_len, t.raw, i, j)) {
       lua_pushinteger(L, added);
       lua_insert(L, -2);
       return 2;
