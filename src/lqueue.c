@@ -26,11 +26,20 @@
 #define SMALL_MSG 8192
 
 typedef struct queue_ud {
+  const mp_class *cls;
   mp_ring ring;      /* ring.hdr == NULL once closed */
 } queue_ud;
 
+static const mp_class QUEUE_C = { QUEUE_T, sizeof(queue_ud), NULL };
+static const mp_class SIMPLE_C = { SIMPLE_T, sizeof(queue_ud), NULL };
+static const mp_class JOINABLE_C = { JOINABLE_T, sizeof(queue_ud), NULL };
+/* What mp.wait accepts: any of the three. */
+static const mp_class *const queue_family[] = { &QUEUE_C, &SIMPLE_C, &JOINABLE_C, NULL };
+static const mp_class ANY_QUEUE_C = { "mp.Queue", sizeof(queue_ud), queue_family };
+
+/* The three classes share these functions: each checks its own (mp_upclass). */
 static queue_ud *check_queue(lua_State *L) {
-  queue_ud *q = mp_checkself(L, 1, "Queue");
+  queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   if (q->ring.hdr == NULL) luaL_error(L, "queue is closed");
   return q;
 }
@@ -215,19 +224,19 @@ static int q_join(lua_State *L) {
 
 /* No feeder thread: nothing to wait for or cancel (Python's API kept). */
 static int q_noop(lua_State *L) {
-  mp_checkself(L, 1, "Queue");
+  mp_checkself(L, 1, mp_upclass(L));
   return 0;
 }
 
 /* close(), __gc: unmaps this process's mapping; others keep theirs. */
 static int q_close(lua_State *L) {
-  queue_ud *q = mp_checkself(L, 1, "Queue");
+  queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   mp_ring_unmap(&q->ring);
   return 0;
 }
 
 static int q_tostring(lua_State *L) {
-  queue_ud *q = mp_checkself(L, 1, "Queue");
+  queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   lua_getmetatable(L, 1);
   lua_getfield(L, -1, "__name");
   const char *name = lua_tostring(L, -1);
@@ -238,11 +247,9 @@ static int q_tostring(lua_State *L) {
 }
 
 /* Pushes a new queue of class tname. */
-static void new_queue(lua_State *L, const char *tname, lua_Integer maxsize, size_t bytes, int joinable) {
-  queue_ud *q = lua_newuserdatauv(L, sizeof *q, 0);
-  memset(q, 0, sizeof *q);
+static void new_queue(lua_State *L, const mp_class *cls, lua_Integer maxsize, size_t bytes, int joinable) {
+  queue_ud *q = mp_newself(L, cls, 0);
   q->ring.bell_r = q->ring.bell_w = -1;       /* safe empty state before anything can fail */
-  luaL_setmetatable(L, tname);
   int err = mp_ring_create(&q->ring, bytes, maxsize > 0 ? (uint64_t)maxsize : 0, joinable);
   if (err) mp_raise_errno(L, err, "cannot create queue");
 }
@@ -280,7 +287,7 @@ static int core_queue(lua_State *L) {
   lua_Integer maxsize;
   size_t bytes;
   queue_args(L, &maxsize, &bytes);
-  new_queue(L, QUEUE_T, maxsize, bytes, 0);
+  new_queue(L, &QUEUE_C, maxsize, bytes, 0);
   return 1;
 }
 
@@ -288,7 +295,7 @@ static int core_joinable_queue(lua_State *L) {
   lua_Integer maxsize;
   size_t bytes;
   queue_args(L, &maxsize, &bytes);
-  new_queue(L, JOINABLE_T, maxsize, bytes, 1);
+  new_queue(L, &JOINABLE_C, maxsize, bytes, 1);
   return 1;
 }
 
@@ -301,23 +308,14 @@ static int core_simple_queue(lua_State *L) {
   } else if (!lua_isnoneornil(L, 1)) {
     luaL_typeerror(L, 1, "nil or table");
   }
-  new_queue(L, SIMPLE_T, 0, opt_bytes(L, 1, b), 0);
+  new_queue(L, &SIMPLE_C, 0, opt_bytes(L, 1, b), 0);
   return 1;
 }
 
 /* For mp.wait (lwait.c): the ring of a queue at idx, or NULL if idx is not a queue. */
 mp_ring *mp_queue_ring(lua_State *L, int idx) {
-  static const char *const names[] = { QUEUE_T, SIMPLE_T, JOINABLE_T };
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-  int found = 0;
-  for (int i = 0; i < 3 && !found; i++) {
-    luaL_getmetatable(L, names[i]);
-    found = lua_rawequal(L, -1, -2);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  if (!found) return NULL;
-  queue_ud *q = lua_touserdata(L, idx);
+  queue_ud *q = mp_testself(L, idx, &ANY_QUEUE_C);
+  if (q == NULL) return NULL;
   if (q->ring.hdr == NULL) luaL_error(L, "queue is closed");
   return &q->ring;
 }
@@ -341,12 +339,12 @@ void mp_queue_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__gc", q_close}, {"__tostring", q_tostring},
+    {"__gc", q_close}, {"__close", q_close}, {"__tostring", q_tostring},
     {NULL, NULL}
   };
-  mp_newclass(L, QUEUE_T, methods, metamethods);
-  mp_newclass(L, SIMPLE_T, simple, metamethods);
-  mp_newclass(L, JOINABLE_T, joinable, metamethods);
+  mp_newclass(L, &QUEUE_C, methods, metamethods);
+  mp_newclass(L, &SIMPLE_C, simple, metamethods);
+  mp_newclass(L, &JOINABLE_C, joinable, metamethods);
   lua_pop(L, 3);
   static const luaL_Reg funcs[] = {
     {"Queue", core_queue},
