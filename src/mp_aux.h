@@ -39,13 +39,6 @@ typedef struct mp_class {
   const struct mp_class *const *also;  /* family: the accepted classes (NULL-terminated), or NULL */
 } mp_class;
 
-/* The class of the userdata at idx if it is an mp object, else NULL. */
-static inline const mp_class *mp_classof(lua_State *L, int idx) {
-  const mp_class *const *p = lua_touserdata(L, idx);
-  if (p == NULL || lua_rawlen(L, idx) < sizeof *p) return NULL;
-  return *p;
-}
-
 /* Whether the object's class `k` is `c` or a member of family `c`. */
 static inline int mp_class_accepts(const mp_class *c, const mp_class *k) {
   if (k == c) return 1;
@@ -65,9 +58,11 @@ int mp_typeerror(lua_State *L, int arg, const char *tname);
 
 /* The mp object at `arg` when it is of class `c` (or of family `c`), else NULL. */
 static inline void *mp_testself(lua_State *L, int arg, const mp_class *c) {
-  const mp_class *k = mp_classof(L, arg);
-  if (k == NULL || !mp_class_accepts(c, k) || lua_rawlen(L, arg) < k->size) return NULL;
-  return lua_touserdata(L, arg);
+  const mp_class *const *p = lua_touserdata(L, arg);
+  if (p == NULL) return NULL;
+  size_t len = lua_rawlen(L, arg);
+  if (len < sizeof *p || !mp_class_accepts(c, *p) || len < (*p)->size) return NULL;
+  return (void *)p;
 }
 
 /* The mp object at `arg` when it is of class `c` (or of family `c`); else a type error. */
