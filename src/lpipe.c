@@ -88,20 +88,25 @@ static void conn_end(void *ctx, mp_ring_msg *m) { mp_conn_recv_end(ctx, m); }
 
 /* Takes the next message and delivers it (decoded, or raw bytes). */
 static int receive(lua_State *L, conn_ud *u, int raw, lua_Integer max) {
-  mp_ring_msg m;
-  int rc;
-  while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
-  if (rc != 0) return mp_raise_errno(L, rc, "recv");
-  if (max >= 0 && m.len > (uint64_t)max) {
-    /* Python leaves the connection unusable here; we drop the message instead. */
-    uint64_t len = m.len;
-    if (m.streamed) mp_ring_read_stream(&u->c.rx, &m, NULL);
-    mp_conn_recv_end(&u->c, &m);
-    return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+  for (;;) {
+    mp_ring_msg m;
+    int rc;
+    while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
+      mp_check_interrupt(L);
+    if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
+    if (rc == EPROTO) return luaL_error(L, "recv: the connection's shared memory is corrupt");
+    if (rc != 0) return mp_raise_errno(L, rc, "recv");
+    if (max >= 0 && m.len > (uint64_t)max) {
+      /* Python leaves the connection unusable here; we drop the message instead. */
+      uint64_t len = m.len;
+      int gone = m.streamed && mp_ring_read_stream(&u->c.rx, &m, NULL) == ECANCELED;
+      mp_conn_recv_end(&u->c, &m);
+      if (gone) continue;                  /* abandoned by its sender: not a message */
+      return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+    }
+    int n = mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
+    if (n >= 0) return n;
   }
-  return mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
 }
 
 /* conn:recv() --> the value sent */

@@ -129,16 +129,18 @@ int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, voi
     return n;
   }
   char *buf = m->len <= SIZE_MAX ? malloc((size_t)m->len) : NULL;
-  int truncated = 0;
-  if (m->streamed) truncated = mp_ring_read_stream(r, m, buf) != 0;
+  int rc = 0;
+  if (m->streamed) rc = mp_ring_read_stream(r, m, buf);   /* dropped when buf is NULL */
   else if (buf != NULL) {
     memcpy(buf, m->p1, m->n1);
     memcpy(buf + m->n1, m->p2, m->n2);
   }
   end(ctx, m);
-  if (truncated) {
+  if (rc != 0) {
     free(buf);
-    return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+    if (rc == ECANCELED) return -1;         /* abandoned by its producer: take the next */
+    if (rc == EPIPE) return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+    return mp_raise_errno(L, rc, "receive");
   }
   if (buf == NULL) return luaL_error(L, "not enough memory for a message of %I bytes",
                                      (lua_Integer)m->len);
@@ -151,13 +153,17 @@ int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, voi
 static void ring_end(void *ctx, mp_ring_msg *m) { mp_ring_get_end(ctx, m); }
 
 static int get_value(lua_State *L, queue_ud *q, double deadline) {
-  mp_ring_msg m;
-  int rc;
-  while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
-  if (rc != 0) return mp_raise_errno(L, rc, "get");
-  return mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
+  for (;;) {
+    mp_ring_msg m;
+    int rc;
+    while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
+      mp_check_interrupt(L);
+    if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
+    if (rc == EPROTO) return luaL_error(L, "get: the queue's shared memory is corrupt");
+    if (rc != 0) return mp_raise_errno(L, rc, "get");
+    int n = mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
+    if (n >= 0) return n;
+  }
 }
 
 /* q:put(v [, block [, timeout]]) */
@@ -191,8 +197,9 @@ static int q_qsize(lua_State *L) {
   return 1;
 }
 
+/* Counted as qsize is, so that empty(), qsize() and full() agree. */
 static int q_empty(lua_State *L) {
-  lua_pushboolean(L, !mp_ring_readable(&check_queue(L)->ring));
+  lua_pushboolean(L, mp_ring_count(&check_queue(L)->ring) == 0);
   return 1;
 }
 

@@ -8,6 +8,7 @@
 
 #include "mp_aux.h"
 #include "engine/clock.h"
+#include "engine/fault.h"
 
 /* Registry key of the error-object factory set by the Lua half (core.set_error_factory). */
 static const char error_factory_key = 0;
@@ -91,8 +92,19 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+#ifdef MP_FAULTS
+/* core.fault_arm(spec): test builds only (engine/fault.h). */
+static int core_fault_arm(lua_State *L) {
+  mp_fault_arm(luaL_checkstring(L, 1));
+  return 0;
+}
+#endif
+
 void mp_time_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
+#ifdef MP_FAULTS
+    {"fault_arm", core_fault_arm},
+#endif
     {"set_error_factory", core_set_error_factory},
     {"time", core_time},
     {"sleep", core_sleep},

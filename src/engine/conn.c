@@ -107,10 +107,10 @@ int mp_conn_recv_begin(mp_conn *c, double deadline, mp_ring_msg *m) {
 
 void mp_conn_recv_end(mp_conn *c, mp_ring_msg *m) {
   mp_ring_get_end(&c->rx, m);
-  if (c->sticky) {
+  if (c->sticky && m->settled > 0) {
     /* Signalled mode: one doorbell byte per message sent, one taken per message. */
-    char b;
-    ssize_t n = read(c->rx.bell_r, &b, 1);
+    char b[64];
+    ssize_t n = read(c->rx.bell_r, b, m->settled < sizeof b ? m->settled : sizeof b);
     (void)n;
   }
 }
