@@ -317,6 +317,13 @@ static int core_wait(lua_State *L) {
     }
     if (any) rc = 0;
     wait_unregister(items, n);
+    if (rc == EINTR) {
+      /* A slice ended: repair what a dead sender left, then look again. */
+      for (int i = 0; i < n; i++) {
+        if (items[i].kind == W_QUEUE) mp_ring_rescue(items[i].ring);
+        else if (items[i].kind == W_CONN) mp_ring_rescue(&items[i].conn->rx);
+      }
+    }
     if (any || rc == ETIMEDOUT) break;
     if (rc == EINTR) mp_check_interrupt(L);
     else if (rc != 0) return mp_raise_errno(L, rc, "wait");

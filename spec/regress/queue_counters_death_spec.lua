@@ -85,3 +85,32 @@ describe("regress: a producer killed in the middle of put", function()
     end)
   end
 end)
+
+describe("regress: a process blocked on the other side of a dead one", function()
+  it("gets the message a producer journaled before it died, with no other producer", function()
+    local out = run([[
+      local q = mp.Queue()
+      local a, b = mp.Pipe(false)
+      local p1 = mp.Process{ target = function() core.fault_arm("ring.put.counted"); q:put("from the queue") end }
+      local p2 = mp.Process{ target = function() core.fault_arm("ring.put.counted"); b:send("from the pipe") end }
+      p1:start(); p2:start()
+      print(q:get(true, 5), a:recv(), #mp.wait({ a, q }, 0))
+      p1:join(5); p2:join(5)
+      print(p1.exitcode, p2.exitcode, q:qsize())
+    ]])
+    assert.equal("from the queue\tfrom the pipe\t0\n-9\t-9\t0\n", out)
+  end)
+
+  it("puts into a full queue whose consumer died with a get journaled", function()
+    local out = run([[
+      local q = mp.Queue(1)
+      q:put(1)
+      local c = mp.Process{ target = function() core.fault_arm("ring.get.journaled"); q:get() end }
+      c:start(); c:join(5)
+      local t0 = mp.time()
+      q:put(2, true, 5)
+      print(c.exitcode, q:get(true, 1), q:qsize(), mp.time() - t0 < 2)
+    ]])
+    assert.equal("-9\t2\t0\ttrue\n", out)
+  end)
+end)

@@ -77,6 +77,7 @@ static int sleep_on_bell(mp_conn *c, double deadline) {
     else hup = (pfd.revents & POLLHUP) != 0;
   }
   mp_ring_poll_end(r, !c->sticky);
+  if (rc == EINTR) mp_ring_rescue(r);              /* a sender that died mid-send */
   if (mp_ring_readable(r)) return 0;
   if (hup) return MP_CONN_EOF;                     /* published before they closed */
   return rc;

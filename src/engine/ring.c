@@ -326,6 +326,31 @@ static void repair_consumers(mp_ring *r) {
 }
 
 /*
+** A process that sleeps on the other side's progress checks, at the end of
+** each wait slice, whether that side's lock is held by a dead process, and if
+** so takes it over just long enough to repair: a producer that died after
+** journaling a message would otherwise keep it from a waiting consumer until
+** some other producer came, and a consumer that died after journaling a get
+** would keep a full queue full. Only tried, never waited for (each side holds
+** its own lock here), so the two locks cannot deadlock.
+*/
+static void rescue_producers(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  if (mp_olock_owner_dead(&h->wlock) && mp_olock_try(&h->wlock) == EOWNERDEAD) {
+    repair_producers(r);
+    mp_olock_release(&h->wlock);
+  }
+}
+
+static void rescue_consumers(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  if (mp_olock_owner_dead(&h->rlock) && mp_olock_try(&h->rlock) == EOWNERDEAD) {
+    repair_consumers(r);
+    mp_olock_release(&h->rlock);
+  }
+}
+
+/*
 ** Before sleeping, watch the other side for a few microseconds: a consumer
 ** that keeps up with its producer finds the ring empty after nearly every
 ** message, and a futex sleep and wake-up per message would cost far more
@@ -397,6 +422,10 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
 static int await_room(mp_ring *r, uint64_t need, int new_item, double deadline) {
   while (!room_for(r, need, new_item)) {
     int rc = wait_space(r, need, new_item, deadline);
+    if (rc == EINTR) {
+      rescue_consumers(r);
+      if (room_for(r, need, new_item)) return 0;
+    }
     if (rc != 0 && peer_gone(r)) return EPIPE;
     if (rc != 0) return rc;
   }
@@ -454,6 +483,43 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
   return 0;
 }
 
+/*
+** A process may die between any two steps. What each death leaves, and who
+** repairs it (P = the next process to take the producers' lock, C = the next
+** to take the consumers' lock; both also take a dead holder's lock over at
+** the end of a wait slice, see rescue_*):
+**
+** put (a message that fits)
+**   lock CAS / owner tag store  the lock word names a dead pid: P takes over
+**                               (olock.h checks pid, zombie state, start time).
+**   waiting for room            writer_waiting left 1: P clears it (repair);
+**                               consumers waking nobody is harmless.
+**   SKIP mark, record copied    beyond the tail: invisible, overwritten by P.
+**   journal + pending flag      P rolls forward: nput and tail as journaled.
+**   nput stored                 P rolls forward (stores the same nput, the tail).
+**   tail stored (published)     P rolls forward (same values); the message is out.
+**   pending flag cleared        nothing to repair; the lock is P's to take.
+** put (a message in chunks)
+**   FIRST, MORE published       no count was made; the reader drops the partial
+**                               message when the next record is not its chunk or
+**                               no live process holds the lock (read_stream);
+**                               chunks nobody is reading are skipped by C.
+**   LAST                        as a message that fits (journal, roll forward).
+** get
+**   lock, waiting for data      reader_waiting left 1: C clears it.
+**   record located / copied     nothing consumed: C takes the same message.
+**   journal + pending flag      C rolls forward: nget and head as journaled (the
+**                               message is gone with the dead consumer).
+**   nget stored, head stored    C rolls forward (same values).
+**   SKIP: punched, then head    C sees the mark again and moves on (idempotent).
+** get (a message in chunks)
+**   FIRST or MORE consumed      the rest is nobody's: C skips MORE chunks, and
+**                               counts the LAST one as taken (its producer
+**                               counted it) through the journal.
+** release_consumed (a consumer holding the producers' lock by try)
+**   madvise done, punched not   the next call punches again only stretches the
+**                               tail has not reached again: harmless.
+*/
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   mp_ring_hdr *h = r->hdr;
   uint64_t total = rec_size(len);
@@ -564,6 +630,10 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
       return 0;
     }
     rc = wait_data(r, tail, deadline);
+    if (rc == EINTR) {
+      rescue_producers(r);
+      if (atomic_load(&h->tail) != tail) continue;
+    }
     if (rc != 0 && rc != EAGAIN) {
       mp_olock_release(&h->rlock);
       return rc;
@@ -581,11 +651,7 @@ static int stream_abandoned(mp_ring *r, uint64_t head) {
   mp_ring_hdr *h = r->hdr;
   if (atomic_load(&h->wlock.word) != 0) {
     if (!mp_olock_owner_dead(&h->wlock)) return 0;
-    /* Never waits: a consumer must not block on the producers' lock. */
-    if (mp_olock_try(&h->wlock) == EOWNERDEAD) {
-      repair_producers(r);
-      mp_olock_release(&h->wlock);
-    }
+    rescue_producers(r);
   }
   return atomic_load_explicit(&h->tail, memory_order_acquire) == head;
 }
@@ -651,6 +717,11 @@ void mp_ring_get_end(mp_ring *r, mp_ring_msg *m) {
     m->settled++;
   }
   mp_olock_release(&h->rlock);
+}
+
+void mp_ring_rescue(mp_ring *r) {
+  rescue_producers(r);
+  rescue_consumers(r);
 }
 
 uint64_t mp_ring_count(mp_ring *r) {

@@ -114,6 +114,14 @@ int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst);
 /* Consumes the message, releases the consumer lock and wakes a waiting producer. */
 void mp_ring_get_end(mp_ring *r, mp_ring_msg *m);
 
+/*
+** Repairs what a process that died holding either side's lock left (a message
+** it journaled but did not publish, a get it journaled but did not finish).
+** Blocking calls do this at the end of each wait slice; a waiter that sleeps
+** elsewhere (a pipe's doorbell, mp.wait) calls it at its slice ends too.
+*/
+void mp_ring_rescue(mp_ring *r);
+
 /* Items in the ring now (approximate while others put and get). */
 uint64_t mp_ring_count(mp_ring *r);
 uint64_t mp_ring_maxsize(mp_ring *r);
