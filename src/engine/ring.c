@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "futex.h"
+#include "nosigpipe.h"
 #include "olock.h"
 #include "ring.h"
 
@@ -212,7 +213,8 @@ static void publish_tail(mp_ring *r, uint64_t to) {
   ** once per message for a receiver in signalled mode. */
   if (r->bell_w >= 0 && (atomic_load(&h->pollers) || atomic_load(&h->signalled))) {
     if (atomic_load(&h->signalled) || !atomic_exchange(&h->bell_rung, 1)) {
-      ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
+      /* A full doorbell is already ringing; a reader gone is found by peer_gone. */
+      ssize_t n = mp_write_nosigpipe(r->bell_w, "", 1);
       (void)n;
     }
   }
