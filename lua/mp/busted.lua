@@ -249,7 +249,7 @@ and publishes the file's events to the coordinator's busted core.
 local function replayer(busted)
   local ctx = busted.context
   local root = ctx.get()
-  local R = {}
+  local R = { handler_errors = 0 }
 
   -- Puts child under parent in busted's context tree (busted.parent(child) == parent).
   local function attach(child, parent)
@@ -312,7 +312,14 @@ local function replayer(busted)
         n = math.max(n, 4)
       end
     end
-    busted.publish(channel, table.unpack(args, 1, n))
+    -- busted runs subscribers under busted.safe; here an output handler that
+    -- raises loses this event only, and counts as an error.
+    local ok, err = pcall(busted.publish, channel, table.unpack(args, 1, n))
+    if not ok then
+      io.stderr:write(app, ": error: the output handler failed on ", channel[1], " ",
+                      tostring(channel[2]), " of ", job.file, ": ", tostring(err), "\n")
+      R.handler_errors = R.handler_errors + 1
+    end
   end
 
   function R.event(job, msg)
@@ -614,7 +621,7 @@ function M.main(args)
     if busted.skipAll then break end
   end
   busted.publish({ "exit" })
-  return (failures > 0 or errors > 0) and 1 or 0
+  return (failures > 0 or errors > 0 or R.handler_errors > 0) and 1 or 0
 end
 
 return M
