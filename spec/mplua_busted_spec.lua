@@ -32,12 +32,16 @@ local function project(files)
   return dir
 end
 
--- Runs `command args...` in dir; returns H.run's result.
+--[[
+Runs `command args...` in dir; returns H.run's result. In the sanitizer run,
+ASan must leave SIGSEGV alone, so that a spec file killed by it dies of it.
+]]
 local function run_in(dir, command, args, timeout)
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = H.quote(a) end
-  return H.run{ program = "sh", timeout = timeout or 60,
-    args = { "-c", "cd " .. H.quote(dir) .. " && exec " .. command .. " " .. table.concat(quoted, " ") } }
+  return H.run{ program = "sh", timeout = timeout or 60, args = { "-c",
+    'ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}handle_segv=0"; export ASAN_OPTIONS; '
+    .. "cd " .. H.quote(dir) .. " && exec " .. command .. " " .. table.concat(quoted, " ") } }
 end
 
 -- The suite of the issue: passing, failing, erroring and crashing files.

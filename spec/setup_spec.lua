@@ -18,8 +18,9 @@ local function root_with(files)
   return root
 end
 
+-- (bash must not inherit the sanitizer run's LD_PRELOAD: LeakSanitizer would judge it)
 local function run(root)
-  return H.run{ program = script, args = { root } }
+  return H.run{ program = "env", args = { "-u", "LD_PRELOAD", script, root } }
 end
 
 -- The files under root/etc/apt, as path --> contents.
