@@ -110,6 +110,19 @@ local function queue_like(name, t)
   for _ = 1, NCONS do procs[#procs + 1] = { role = "consumer", proc = spawn("consumer") } end
   local kills = killer(procs, spawn, kills_wanted)
   stop:set()
+  -- Producers may be blocked on a full queue: drain here while they finish.
+  local deadline = mp.time() + 20
+  for _, e in ipairs(procs) do
+    while e.role == "producer" and e.proc:is_alive() do
+      if mp.time() > deadline then fail("%s: a producer did not finish within 20 s", name) end
+      local v = t.get(0.01)
+      if v ~= nil then
+        local id = check_item(v)
+        got[id] = got[id] + 1
+        if t.task_done then t.task_done() end
+      end
+    end
+  end
   join_all(procs, name)
   -- What is left (the consumers stop once stop is set and a get times out).
   while true do
@@ -239,10 +252,13 @@ if wanted("Pool") then
       end
     end
   end)
-  local maps, lost, items = 0, 0, 0
+  local maps, lost, items, slowest = 0, 0, 0, 0
   local deadline = mp.time() + 120
   while kills.value < kills_wanted do
-    if mp.time() > deadline then fail("Pool: %d kills in 120 s", kills.value) end
+    if mp.time() > deadline then
+      fail("Pool: %d kills in 120 s (killer alive: %s, slowest map %.2f s)", kills.value, tostring(k:is_alive()), slowest)
+    end
+    local t0 = mp.time()
     local n = 50 + rng(200)
     local xs = {}
     for i = 1, n do xs[i] = i end
@@ -263,6 +279,7 @@ if wanted("Pool") then
       end)
     end
     maps = maps + 1
+    slowest = math.max(slowest, mp.time() - t0)
     if ok then
       for i = 1, n do if res[i] ~= i * i then fail("Pool: wrong result %s for %d", tostring(res[i]), i) end end
       items = items + n
