@@ -150,7 +150,11 @@ function H.run(opts)
   for name, value in pairs(opts.env or {}) do
     parts[#parts + 1] = name .. "=" .. H.quote(value)
   end
-  parts[#parts + 1] = "timeout -k 2 " .. tostring(opts.timeout or 20)
+  -- MPLUA_SPEC_WRAPPER (e.g. "valgrind -q --error-exitcode=99 ...") runs every
+  -- subprocess under a tool; timeouts are stretched to match.
+  local wrapper = os.getenv("MPLUA_SPEC_WRAPPER")
+  parts[#parts + 1] = "timeout -k 2 " .. tostring((opts.timeout or 20) * (wrapper and 10 or 1))
+  if wrapper then parts[#parts + 1] = wrapper end
   parts[#parts + 1] = H.quote(opts.program or H.mplua)
   for _, a in ipairs(opts.args or {}) do parts[#parts + 1] = H.quote(a) end
   local cmd = table.concat(parts, " ") .. " <" .. input .. " 2>" .. err
