@@ -190,7 +190,8 @@ static int conn_tostring(lua_State *L) {
 
 static conn_ud *new_conn(lua_State *L) {
   conn_ud *u = mp_newself(L, &CONN_C, 0);
-  u->c.rx.bell_r = u->c.rx.bell_w = u->c.tx.bell_r = u->c.tx.bell_w = -1;
+  mp_ring_empty(&u->c.rx);
+  mp_ring_empty(&u->c.tx);
   u->closed = 1;                          /* until the rings exist */
   return u;
 }

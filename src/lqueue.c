@@ -244,7 +244,7 @@ static int q_tostring(lua_State *L) {
 /* Pushes a new queue of class tname. */
 static void new_queue(lua_State *L, const mp_class *cls, lua_Integer maxsize, size_t bytes, int joinable) {
   queue_ud *q = mp_newself(L, cls, 0);
-  q->ring.bell_r = q->ring.bell_w = -1;       /* safe empty state before anything can fail */
+  mp_ring_empty(&q->ring);                     /* safe empty state before anything can fail */
   int err = mp_ring_create(&q->ring, bytes, maxsize > 0 ? (uint64_t)maxsize : 0, joinable);
   if (err) mp_raise_errno(L, err, "cannot create queue");
 }

@@ -12,7 +12,8 @@
 
 static void empty(mp_conn *c) {
   memset(c, 0, sizeof *c);
-  c->rx.bell_r = c->rx.bell_w = c->tx.bell_r = c->tx.bell_w = -1;
+  mp_ring_empty(&c->rx);
+  mp_ring_empty(&c->tx);
 }
 
 /*
