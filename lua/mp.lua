@@ -50,4 +50,18 @@ local pool = require "mp.pool"
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
 
+-- Start methods and contexts (lua/mp/context.lua, docs/processes.md)
+local context = require "mp.context"
+mp.set_start_method = context.set_start_method
+mp.get_start_method = context.get_start_method
+mp.get_all_start_methods = context.get_all_start_methods
+mp.get_context = context.get_context
+mp.forkserver_start = process.forkserver_start
+context.build(mp, function(method, ...)
+  if method ~= "fork" then
+    error("Pool: the forkserver start method is not available for pools yet", 3)
+  end
+  return pool.Pool(...)
+end)
+
 return mp

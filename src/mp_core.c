@@ -15,6 +15,7 @@ typedef void (*subsystem_open)(lua_State *L);
 static const subsystem_open subsystems[] = {
   mp_time_open,
   mp_process_open,
+  mp_forkserver_open,
   mp_signal_open,
   mp_sync_open,
   mp_shared_open,

@@ -24,6 +24,7 @@ typedef struct mp_conn {
   mp_ring rx;          /* what this end receives (rx.hdr NULL: send-only) */
   mp_ring tx;          /* what this end sends (tx.hdr NULL: receive-only) */
   int sticky;          /* fileno() handed out: keep the doorbell rung */
+  int hidden;          /* its doorbells are registered with mp_fork_hide_from_server */
 } mp_conn;
 
 /* Makes the two ends. Duplex: both send and receive. Otherwise a receives, b sends. */
