@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "lshm.h"
 #include "lsync.h"
 #include "mp_aux.h"
 #include "engine/shpages.h"
@@ -57,6 +58,7 @@ typedef struct shared_ud {
   size_t bytes;               /* allocated size */
   uint32_t owner;             /* the creating process: only it frees */
   const typeinfo *t;
+  const mp_shm_ud *shm;       /* a view of this SharedMemory (user value 2): never freed here */
 } shared_ud;
 
 static const typeinfo *check_typecode(lua_State *L, int arg) {
@@ -196,12 +198,13 @@ static void set_elem(lua_State *L, const typeinfo *t, char *p, int idx, int arg)
 /* ---- Construction ------------------------------------------------------------ */
 
 static shared_ud *new_shared(lua_State *L, const shared_class *c, const typeinfo *t, size_t n) {
-  shared_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
+  shared_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
   u->cls = c;
   u->data = NULL;
   u->n = 0;
   u->owner = mp_self_pid();
   u->t = t;
+  u->shm = NULL;
   luaL_setmetatable(L, c->tname);
   size_t bytes = n * t->size;
   char *data = mp_shm_alloc(bytes);
@@ -260,11 +263,74 @@ static int value_new(lua_State *L, int raw) {
 static int core_value(lua_State *L) { return value_new(L, 0); }
 static int core_raw_value(lua_State *L) { return value_new(L, 1); }
 
-/* Array(typecode, size_or_initializer [, {lock = ...}]) */
+/*
+** The options of Array: lock (see set_lock), shm and offset. Returns the
+** SharedMemory to view (NULL for none) and sets *offset.
+*/
+static mp_shm_ud *array_options(lua_State *L, int arg, size_t *offset) {
+  *offset = 0;
+  if (lua_isnoneornil(L, arg)) return NULL;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (k == NULL || (strcmp(k, "lock") != 0 && strcmp(k, "shm") != 0 && strcmp(k, "offset") != 0))
+      luaL_error(L, "unknown option '%s' to 'Array'", k ? k : luaL_typename(L, -1));
+  }
+  lua_getfield(L, arg, "shm");
+  mp_shm_ud *sm = NULL;
+  if (!lua_isnil(L, -1)) {
+    sm = mp_shm_test(L, -1);
+    if (sm == NULL) luaL_argerror(L, arg, lua_pushfstring(L, "shm must be a SharedMemory, got %s", luaL_typename(L, -2)));
+    if (sm->closed) luaL_argerror(L, arg, "the SharedMemory is closed");
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, arg, "offset");
+  if (!lua_isnil(L, -1)) {
+    int isint;
+    lua_Integer off = lua_tointegerx(L, -1, &isint);
+    if (sm == NULL) luaL_argerror(L, arg, "offset needs shm");
+    if (!isint || off < 0) luaL_argerror(L, arg, "offset must be a non-negative integer (bytes)");
+    *offset = (size_t)off;
+  }
+  lua_pop(L, 1);
+  return sm;
+}
+
+/*
+** A typed view of n elements of SharedMemory sm from byte `offset`: the
+** elements are the segment's bytes (another process attaching by name sees
+** them); the view keeps sm alive and raises once sm is closed.
+*/
+static shared_ud *new_view(lua_State *L, const typeinfo *t, size_t n, mp_shm_ud *sm, int smidx, size_t offset) {
+  if (offset % t->size != 0)
+    luaL_error(L, "offset %I is not a multiple of the element size (%d for typecode '%c')",
+               (lua_Integer)offset, (int)t->size, t->code);
+  if (offset > sm->size || n > (sm->size - offset) / t->size)
+    luaL_error(L, "%I elements of typecode '%c' from offset %I do not fit SharedMemory '%s' (%I bytes)",
+               (lua_Integer)n, t->code, (lua_Integer)offset, sm->name, (lua_Integer)sm->size);
+  shared_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
+  u->cls = &ARRAY_C;
+  u->data = sm->base + offset;
+  u->n = n;
+  u->bytes = 0;
+  u->owner = 0;                     /* nobody frees: the SharedMemory owns the bytes */
+  u->t = t;
+  u->shm = sm;
+  luaL_setmetatable(L, ARRAY_T);
+  lua_pushvalue(L, smidx);
+  lua_setiuservalue(L, -2, 2);
+  return u;
+}
+
+/* Array(typecode, size_or_initializer [, {lock = ..., shm = sm, offset = bytes}]) */
 static int array_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
   lua_settop(L, 3);
   const typeinfo *t = check_typecode(L, 1);
+  size_t offset;
+  mp_shm_ud *sm = raw ? NULL : array_options(L, 3, &offset);
   size_t n;
   int type = lua_type(L, 2);
   if (type == LUA_TNUMBER) {
@@ -280,7 +346,14 @@ static int array_new(lua_State *L, int raw) {
   } else {
     return luaL_typeerror(L, 2, t->kind == K_CHAR ? "size, table or string" : "size or table");
   }
-  shared_ud *u = new_shared(L, &ARRAY_C, t, n);
+  shared_ud *u;
+  if (sm != NULL) {
+    lua_getfield(L, 3, "shm");
+    u = new_view(L, t, n, sm, lua_gettop(L), offset);
+    lua_remove(L, -2);
+  } else {
+    u = new_shared(L, &ARRAY_C, t, n);
+  }
   if (type == LUA_TTABLE) {
     for (size_t i = 0; i < n; i++) {
       lua_geti(L, 2, (lua_Integer)i + 1);
@@ -294,7 +367,15 @@ static int array_new(lua_State *L, int raw) {
   } else if (type == LUA_TSTRING) {
     memcpy(u->data, lua_tostring(L, 2), n);
   }
-  set_lock(L, 3, raw);
+  /* A view has no lock unless asked for: a new lock would not be shared with
+  ** the processes that attach by name. */
+  int want_lock = 1;
+  if (sm != NULL) {
+    lua_getfield(L, 3, "lock");
+    want_lock = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+  }
+  if (want_lock) set_lock(L, 3, raw);
   return 1;
 }
 
@@ -304,7 +385,7 @@ static int core_raw_array(lua_State *L) { return array_new(L, 1); }
 static int shared_gc(lua_State *L) {
   shared_ud *u = lua_touserdata(L, 1);
   if (u != NULL && u->data != NULL) {
-    if (u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
+    if (u->shm == NULL && u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
     u->data = NULL;
     u->n = 0;
   }
@@ -331,6 +412,7 @@ static inline shared_ud *check_shared(lua_State *L, const shared_class *c) {
   shared_ud *u = lua_touserdata(L, 1);
   if (u == NULL || lua_rawlen(L, 1) < sizeof(shared_ud) || u->cls != c) mp_typeerror(L, 1, c->tname);
   if (u->data == NULL) luaL_error(L, "%s is collected", c->name);
+  if (u->shm != NULL && u->shm->closed) luaL_error(L, "the SharedMemory '%s' this %s views is closed", u->shm->name, c->name);
   return u;
 }
 
@@ -518,6 +600,7 @@ static int array_next(lua_State *L) {
   shared_ud *u = lua_touserdata(L, 1);
   lua_Integer i = luaL_optinteger(L, 2, 0) + 1;
   if (u == NULL || u->data == NULL || i < 1 || (lua_Unsigned)i > u->n) return 0;
+  if (u->shm != NULL && u->shm->closed) return luaL_error(L, "the SharedMemory '%s' this Array views is closed", u->shm->name);
   lua_pushinteger(L, i);
   push_elem(L, u->t, u->data + (i - 1) * u->t->size);
   return 2;
