@@ -568,7 +568,7 @@ end
 
 -- mgr:count() --> the number of objects the server holds
 function BaseManager:count()
-  return manager_call(self, nil, "count")
+  return (manager_call(self, nil, "count"))
 end
 
 --[[

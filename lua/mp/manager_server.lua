@@ -417,7 +417,7 @@ types.Namespace = {
 local function typed(fname, f, ...)
   local ok, r = pcall(f, ...)
   if not ok then
-    local msg = tostring(r):gsub("^bad argument #(%d+) to '%?'", "bad argument #%1 to '" .. fname .. "'")
+    local msg = tostring(r):gsub("^[^\n]-:%d+: ", ""):gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
     usage("%s", msg)
   end
   return r
