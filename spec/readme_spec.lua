@@ -18,6 +18,6 @@ describe("README tour", function()
     -- The Worker runs concurrently: its line may come anywhere after the first.
     local out, workers = r.stdout:gsub("Worker%-2\t%d+\n", "")
     assert.equal(1, workers, r.stdout)
-    assert.matches("^3\n0\n%d+\tMainProcess\t[%d.]+\n0\n3\t4%.0\n42\nhi\n%d\ntrue\tfloat\ttrue\n3 6 9\n1\n4\n9\n7\t10\n$", out)
+    assert.matches("^3\n0\n%d+\tMainProcess\t[%d.]+\n0\n3\t4%.0\n42\nhi\n%d\ntrue\tfloat\ttrue\n3 6 9\n1\n4\n9\n7\t10\n3\t9\nhi\n$", out)
   end)
 end)
