@@ -75,12 +75,15 @@ static int pdecode(lua_State *L, const mp_frame *f) {
 /* ---- Listener ------------------------------------------------------------------- */
 
 typedef struct listener_ud {
+  const mp_class *cls;          /* first: the class word (mp_aux.h) */
   int fd;
   uint32_t owner;
 } listener_ud;
 
+static const mp_class LISTENER_C = { LISTENER_T, sizeof(listener_ud), NULL };
+
 static int listener_close(lua_State *L) {
-  listener_ud *u = mp_checkself(L, 1, LISTENER_T);
+  listener_ud *u = mp_checkself(L, 1, &LISTENER_C);
   if (u->fd >= 0) close(u->fd);
   u->fd = -1;
   return 0;
@@ -90,10 +93,9 @@ static int listener_close(lua_State *L) {
 static int core_manager_listen(lua_State *L) {
   mp_addr a;
   check_address(L, 1, &a);
-  listener_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->fd = -1;
+  listener_ud *u = mp_newself(L, &LISTENER_C, 0);
+  u->fd = -1;                          /* safe empty state before anything can fail */
   u->owner = mp_self_pid();
-  luaL_setmetatable(L, LISTENER_T);
   int rc = mp_sock_listen(&a, 128, &u->fd);
   if (rc == EADDRNOTAVAIL && a.tcp) return luaL_error(L, "cannot listen at '%s': unknown host", lua_tostring(L, 1));
   if (rc != 0) return luaL_error(L, "cannot listen at '%s': %s", lua_tostring(L, 1), strerror(rc));
@@ -106,18 +108,21 @@ static int core_manager_listen(lua_State *L) {
 /* ---- Server --------------------------------------------------------------------- */
 
 typedef struct server_ud {
+  const mp_class *cls;
   mp_srv s;
   int open;
 } server_ud;
 
+static const mp_class SERVER_C = { SERVER_T, sizeof(server_ud), NULL };
+
 static server_ud *check_server(lua_State *L) {
-  server_ud *u = mp_checkself(L, 1, SERVER_T);
+  server_ud *u = mp_checkself(L, 1, &SERVER_C);
   if (!u->open) luaL_error(L, "manager server is closed");
   return u;
 }
 
 static int server_close(lua_State *L) {
-  server_ud *u = mp_checkself(L, 1, SERVER_T);
+  server_ud *u = mp_checkself(L, 1, &SERVER_C);
   if (u->open) mp_srv_close(&u->s);
   u->open = 0;
   return 0;
@@ -125,14 +130,12 @@ static int server_close(lua_State *L) {
 
 /* core.manager_server(listener, authkey, owner_pid) --> server, token (16 bytes) */
 static int core_manager_server(lua_State *L) {
-  listener_ud *l = mp_checkudata(L, 1, LISTENER_T);
+  listener_ud *l = mp_checkself(L, 1, &LISTENER_C);
   size_t keylen;
   const char *key = luaL_checklstring(L, 2, &keylen);
   lua_Integer owner = luaL_optinteger(L, 3, 0);
   if (l->fd < 0) return luaL_argerror(L, 1, "listener is closed");
-  server_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->open = 0;
-  luaL_setmetatable(L, SERVER_T);
+  server_ud *u = mp_newself(L, &SERVER_C, 0);    /* open 0: safe empty state */
   int rc = mp_srv_init(&u->s, l->fd, key, keylen, (uint32_t)owner);
   l->fd = -1;                          /* the server owns it now, even on failure */
   u->open = 1;
@@ -218,19 +221,22 @@ static int server_stop_listening(lua_State *L) {
 /* ---- Client --------------------------------------------------------------------- */
 
 typedef struct client_ud {
+  const mp_class *cls;
   mp_client c;
   uint32_t owner;               /* the process that connected */
   char address[300];
 } client_ud;
 
+static const mp_class CLIENT_C = { CLIENT_T, sizeof(client_ud), NULL };
+
 static int client_close(lua_State *L) {
-  client_ud *u = mp_checkself(L, 1, CLIENT_T);
+  client_ud *u = mp_checkself(L, 1, &CLIENT_C);
   mp_client_close(&u->c);       /* in a forked child: closes only its own copy */
   return 0;
 }
 
 static client_ud *check_client(lua_State *L) {
-  client_ud *u = mp_checkself(L, 1, CLIENT_T);
+  client_ud *u = mp_checkself(L, 1, &CLIENT_C);
   if (u->c.fd < 0) mp_raise(L, "ConnectionError", "the connection to the manager at %s is closed", u->address);
   if (u->owner != mp_self_pid())
     luaL_error(L, "a manager connection can only be used by the process that opened it");
@@ -280,11 +286,10 @@ static int core_manager_connect(lua_State *L) {
   const char *key = luaL_checklstring(L, 2, &keylen);
   double timeout = luaL_optnumber(L, 3, INFINITY);
   double deadline = mp_now() + (timeout > 0 ? timeout : 0);
-  client_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  client_ud *u = mp_newself(L, &CLIENT_C, 0);
   mp_client_init(&u->c);                        /* safe empty state before anything can fail */
   u->owner = mp_self_pid();
   snprintf(u->address, sizeof u->address, "%s", lua_tostring(L, 1));
-  luaL_setmetatable(L, CLIENT_T);
   int rc;
   while ((rc = mp_client_connect(&u->c, &a, key, keylen, self_ident(), deadline)) == EINTR)
     mp_check_interrupt(L);
@@ -403,7 +408,7 @@ static int core_urandom(lua_State *L) {
 
 /* client:closed() --> whether the connection can no longer be used (closed, or another process's) */
 static int client_closed(lua_State *L) {
-  client_ud *u = mp_checkself(L, 1, CLIENT_T);
+  client_ud *u = mp_checkself(L, 1, &CLIENT_C);
   lua_pushboolean(L, u->c.fd < 0 || u->c.broken || u->owner != mp_self_pid());
   return 1;
 }
@@ -443,11 +448,11 @@ void mp_manager_open(lua_State *L) {
     {"urandom", core_urandom},
     {NULL, NULL}
   };
-  mp_newclass(L, LISTENER_T, listener_methods, listener_meta);
+  mp_newclass(L, &LISTENER_C, listener_methods, listener_meta);
   lua_pop(L, 1);
-  mp_newclass(L, SERVER_T, server_methods, server_meta);
+  mp_newclass(L, &SERVER_C, server_methods, server_meta);
   lua_pop(L, 1);
-  mp_newclass(L, CLIENT_T, client_methods, client_meta);
+  mp_newclass(L, &CLIENT_C, client_methods, client_meta);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -18,12 +18,15 @@
 #define CONN_T "mp.Connection"
 
 typedef struct conn_ud {
+  const mp_class *cls;
   mp_conn c;
   int closed;
 } conn_ud;
 
+static const mp_class CONN_C = { CONN_T, sizeof(conn_ud), NULL };
+
 static conn_ud *check_open(lua_State *L) {
-  conn_ud *u = mp_checkself(L, 1, "Connection");
+  conn_ud *u = mp_checkself(L, 1, &CONN_C);
   if (u->closed) luaL_error(L, "connection is closed");
   return u;
 }
@@ -85,20 +88,25 @@ static void conn_end(void *ctx, mp_ring_msg *m) { mp_conn_recv_end(ctx, m); }
 
 /* Takes the next message and delivers it (decoded, or raw bytes). */
 static int receive(lua_State *L, conn_ud *u, int raw, lua_Integer max) {
-  mp_ring_msg m;
-  int rc;
-  while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
-  if (rc != 0) return mp_raise_errno(L, rc, "recv");
-  if (max >= 0 && m.len > (uint64_t)max) {
-    /* Python leaves the connection unusable here; we drop the message instead. */
-    uint64_t len = m.len;
-    if (m.streamed) mp_ring_read_stream(&u->c.rx, &m, NULL);
-    mp_conn_recv_end(&u->c, &m);
-    return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+  for (;;) {
+    mp_ring_msg m;
+    int rc;
+    while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
+      mp_check_interrupt(L);
+    if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
+    if (rc == EPROTO) return luaL_error(L, "recv: the connection's shared memory is corrupt");
+    if (rc != 0) return mp_raise_errno(L, rc, "recv");
+    if (max >= 0 && m.len > (uint64_t)max) {
+      /* Python leaves the connection unusable here; we drop the message instead. */
+      uint64_t len = m.len;
+      int gone = m.streamed && mp_ring_read_stream(&u->c.rx, &m, NULL) == ECANCELED;
+      mp_conn_recv_end(&u->c, &m);
+      if (gone) continue;                  /* abandoned by its sender: not a message */
+      return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+    }
+    int n = mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
+    if (n >= 0) return n;
   }
-  return mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
 }
 
 /* conn:recv() --> the value sent */
@@ -136,18 +144,18 @@ static int conn_fileno(lua_State *L) {
 
 /* close(), __close and __gc: closes this process's copies of the fds. */
 static int conn_close(lua_State *L) {
-  conn_ud *u = mp_checkself(L, 1, "Connection");
+  conn_ud *u = mp_checkself(L, 1, &CONN_C);
   mp_conn_close(&u->c);
   u->closed = 1;
   return 0;
 }
 
-/* Fields: closed, readable, writable; then the methods (upvalue 2). */
+/* Fields: closed, readable, writable; then the methods (upvalue 1). */
 static int conn_index(lua_State *L) {
   /* Methods first: this runs for every conn:send(). */
   lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
-  conn_ud *u = mp_checkself(L, 1, "Connection");
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  conn_ud *u = mp_checkself(L, 1, &CONN_C);
   const char *k = lua_tostring(L, 2);
   if (k != NULL) {
     if (strcmp(k, "closed") == 0) { lua_pushboolean(L, u->closed); return 1; }
@@ -159,7 +167,7 @@ static int conn_index(lua_State *L) {
 }
 
 static int conn_tostring(lua_State *L) {
-  conn_ud *u = mp_checkself(L, 1, "Connection");
+  conn_ud *u = mp_checkself(L, 1, &CONN_C);
   if (u->closed) lua_pushliteral(L, "<Connection closed>");
   else lua_pushfstring(L, "<Connection%s%s>", mp_conn_readable(&u->c) ? " readable" : "",
                        mp_conn_writable(&u->c) ? " writable" : "");
@@ -167,11 +175,9 @@ static int conn_tostring(lua_State *L) {
 }
 
 static conn_ud *new_conn(lua_State *L) {
-  conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-  memset(u, 0, sizeof *u);
+  conn_ud *u = mp_newself(L, &CONN_C, 0);
   u->c.rx.bell_r = u->c.rx.bell_w = u->c.tx.bell_r = u->c.tx.bell_w = -1;
   u->closed = 1;                          /* until the rings exist */
-  luaL_setmetatable(L, CONN_T);
   return u;
 }
 
@@ -198,11 +204,7 @@ static int core_pipe(lua_State *L) {
 
 /* For mp.wait: the Connection at idx, or NULL. */
 static conn_ud *to_conn(lua_State *L, int idx) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-  luaL_getmetatable(L, CONN_T);
-  int same = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
-  return same ? lua_touserdata(L, idx) : NULL;
+  return mp_testself(L, idx, &CONN_C);
 }
 
 /*
@@ -315,6 +317,13 @@ static int core_wait(lua_State *L) {
     }
     if (any) rc = 0;
     wait_unregister(items, n);
+    if (rc == EINTR) {
+      /* A slice ended: repair what a dead sender left, then look again. */
+      for (int i = 0; i < n; i++) {
+        if (items[i].kind == W_QUEUE) mp_ring_rescue(items[i].ring);
+        else if (items[i].kind == W_CONN) mp_ring_rescue(&items[i].conn->rx);
+      }
+    }
     if (any || rc == ETIMEDOUT) break;
     if (rc == EINTR) mp_check_interrupt(L);
     else if (rc != 0) return mp_raise_errno(L, rc, "wait");
@@ -340,11 +349,9 @@ void mp_pipe_open(lua_State *L) {
     {"__gc", conn_close}, {"__close", conn_close}, {"__tostring", conn_tostring},
     {NULL, NULL}
   };
-  mp_newclass(L, CONN_T, methods, metamethods);
-  lua_getfield(L, -1, "__index");           /* the methods table */
-  lua_pushvalue(L, -2);
-  lua_insert(L, -2);                        /* metatable, methods as upvalues 1, 2 */
-  lua_pushcclosure(L, conn_index, 2);
+  mp_newclass(L, &CONN_C, methods, metamethods);
+  lua_getfield(L, -1, "__index");           /* the methods table, as upvalue 1 */
+  lua_pushcclosure(L, conn_index, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   static const luaL_Reg funcs[] = {

@@ -82,6 +82,7 @@ typedef struct pbuf {
 } pbuf;
 
 typedef struct chan {
+  const mp_class *cls;
   int foreign;                /* a forked child's copy: the parent-side ends are closed */
   int task_w, task_r;         /* tasks: the parent writes task_w, workers read task_r */
   int res_w, res_r;           /* results: workers write res_w, the parent reads res_r */
@@ -98,6 +99,8 @@ typedef struct chan {
   size_t maplen;
 } chan;
 
+static const mp_class CHAN_C = { CHAN_T, sizeof(chan), NULL };
+
 static pool_slot *slot_at(chan *c, int i) { return (pool_slot *)(c->slots + (size_t)i * SLOT_SIZE); }
 /* The journal's container header, followed by entries (u32 length, message). */
 static char *journal_of(pool_slot *s) { return (char *)s + SLOT_CTL; }
@@ -111,7 +114,7 @@ static void release_map(chan *c) {
 }
 
 static chan *checkchan(lua_State *L) {
-  chan *c = mp_checkself(L, 1, CHAN_T);
+  chan *c = mp_checkself(L, 1, &CHAN_C);
   if (c->slots == NULL) luaL_error(L, "pool channel is closed");
   return c;
 }
@@ -331,7 +334,7 @@ static int open_msg(chan *c, struct msghdr *m, char *buf, size_t n, const char *
 /* ---- construction ----------------------------------------------------- */
 
 static int chan_close(lua_State *L) {
-  chan *c = mp_checkself(L, 1, CHAN_T);
+  chan *c = mp_checkself(L, 1, &CHAN_C);
   close_fd(&c->task_w); close_fd(&c->task_r);
   close_fd(&c->res_w); close_fd(&c->res_r);
   release_map(c);
@@ -355,10 +358,8 @@ static void grow_sndbuf(int fd) {
 static int core_pool_channel(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "number of workers out of range");
-  chan *c = lua_newuserdatauv(L, sizeof *c, 0);
-  memset(c, 0, sizeof *c);
+  chan *c = mp_newself(L, &CHAN_C, 0);
   c->task_w = c->task_r = c->res_w = c->res_r = -1;   /* safe empty state */
-  luaL_setmetatable(L, CHAN_T);
   int sv[2], rv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
     return mp_raise_errno(L, errno, "pool: socketpair");
@@ -381,7 +382,7 @@ static int core_pool_channel(lua_State *L) {
 
 /* chan:after_fork(mine): in a new child, drop the parent's ends (all of them unless mine). */
 static int chan_after_fork(lua_State *L) {
-  chan *c = mp_checkself(L, 1, CHAN_T);
+  chan *c = mp_checkself(L, 1, &CHAN_C);
   c->foreign = 1;
   close_fd(&c->task_w);
   close_fd(&c->res_r);
@@ -1290,7 +1291,7 @@ static int recv_task(lua_State *L, chan *c, char *buf, const char **data, size_t
 ** the parent closes the task socket (or maxtasks tasks were run) and returns.
 */
 static int core_pool_work(lua_State *L) {
-  chan *c = mp_checkudata(L, 1, CHAN_T);
+  chan *c = mp_checkself(L, 1, &CHAN_C);
   if (c->slots == NULL || c->task_r < 0) return luaL_error(L, "pool channel is closed");
   lua_Integer index = luaL_checkinteger(L, 2);
   luaL_argcheck(L, index >= 1 && index <= c->nslots, 2, "slot out of range");
@@ -1426,7 +1427,7 @@ void mp_pool_open(lua_State *L) {
     {"isatty", core_isatty},
     {NULL, NULL}
   };
-  mp_newclass(L, CHAN_T, methods, metamethods);
+  mp_newclass(L, &CHAN_C, methods, metamethods);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -17,11 +17,14 @@
 #define CHILD_T "mp.ChildHandle"
 
 typedef struct child_handle {
+  const mp_class *cls;
   mp_child *c;   /* NULL once closed */
 } child_handle;
 
+static const mp_class CHILD_C = { CHILD_T, sizeof(child_handle), NULL };
+
 static child_handle *check_handle(lua_State *L) {
-  child_handle *h = mp_checkself(L, 1, CHILD_T);
+  child_handle *h = mp_checkself(L, 1, &CHILD_C);
   if (h->c == NULL) luaL_error(L, "process object is closed");
   return h;
 }
@@ -58,9 +61,7 @@ static int core_spawn(lua_State *L) {
   int daemon = lua_toboolean(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 3;
-  child_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
-  h->c = NULL;                       /* safe empty state before anything can fail */
-  luaL_setmetatable(L, CHILD_T);
+  child_handle *h = mp_newself(L, &CHILD_C, 0);   /* h->c NULL: safe empty state */
   mp_child *c = NULL;
   pid_t pid = mp_fork(&c, daemon);
   if (pid < 0) return mp_raise_errno(L, (int)-pid, "cannot start process (fork)");
@@ -131,7 +132,7 @@ static int handle_sentinel(lua_State *L) {
 
 /* __gc, __close and close(): one idempotent function. */
 static int handle_close(lua_State *L) {
-  child_handle *h = mp_checkself(L, 1, CHILD_T);
+  child_handle *h = mp_checkself(L, 1, &CHILD_C);
   if (h->c != NULL) {
     mp_child_release(h->c);
     h->c = NULL;
@@ -200,7 +201,7 @@ void mp_process_open(lua_State *L) {
     {"pid_alive", core_pid_alive},
     {NULL, NULL}
   };
-  mp_newclass(L, CHILD_T, methods, metamethods);
+  mp_newclass(L, &CHILD_C, methods, metamethods);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -26,11 +26,20 @@
 #define SMALL_MSG 8192
 
 typedef struct queue_ud {
+  const mp_class *cls;
   mp_ring ring;      /* ring.hdr == NULL once closed */
 } queue_ud;
 
+static const mp_class QUEUE_C = { QUEUE_T, sizeof(queue_ud), NULL };
+static const mp_class SIMPLE_C = { SIMPLE_T, sizeof(queue_ud), NULL };
+static const mp_class JOINABLE_C = { JOINABLE_T, sizeof(queue_ud), NULL };
+/* What mp.wait accepts: any of the three. */
+static const mp_class *const queue_family[] = { &QUEUE_C, &SIMPLE_C, &JOINABLE_C, NULL };
+static const mp_class ANY_QUEUE_C = { "mp.Queue", sizeof(queue_ud), queue_family };
+
+/* The three classes share these functions: each checks its own (mp_upclass). */
 static queue_ud *check_queue(lua_State *L) {
-  queue_ud *q = mp_checkself(L, 1, "Queue");
+  queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   if (q->ring.hdr == NULL) luaL_error(L, "queue is closed");
   return q;
 }
@@ -120,16 +129,18 @@ int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, voi
     return n;
   }
   char *buf = m->len <= SIZE_MAX ? malloc((size_t)m->len) : NULL;
-  int truncated = 0;
-  if (m->streamed) truncated = mp_ring_read_stream(r, m, buf) != 0;
+  int rc = 0;
+  if (m->streamed) rc = mp_ring_read_stream(r, m, buf);   /* dropped when buf is NULL */
   else if (buf != NULL) {
     memcpy(buf, m->p1, m->n1);
     memcpy(buf + m->n1, m->p2, m->n2);
   }
   end(ctx, m);
-  if (truncated) {
+  if (rc != 0) {
     free(buf);
-    return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+    if (rc == ECANCELED) return -1;         /* abandoned by its producer: take the next */
+    if (rc == EPIPE) return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+    return mp_raise_errno(L, rc, "receive");
   }
   if (buf == NULL) return luaL_error(L, "not enough memory for a message of %I bytes",
                                      (lua_Integer)m->len);
@@ -142,13 +153,17 @@ int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, voi
 static void ring_end(void *ctx, mp_ring_msg *m) { mp_ring_get_end(ctx, m); }
 
 static int get_value(lua_State *L, queue_ud *q, double deadline) {
-  mp_ring_msg m;
-  int rc;
-  while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
-  if (rc != 0) return mp_raise_errno(L, rc, "get");
-  return mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
+  for (;;) {
+    mp_ring_msg m;
+    int rc;
+    while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
+      mp_check_interrupt(L);
+    if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
+    if (rc == EPROTO) return luaL_error(L, "get: the queue's shared memory is corrupt");
+    if (rc != 0) return mp_raise_errno(L, rc, "get");
+    int n = mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
+    if (n >= 0) return n;
+  }
 }
 
 /* q:put(v [, block [, timeout]]) */
@@ -182,8 +197,9 @@ static int q_qsize(lua_State *L) {
   return 1;
 }
 
+/* Counted as qsize is, so that empty(), qsize() and full() agree. */
 static int q_empty(lua_State *L) {
-  lua_pushboolean(L, !mp_ring_readable(&check_queue(L)->ring));
+  lua_pushboolean(L, mp_ring_count(&check_queue(L)->ring) == 0);
   return 1;
 }
 
@@ -215,19 +231,19 @@ static int q_join(lua_State *L) {
 
 /* No feeder thread: nothing to wait for or cancel (Python's API kept). */
 static int q_noop(lua_State *L) {
-  mp_checkself(L, 1, "Queue");
+  mp_checkself(L, 1, mp_upclass(L));
   return 0;
 }
 
 /* close(), __gc: unmaps this process's mapping; others keep theirs. */
 static int q_close(lua_State *L) {
-  queue_ud *q = mp_checkself(L, 1, "Queue");
+  queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   mp_ring_unmap(&q->ring);
   return 0;
 }
 
 static int q_tostring(lua_State *L) {
-  queue_ud *q = mp_checkself(L, 1, "Queue");
+  queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   lua_getmetatable(L, 1);
   lua_getfield(L, -1, "__name");
   const char *name = lua_tostring(L, -1);
@@ -238,11 +254,9 @@ static int q_tostring(lua_State *L) {
 }
 
 /* Pushes a new queue of class tname. */
-static void new_queue(lua_State *L, const char *tname, lua_Integer maxsize, size_t bytes, int joinable) {
-  queue_ud *q = lua_newuserdatauv(L, sizeof *q, 0);
-  memset(q, 0, sizeof *q);
+static void new_queue(lua_State *L, const mp_class *cls, lua_Integer maxsize, size_t bytes, int joinable) {
+  queue_ud *q = mp_newself(L, cls, 0);
   q->ring.bell_r = q->ring.bell_w = -1;       /* safe empty state before anything can fail */
-  luaL_setmetatable(L, tname);
   int err = mp_ring_create(&q->ring, bytes, maxsize > 0 ? (uint64_t)maxsize : 0, joinable);
   if (err) mp_raise_errno(L, err, "cannot create queue");
 }
@@ -280,7 +294,7 @@ static int core_queue(lua_State *L) {
   lua_Integer maxsize;
   size_t bytes;
   queue_args(L, &maxsize, &bytes);
-  new_queue(L, QUEUE_T, maxsize, bytes, 0);
+  new_queue(L, &QUEUE_C, maxsize, bytes, 0);
   return 1;
 }
 
@@ -288,7 +302,7 @@ static int core_joinable_queue(lua_State *L) {
   lua_Integer maxsize;
   size_t bytes;
   queue_args(L, &maxsize, &bytes);
-  new_queue(L, JOINABLE_T, maxsize, bytes, 1);
+  new_queue(L, &JOINABLE_C, maxsize, bytes, 1);
   return 1;
 }
 
@@ -301,23 +315,14 @@ static int core_simple_queue(lua_State *L) {
   } else if (!lua_isnoneornil(L, 1)) {
     luaL_typeerror(L, 1, "nil or table");
   }
-  new_queue(L, SIMPLE_T, 0, opt_bytes(L, 1, b), 0);
+  new_queue(L, &SIMPLE_C, 0, opt_bytes(L, 1, b), 0);
   return 1;
 }
 
 /* For mp.wait (lwait.c): the ring of a queue at idx, or NULL if idx is not a queue. */
 mp_ring *mp_queue_ring(lua_State *L, int idx) {
-  static const char *const names[] = { QUEUE_T, SIMPLE_T, JOINABLE_T };
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-  int found = 0;
-  for (int i = 0; i < 3 && !found; i++) {
-    luaL_getmetatable(L, names[i]);
-    found = lua_rawequal(L, -1, -2);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  if (!found) return NULL;
-  queue_ud *q = lua_touserdata(L, idx);
+  queue_ud *q = mp_testself(L, idx, &ANY_QUEUE_C);
+  if (q == NULL) return NULL;
   if (q->ring.hdr == NULL) luaL_error(L, "queue is closed");
   return &q->ring;
 }
@@ -341,12 +346,12 @@ void mp_queue_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__gc", q_close}, {"__tostring", q_tostring},
+    {"__gc", q_close}, {"__close", q_close}, {"__tostring", q_tostring},
     {NULL, NULL}
   };
-  mp_newclass(L, QUEUE_T, methods, metamethods);
-  mp_newclass(L, SIMPLE_T, simple, metamethods);
-  mp_newclass(L, JOINABLE_T, joinable, metamethods);
+  mp_newclass(L, &QUEUE_C, methods, metamethods);
+  mp_newclass(L, &SIMPLE_C, simple, metamethods);
+  mp_newclass(L, &JOINABLE_C, joinable, metamethods);
   lua_pop(L, 3);
   static const luaL_Reg funcs[] = {
     {"Queue", core_queue},

@@ -39,20 +39,8 @@ static const typeinfo types[] = {
   {'f', 4, K_FLOAT}, {'d', 8, K_FLOAT}, {'c', 1, K_CHAR}, {0, 0, 0}
 };
 
-/*
-** The first word of every Value or Array userdata points at one of these, so
-** the methods check the type of `self` by reading one word (see check_shared)
-** instead of fetching and comparing the metatable.
-*/
-typedef struct shared_class {
-  const char *tname;
-  const char *name;                     /* for messages */
-} shared_class;
-
-static const shared_class VALUE_C = {VALUE_T, "Value"}, ARRAY_C = {ARRAY_T, "Array"};
-
 typedef struct shared_ud {
-  const shared_class *cls;    /* first: what check_shared reads */
+  const mp_class *cls;        /* first: the class word (mp_aux.h) */
   char *data;                 /* NULL once collected */
   size_t n;                   /* elements (1 for a Value) */
   size_t bytes;               /* allocated size */
@@ -61,6 +49,9 @@ typedef struct shared_ud {
   const mp_shm_ud *shm;       /* a view of this SharedMemory (user value 2): never freed here */
 } shared_ud;
 
+static const mp_class VALUE_C = { VALUE_T, sizeof(shared_ud), NULL },
+                      ARRAY_C = { ARRAY_T, sizeof(shared_ud), NULL };
+/* get_lock and the finalizer serve both: each checks its own class (mp_upclass). */
 static const typeinfo *check_typecode(lua_State *L, int arg) {
   size_t len;
   const char *s = luaL_checklstring(L, arg, &len);
@@ -197,15 +188,10 @@ static void set_elem(lua_State *L, const typeinfo *t, char *p, int idx, int arg)
 
 /* ---- Construction ------------------------------------------------------------ */
 
-static shared_ud *new_shared(lua_State *L, const shared_class *c, const typeinfo *t, size_t n) {
-  shared_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
-  u->cls = c;
-  u->data = NULL;
-  u->n = 0;
+static shared_ud *new_shared(lua_State *L, const mp_class *c, const typeinfo *t, size_t n) {
+  shared_ud *u = mp_newself(L, c, 2);      /* data NULL: safe empty state; uv 2: a view's SharedMemory */
   u->owner = mp_self_pid();
   u->t = t;
-  u->shm = NULL;
-  luaL_setmetatable(L, c->tname);
   size_t bytes = n * t->size;
   char *data = mp_shm_alloc(bytes);
   if (data == NULL) mp_raise_errno(L, errno, "cannot allocate shared memory");
@@ -299,9 +285,10 @@ static mp_shm_ud *array_options(lua_State *L, int arg, size_t *offset) {
 }
 
 /*
-** A typed view of n elements of SharedMemory sm from byte `offset`: the
-** elements are the segment's bytes (another process attaching by name sees
-** them); the view keeps sm alive and raises once sm is closed.
+** A typed view of n elements of SharedMemory sm (at stack index smidx) from
+** byte `offset`: the elements are the segment's bytes, which another process
+** attaching by name sees; the view keeps sm alive (user value 2), never frees
+** the bytes, and raises once sm is closed (see check_shared).
 */
 static shared_ud *new_view(lua_State *L, const typeinfo *t, size_t n, mp_shm_ud *sm, int smidx, size_t offset) {
   if (offset % t->size != 0)
@@ -310,17 +297,14 @@ static shared_ud *new_view(lua_State *L, const typeinfo *t, size_t n, mp_shm_ud 
   if (offset > sm->size || n > (sm->size - offset) / t->size)
     luaL_error(L, "%I elements of typecode '%c' from offset %I do not fit SharedMemory '%s' (%I bytes)",
                (lua_Integer)n, t->code, (lua_Integer)offset, sm->name, (lua_Integer)sm->size);
-  shared_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
-  u->cls = &ARRAY_C;
-  u->data = sm->base + offset;
-  u->n = n;
-  u->bytes = 0;
-  u->owner = 0;                     /* nobody frees: the SharedMemory owns the bytes */
+  shared_ud *u = mp_newself(L, &ARRAY_C, 2);
   u->t = t;
   u->shm = sm;
-  luaL_setmetatable(L, ARRAY_T);
   lua_pushvalue(L, smidx);
   lua_setiuservalue(L, -2, 2);
+  u->data = sm->base + offset;
+  u->n = n;
+  u->owner = 0;                     /* nobody frees: the SharedMemory owns the bytes */
   return u;
 }
 
@@ -383,8 +367,8 @@ static int core_array(lua_State *L) { return array_new(L, 0); }
 static int core_raw_array(lua_State *L) { return array_new(L, 1); }
 
 static int shared_gc(lua_State *L) {
-  shared_ud *u = lua_touserdata(L, 1);
-  if (u != NULL && u->data != NULL) {
+  shared_ud *u = mp_checkself(L, 1, mp_upclass(L));
+  if (u->data != NULL) {
     if (u->shm == NULL && u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
     u->data = NULL;
     u->n = 0;
@@ -393,40 +377,35 @@ static int shared_gc(lua_State *L) {
 }
 
 static int shared_get_lock(lua_State *L) {
+  shared_ud *u = mp_checkself(L, 1, mp_upclass(L));
   if (lua_getiuservalue(L, 1, 1) == LUA_TNIL)
     return luaL_error(L, "this %s has no lock (it was created with lock = false)",
-                      luaL_testudata(L, 1, VALUE_T) ? "Value" : "Array");
+                      u->cls == &VALUE_C ? "Value" : "Array");
   return 1;
 }
 
 /* ---- Value ------------------------------------------------------------------- */
 
-/*
-** The object at argument 1 when its class is `c`, else a type error.
-** lua_rawlen is 0 for anything but a full userdata (a light userdata could
-** point anywhere) and the block's size for one, so the class word is only read
-** inside a block at least as large as shared_ud; only new_shared writes a
-** pointer to a shared_class there.
-*/
-static inline shared_ud *check_shared(lua_State *L, const shared_class *c) {
-  shared_ud *u = lua_touserdata(L, 1);
-  if (u == NULL || lua_rawlen(L, 1) < sizeof(shared_ud) || u->cls != c) mp_typeerror(L, 1, c->tname);
-  if (u->data == NULL) luaL_error(L, "%s is collected", c->name);
-  if (u->shm != NULL && u->shm->closed) luaL_error(L, "the SharedMemory '%s' this %s views is closed", u->shm->name, c->name);
+/* The object at argument 1 when its class is `c`, else a type error. */
+static inline shared_ud *check_shared(lua_State *L, const mp_class *c) {
+  shared_ud *u = mp_checkself(L, 1, c);
+  if (u->data == NULL) luaL_error(L, "%s is collected", c->tname);
+  if (u->shm != NULL && u->shm->closed)
+    luaL_error(L, "the SharedMemory '%s' this Array views is closed", u->shm->name);
   return u;
 }
 
 static shared_ud *check_value(lua_State *L) { return check_shared(L, &VALUE_C); }
 
 /*
-** __index: upvalue 2 is the methods table, where "value" maps to false. One
+** __index: upvalue 1 is the methods table, where "value" maps to false. One
 ** raw lookup serves both a method (returned as is) and `.value` (the false
 ** marker), and a method lookup touches no object memory, so only `.value`
 ** pays for the type check.
 */
 static int value_index(lua_State *L) {
   lua_settop(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TBOOLEAN) {
+  if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TBOOLEAN) {
     shared_ud *u = check_value(L);
     push_elem(L, u->t, u->data);
   }
@@ -450,11 +429,25 @@ static const typeinfo *check_integer_value(lua_State *L, shared_ud *u, const cha
   return t;
 }
 
-/* v:add(n) --> the new value. One atomic fetch-add; wraps around like C. */
+/*
+** v:add(n) --> the new value. One atomic fetch-add; the result wraps around
+** like C. The addend itself must fit the type (for an unsigned type, either
+** sign: add(-1) decrements), so that add(2^32) on an 'i' is an error instead
+** of adding 2^32 mod 2^32 = 0.
+*/
 static int value_add(lua_State *L) {
   shared_ud *u = check_value(L);
   const typeinfo *t = check_integer_value(L, u, "add");
   lua_Integer n = luaL_checkinteger(L, 2);
+  if (t->size < 8) {
+    int bits = t->size * 8;
+    lua_Integer lo, hi;
+    if (t->kind == K_SIGNED) { lo = -((lua_Integer)1 << (bits - 1)); hi = ((lua_Integer)1 << (bits - 1)) - 1; }
+    else { hi = ((lua_Integer)1 << bits) - 1; lo = -hi; }
+    if (n < lo || n > hi)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "addend %I out of range for typecode '%c' (%I..%I)",
+                                                 n, t->code, lo, hi));
+  }
   char *p = u->data;
   switch (t->code) {
     case 'b': lua_pushinteger(L, (int8_t)__atomic_add_fetch((uint8_t *)p, (uint8_t)n, __ATOMIC_SEQ_CST)); break;
@@ -550,7 +543,7 @@ static int array_index(lua_State *L) {
       return 1;
     }
     lua_pushvalue(L, 2);
-    lua_rawget(L, lua_upvalueindex(2));
+    lua_rawget(L, lua_upvalueindex(1));
     return 1;
   }
   size_t i = check_index(L, u);
@@ -581,7 +574,7 @@ static int array_newindex(lua_State *L) {
 }
 
 static int array_len(lua_State *L) {
-  shared_ud *u = mp_checkself(L, 1, ARRAY_T);
+  shared_ud *u = check_array(L);
   lua_pushinteger(L, (lua_Integer)u->n);
   return 1;
 }
@@ -597,10 +590,9 @@ static int array_tolist(lua_State *L) {
 }
 
 static int array_next(lua_State *L) {
-  shared_ud *u = lua_touserdata(L, 1);
+  shared_ud *u = check_array(L);
   lua_Integer i = luaL_optinteger(L, 2, 0) + 1;
-  if (u == NULL || u->data == NULL || i < 1 || (lua_Unsigned)i > u->n) return 0;
-  if (u->shm != NULL && u->shm->closed) return luaL_error(L, "the SharedMemory '%s' this Array views is closed", u->shm->name);
+  if (i < 1 || (lua_Unsigned)i > u->n) return 0;
   lua_pushinteger(L, i);
   push_elem(L, u->t, u->data + (i - 1) * u->t->size);
   return 2;
@@ -623,20 +615,15 @@ static int array_tostring(lua_State *L) {
 
 /* ---- Registration ---------------------------------------------------------------- */
 
-/* A class whose __index/__newindex are C functions with (metatable, methods) upvalues. */
-static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
+/* A class whose __index is a C function with the methods table as upvalue 1. */
+static void new_class(lua_State *L, const mp_class *c, const luaL_Reg *methods,
                       const luaL_Reg *metamethods, lua_CFunction index) {
-  luaL_newmetatable(L, tname);
+  mp_newclass(L, c, methods, metamethods);
+  lua_getfield(L, -1, "__index");
   lua_pushvalue(L, -1);
-  luaL_setfuncs(L, metamethods, 1);
-  lua_newtable(L);
-  lua_pushvalue(L, -2);
-  luaL_setfuncs(L, methods, 1);
-  lua_pushvalue(L, -2);
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, index, 2);
-  lua_setfield(L, -3, "__index");
-  lua_setfield(L, -2, "methods");   /* for the Lua half to add methods */
+  lua_setfield(L, -3, "methods");   /* for the Lua half to add methods */
+  lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
 
@@ -660,12 +647,12 @@ void mp_shared_open(lua_State *L) {
     {"Value", core_value}, {"Array", core_array}, {"RawValue", core_raw_value},
     {"RawArray", core_raw_array}, {NULL, NULL}
   };
-  new_class(L, VALUE_T, value_methods, value_meta, value_index);
+  new_class(L, &VALUE_C, value_methods, value_meta, value_index);
   luaL_getmetatable(L, VALUE_T);
   lua_getfield(L, -1, "methods");
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "value");     /* the marker value_index looks for */
   lua_pop(L, 2);
-  new_class(L, ARRAY_T, array_methods, array_meta, array_index);
+  new_class(L, &ARRAY_C, array_methods, array_meta, array_index);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -20,12 +20,14 @@
 
 #define SHM_T "mp.SharedMemory"
 
+static const mp_class SHM_C = { SHM_T, sizeof(mp_shm_ud), NULL };
+
 mp_shm_ud *mp_shm_test(lua_State *L, int idx) {
-  return luaL_testudata(L, idx, SHM_T);
+  return mp_testself(L, idx, &SHM_C);
 }
 
 static mp_shm_ud *check_open(lua_State *L) {
-  mp_shm_ud *u = mp_checkself(L, 1, SHM_T);
+  mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
   if (u->closed) luaL_error(L, "SharedMemory '%s' is closed", u->name);
   return u;
 }
@@ -83,10 +85,8 @@ static int core_shared_memory(lua_State *L) {
   }
   if (create && size <= 0) return luaL_argerror(L, 3, "size must be a positive number of bytes to create");
   if (!create && name == NULL) return luaL_argerror(L, 1, "a name is needed to attach (create = false)");
-  mp_shm_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-  memset(u, 0, sizeof *u);
-  u->closed = 1;                     /* until mapped */
-  luaL_setmetatable(L, SHM_T);
+  mp_shm_ud *u = mp_newself(L, &SHM_C, 0);
+  u->closed = 1;                     /* until mapped: safe empty state */
   void *base = NULL;
   size_t got = 0;
   int err;
@@ -163,7 +163,7 @@ static int shm_write(lua_State *L) {
 
 /* close(), __close and __gc: unmaps this process's view. Never unlinks. */
 static int shm_close(lua_State *L) {
-  mp_shm_ud *u = mp_checkself(L, 1, SHM_T);
+  mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
   if (!u->closed) mp_nshm_unmap(u->base, u->size);
   u->base = NULL;
   u->closed = 1;
@@ -171,7 +171,7 @@ static int shm_close(lua_State *L) {
 }
 
 static int shm_unlink(lua_State *L) {
-  mp_shm_ud *u = mp_checkself(L, 1, SHM_T);
+  mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
   int err = mp_nshm_unlink(u->name);
   if (err == ENOENT) return luaL_error(L, "no SharedMemory named '%s' (already unlinked?)", u->name);
   if (err) return luaL_error(L, "cannot unlink SharedMemory '%s': %s", u->name, strerror(err));
@@ -179,18 +179,18 @@ static int shm_unlink(lua_State *L) {
 }
 
 static int shm_index(lua_State *L) {
-  mp_shm_ud *u = mp_checkself(L, 1, SHM_T);
+  mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
   const char *k = lua_tostring(L, 2);
   if (k != NULL && strcmp(k, "name") == 0) { lua_pushstring(L, u->name); return 1; }
   if (k != NULL && strcmp(k, "size") == 0) { lua_pushinteger(L, (lua_Integer)u->size); return 1; }
   if (k != NULL && strcmp(k, "closed") == 0) { lua_pushboolean(L, u->closed); return 1; }
   lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(2));
+  lua_rawget(L, lua_upvalueindex(1));
   return 1;
 }
 
 static int shm_tostring(lua_State *L) {
-  mp_shm_ud *u = mp_checkself(L, 1, SHM_T);
+  mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
   lua_pushfstring(L, "SharedMemory('%s', size=%I%s)", u->name, (lua_Integer)u->size, u->closed ? ", closed" : "");
   return 1;
 }
@@ -203,11 +203,9 @@ void mp_shm_open(lua_State *L) {
   static const luaL_Reg meta[] = {
     {"__gc", shm_close}, {"__close", shm_close}, {"__tostring", shm_tostring}, {NULL, NULL}
   };
-  mp_newclass(L, SHM_T, methods, meta);
-  lua_getfield(L, -1, "__index");           /* methods */
-  lua_pushvalue(L, -2);
-  lua_insert(L, -2);                        /* metatable, methods as upvalues 1, 2 */
-  lua_pushcclosure(L, shm_index, 2);
+  mp_newclass(L, &SHM_C, methods, meta);
+  lua_getfield(L, -1, "__index");           /* the methods table, as upvalue 1 */
+  lua_pushcclosure(L, shm_index, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lua_pushcfunction(L, core_shared_memory);

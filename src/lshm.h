@@ -8,7 +8,10 @@
 #include <stddef.h>
 #include <lua.h>
 
+struct mp_class;
+
 typedef struct mp_shm_ud {
+  const struct mp_class *cls;   /* first: the class word (mp_aux.h) */
   char *base;             /* NULL once closed (or for a 0-byte segment) */
   size_t size;
   int closed;

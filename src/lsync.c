@@ -26,22 +26,9 @@
 
 #define SLOT 64                         /* one cache line per primitive */
 
-/*
-** Each class is identified by the address of one of these: the first word of
-** every primitive's userdata points at its class, so the hot paths check the
-** type of `self` by reading one word instead of fetching and comparing the
-** metatable (which cost about 12 ns per call, a third of a method call).
-*/
-typedef struct prim_class {
-  const char *tname;
-} prim_class;
-
-static const prim_class LOCK_C = {LOCK_T}, RLOCK_C = {RLOCK_T}, SEM_C = {SEM_T},
-                        BSEM_C = {BSEM_T}, COND_C = {COND_T}, EVENT_C = {EVENT_T};
-
 /* The common head of every primitive's userdata. */
 typedef struct prim_ud {
-  const prim_class *cls;                /* first: what check_prim reads */
+  const mp_class *cls;                  /* first: the class word (mp_aux.h) */
   void *shm;                            /* NULL once collected */
   uint32_t owner;                       /* the creating process: only it frees */
 } prim_ud;
@@ -56,34 +43,34 @@ typedef struct cond_ud {
   lock_ud *lock;                        /* kept alive by user value 1 */
 } cond_ud;
 
+static const mp_class LOCK_C = { LOCK_T, sizeof(lock_ud), NULL },
+                      RLOCK_C = { RLOCK_T, sizeof(lock_ud), NULL },
+                      SEM_C = { SEM_T, sizeof(prim_ud), NULL },
+                      BSEM_C = { BSEM_T, sizeof(prim_ud), NULL },
+                      COND_C = { COND_T, sizeof(cond_ud), NULL },
+                      EVENT_C = { EVENT_T, sizeof(prim_ud), NULL };
+/* What a Condition or a Value's lock option accepts. */
+static const mp_class *const lock_family[] = { &LOCK_C, &RLOCK_C, NULL };
+static const mp_class ANY_LOCK_C = { "mp.Lock or mp.RLock", sizeof(lock_ud), lock_family };
+
 static void *collected(lua_State *L, const char *tname) {
   luaL_error(L, "%s used after it was collected", tname);
   return NULL;
 }
 
-/*
-** The primitive at argument 1 when its class is `c` (or `c2`, which may be
-** NULL), else a type error. lua_rawlen is 0 for anything but a full userdata
-** (a light userdata could point anywhere) and the block's size for one, so the
-** class word is only read inside a block at least as large as prim_ud. Only
-** this file's constructors write a pointer to a prim_class there.
-*/
-static inline prim_ud *check_prim(lua_State *L, const prim_class *c, const prim_class *c2) {
-  prim_ud *p = lua_touserdata(L, 1);
-  if (p == NULL || lua_rawlen(L, 1) < sizeof(prim_ud) || (p->cls != c && (c2 == NULL || p->cls != c2)))
-    mp_typeerror(L, 1, c->tname);
+/* The primitive at argument 1 when its class is (in) `c`, else a type error. */
+static inline prim_ud *check_prim(lua_State *L, const mp_class *c) {
+  prim_ud *p = mp_checkself(L, 1, c);
   /* Only reachable from another object's finalizer, but never a NULL dereference. */
   if (p->shm == NULL) return collected(L, c->tname);
   return p;
 }
 
-#define check_self(L, c) ((void *)check_prim(L, c, NULL))
+#define check_self(L, c) ((void *)check_prim(L, c))
 
 /* Pushes a primitive's userdata in a safe empty state, then allocates. */
-static void *new_prim(lua_State *L, size_t size, const prim_class *c) {
-  prim_ud *u = mp_newudata(L, size, c->tname);
-  u->cls = c;
-  u->shm = NULL;
+static void *new_prim(lua_State *L, const mp_class *c) {
+  prim_ud *u = mp_newself(L, c, 1);
   u->owner = mp_self_pid();
   void *shm = mp_shm_alloc(SLOT);
   if (shm == NULL) mp_raise_errno(L, errno, "cannot allocate shared memory");
@@ -91,10 +78,10 @@ static void *new_prim(lua_State *L, size_t size, const prim_class *c) {
   return u;
 }
 
-/* __gc for all of them: one idempotent function. */
+/* __gc for all of them: one idempotent function (each class checks its own). */
 static int prim_gc(lua_State *L) {
-  prim_ud *u = lua_touserdata(L, 1);
-  if (u != NULL && u->shm != NULL) {
+  prim_ud *u = mp_checkself(L, 1, mp_upclass(L));
+  if (u->shm != NULL) {
     if (u->owner == mp_self_pid()) mp_shm_free(u->shm, SLOT);
     u->shm = NULL;
   }
@@ -173,7 +160,7 @@ static int mutex_release(lua_State *L, lock_ud *u) {
 }
 
 static int lock_new(lua_State *L, int recursive) {
-  lock_ud *u = new_prim(L, sizeof *u, recursive ? &RLOCK_C : &LOCK_C);
+  lock_ud *u = new_prim(L, recursive ? &RLOCK_C : &LOCK_C);
   u->recursive = recursive;
   return 1;
 }
@@ -184,7 +171,7 @@ static int core_rlock(lua_State *L) { return lock_new(L, 1); }
 void mp_sync_new_lock(lua_State *L, int recursive) { lock_new(L, recursive); }
 
 int mp_sync_is_lock(lua_State *L, int arg) {
-  return luaL_testudata(L, arg, LOCK_T) != NULL || luaL_testudata(L, arg, RLOCK_T) != NULL;
+  return mp_testself(L, arg, &ANY_LOCK_C) != NULL;
 }
 
 /* lock:acquire([block [, timeout]]) --> true [, "owner died"] | false */
@@ -252,7 +239,7 @@ static int sem_new(lua_State *L, int bounded) {
   lua_Integer value = luaL_optinteger(L, 1, 1);
   luaL_argcheck(L, value >= 0, 1, "semaphore initial value must be >= 0");
   luaL_argcheck(L, value <= INT32_MAX, 1, "semaphore initial value too large");
-  prim_ud *u = new_prim(L, sizeof *u, bounded ? &BSEM_C : &SEM_C);
+  prim_ud *u = new_prim(L, bounded ? &BSEM_C : &SEM_C);
   mp_sem *s = u->shm;
   atomic_store(&s->value, (uint32_t)value);
   s->bounded = bounded;
@@ -264,7 +251,7 @@ static int core_semaphore(lua_State *L) { return sem_new(L, 0); }
 static int core_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
 
 /* The methods are shared by both classes. */
-static prim_ud *check_sem(lua_State *L) { return check_prim(L, &SEM_C, &BSEM_C); }
+static prim_ud *check_sem(lua_State *L) { return check_prim(L, mp_upclass(L)); }
 
 static int sem_acquire(lua_State *L) {
   prim_ud *u = check_sem(L);
@@ -313,7 +300,7 @@ static int sem_tostring(lua_State *L) {
 /* ---- Event ------------------------------------------------------------------- */
 
 static int core_event(lua_State *L) {
-  new_prim(L, sizeof(prim_ud), &EVENT_C);
+  new_prim(L, &EVENT_C);
   return 1;
 }
 
@@ -348,11 +335,6 @@ static int event_tostring(lua_State *L) {
 
 /* ---- Condition ------------------------------------------------------------------ */
 
-static lock_ud *test_lock(lua_State *L, int arg) {
-  lock_ud *u = luaL_testudata(L, arg, LOCK_T);
-  if (u == NULL) u = luaL_testudata(L, arg, RLOCK_T);
-  return u;
-}
 
 /* Condition([lock]) or Condition{lock = l}: an mp.Lock or mp.RLock, by default a new RLock. */
 static int core_condition(lua_State *L) {
@@ -364,9 +346,8 @@ static int core_condition(lua_State *L) {
     lua_settop(L, 0);
     lock_new(L, 1);
   }
-  lock_ud *lock = test_lock(L, 1);
-  if (lock == NULL) return mp_typeerror(L, 1, "mp.Lock or mp.RLock");
-  cond_ud *u = new_prim(L, sizeof *u, &COND_C);
+  lock_ud *lock = mp_checkself(L, 1, &ANY_LOCK_C);
+  cond_ud *u = new_prim(L, &COND_C);
   u->lock = lock;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
@@ -472,10 +453,10 @@ static int cond_tostring(lua_State *L) {
 
 /* ---- Registration ------------------------------------------------------------------ */
 
-static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
+static void new_class(lua_State *L, const mp_class *c, const luaL_Reg *methods,
                       lua_CFunction tostring) {
   luaL_Reg meta[] = {{"__gc", prim_gc}, {"__tostring", tostring}, {NULL, NULL}};
-  mp_newclass(L, tname, methods, meta);
+  mp_newclass(L, c, methods, meta);
   lua_pop(L, 1);
 }
 
@@ -500,35 +481,17 @@ void mp_sync_open(lua_State *L) {
     {"BoundedSemaphore", core_bounded_semaphore}, {"Event", core_event},
     {"Condition", core_condition}, {NULL, NULL}
   };
-  new_class(L, LOCK_T, lock_methods, lock_tostring);
-  new_class(L, RLOCK_T, rlock_methods, rlock_tostring);
-  new_class(L, EVENT_T, event_methods, event_tostring);
-  new_class(L, COND_T, cond_methods, cond_tostring);
+  new_class(L, &LOCK_C, lock_methods, lock_tostring);
+  new_class(L, &RLOCK_C, rlock_methods, rlock_tostring);
+  new_class(L, &EVENT_C, event_methods, event_tostring);
+  new_class(L, &COND_C, cond_methods, cond_tostring);
 
-  /* Semaphore and BoundedSemaphore: one method table, both metatables as upvalues. */
+  /* Semaphore and BoundedSemaphore: the same functions (each checks its own class). */
   static const luaL_Reg sem_methods[] = {
     {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
-    {"__tostring", sem_tostring}, {NULL, NULL}
+    {NULL, NULL}
   };
-  luaL_newmetatable(L, SEM_T);
-  luaL_newmetatable(L, BSEM_T);
-  lua_newtable(L);                                   /* methods */
-  for (const luaL_Reg *r = sem_methods; r->name != NULL; r++) {
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    lua_pushcclosure(L, r->func, 2);
-    lua_setfield(L, -2, r->name);
-  }
-  for (int mt = -3; mt <= -2; mt++) {
-    lua_pushvalue(L, -1);
-    lua_setfield(L, mt - 1, "__index");
-    lua_getfield(L, -1, "__tostring");
-    lua_setfield(L, mt - 1, "__tostring");
-    lua_pushcfunction(L, prim_gc);
-    lua_setfield(L, mt - 1, "__gc");
-  }
-  lua_pushnil(L);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 3);
+  new_class(L, &SEM_C, sem_methods, sem_tostring);
+  new_class(L, &BSEM_C, sem_methods, sem_tostring);
   luaL_setfuncs(L, funcs, 0);
 }

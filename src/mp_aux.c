@@ -8,20 +8,21 @@
 
 #include "mp_aux.h"
 #include "engine/clock.h"
+#include "engine/fault.h"
 
 /* Registry key of the error-object factory set by the Lua half (core.set_error_factory). */
 static const char error_factory_key = 0;
 
-void mp_newclass(lua_State *L, const char *tname,
+void mp_newclass(lua_State *L, const mp_class *c,
                  const luaL_Reg *methods, const luaL_Reg *metamethods) {
-  luaL_newmetatable(L, tname);
+  luaL_newmetatable(L, c->tname);
   if (metamethods != NULL) {
-    lua_pushvalue(L, -1);
+    lua_pushlightuserdata(L, (void *)c);
     luaL_setfuncs(L, metamethods, 1);
   }
   if (methods != NULL) {
     lua_newtable(L);
-    lua_pushvalue(L, -2);
+    lua_pushlightuserdata(L, (void *)c);
     luaL_setfuncs(L, methods, 1);
     lua_setfield(L, -2, "__index");
   }
@@ -31,13 +32,11 @@ int mp_typeerror(lua_State *L, int arg, const char *tname) {
   return luaL_typeerror(L, arg, tname);
 }
 
-void *mp_checkudata(lua_State *L, int arg, const char *tname) {
-  return luaL_checkudata(L, arg, tname);
-}
-
-void *mp_newudata(lua_State *L, size_t size, const char *tname) {
-  void *p = lua_newuserdatauv(L, size, 1);
-  luaL_setmetatable(L, tname);
+void *mp_newself(lua_State *L, const mp_class *c, int nuv) {
+  void *p = lua_newuserdatauv(L, c->size, nuv);
+  memset(p, 0, c->size);
+  *(const mp_class **)p = c;
+  luaL_setmetatable(L, c->tname);
   return p;
 }
 
@@ -93,8 +92,19 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+#ifdef MP_FAULTS
+/* core.fault_arm(spec): test builds only (engine/fault.h). */
+static int core_fault_arm(lua_State *L) {
+  mp_fault_arm(luaL_checkstring(L, 1));
+  return 0;
+}
+#endif
+
 void mp_time_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
+#ifdef MP_FAULTS
+    {"fault_arm", core_fault_arm},
+#endif
     {"set_error_factory", core_set_error_factory},
     {"time", core_time},
     {"sleep", core_sleep},

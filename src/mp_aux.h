@@ -9,39 +9,84 @@
 #include <lauxlib.h>
 
 /*
-** A userdata type: luaL_newmetatable(tname) (so __name reads well in errors and
-** tostring), `methods` in __index and `metamethods` in the metatable itself.
-** Every function gets the metatable as upvalue 1, which lets mp_checkself test
-** the type with one pointer comparison instead of a registry lookup by name
-** (luaL_checkudata costs ~30 ns per call, as much as the call itself).
-** Leaves the metatable on the stack.
+** The userdata recipe. Every mp userdata type is described by one static
+** mp_class, and the first word of every such userdata points at its class:
+**
+**   typedef struct queue_ud { const mp_class *cls; ... } queue_ud;
+**   static const mp_class QUEUE_C = { "mp.Queue", sizeof(queue_ud), NULL };
+**   queue_ud *q = mp_newself(L, &QUEUE_C, 0);      (zeroed, class word set, metatable set)
+**   queue_ud *q = mp_checkself(L, 1, &QUEUE_C);    (in every method and metamethod)
+**
+** mp_checkself is the one type-check idiom: it reads that word and compares it
+** with the expected class (one load and a compare, no registry lookup by name:
+** luaL_checkudata costs ~30 ns per call, as much as the call itself). It first
+** checks that the value is a full userdata whose block is at least as large as
+** the class says (lua_rawlen is 0 for a light userdata, which could point
+** anywhere), so the word is only read inside memory Lua allocated; only
+** mp_newself writes a pointer to an mp_class there.
+**
+** A method accepts objects of its own class only. One C function that serves
+** several classes (the three queues' put, the finalizers) is registered once
+** per class by mp_newclass, which gives every method and metamethod its class
+** as upvalue 1: it checks with mp_checkself(L, 1, mp_upclass(L)). An argument
+** that may be of several classes (a Condition's lock: Lock or RLock) is
+** checked against a family class whose `also` lists the accepted classes; the
+** accepted pointers are read from the trusted class, never from the object.
 */
-void mp_newclass(lua_State *L, const char *tname,
-                 const luaL_Reg *methods, const luaL_Reg *metamethods);
+typedef struct mp_class {
+  const char *tname;                   /* metatable name, also used in type errors */
+  size_t size;                         /* the userdata block's size */
+  const struct mp_class *const *also;  /* family: the accepted classes (NULL-terminated), or NULL */
+} mp_class;
 
-/* Raises "bad argument #arg (tname expected, got X)". */
-int mp_typeerror(lua_State *L, int arg, const char *tname);
-
-/*
-** The userdata at `arg` if its metatable is upvalue 1 of the running function;
-** otherwise a type error naming `tname`. Only for functions set by mp_newclass.
-*/
-static inline void *mp_checkself(lua_State *L, int arg, const char *tname) {
-  void *p = lua_touserdata(L, arg);
-  if (p != NULL && lua_getmetatable(L, arg)) {
-    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
-    if (same) return p;
-  }
-  mp_typeerror(L, arg, tname);
-  return NULL;
+/* Whether the object's class `k` is `c` or a member of family `c`. */
+static inline int mp_class_accepts(const mp_class *c, const mp_class *k) {
+  if (k == c) return 1;
+  if (c->also != NULL)
+    for (const mp_class *const *a = c->also; *a != NULL; a++)
+      if (*a == k) return 1;
+  return 0;
 }
 
-/* As mp_checkself for any function: compares with the metatable registered as tname. */
-void *mp_checkudata(lua_State *L, int arg, const char *tname);
+/* The class of the running method (upvalue 1, set by mp_newclass). */
+static inline const mp_class *mp_upclass(lua_State *L) {
+  return (const mp_class *)lua_touserdata(L, lua_upvalueindex(1));
+}
 
-/* Pushes a new userdata of `size` bytes with the metatable registered as tname. */
-void *mp_newudata(lua_State *L, size_t size, const char *tname);
+/* Raises "bad argument #arg to 'f' (tname expected, got X)" (or "calling 'f' on bad self"). */
+int mp_typeerror(lua_State *L, int arg, const char *tname);
+
+/* The mp object at `arg` when it is of class `c` (or of family `c`), else NULL. */
+static inline void *mp_testself(lua_State *L, int arg, const mp_class *c) {
+  const mp_class *const *p = lua_touserdata(L, arg);
+  if (p == NULL) return NULL;
+  size_t len = lua_rawlen(L, arg);
+  if (len < sizeof *p || !mp_class_accepts(c, *p) || len < (*p)->size) return NULL;
+  return (void *)p;
+}
+
+/* The mp object at `arg` when it is of class `c` (or of family `c`); else a type error. */
+static inline void *mp_checkself(lua_State *L, int arg, const mp_class *c) {
+  void *p = mp_testself(L, arg, c);
+  if (p == NULL) mp_typeerror(L, arg, c->tname);
+  return p;
+}
+
+/*
+** Pushes a new object of class c: c->size zeroed bytes with the class word
+** set, `nuv` user values, and the metatable registered as c->tname. The
+** caller then sets its safe empty state (fds -1...) before anything can fail.
+*/
+void *mp_newself(lua_State *L, const mp_class *c, int nuv);
+
+/*
+** Registers the metatable of class `c`: luaL_newmetatable(c->tname) (so
+** __name reads well in errors and tostring), `metamethods` in the metatable
+** and `methods` in a table set as __index, each with the class as upvalue 1
+** (mp_upclass). Leaves the metatable on the stack.
+*/
+void mp_newclass(lua_State *L, const mp_class *c,
+                 const luaL_Reg *methods, const luaL_Reg *metamethods);
 
 /*
 ** Raises an error object of the given kind ("Empty", "TimeoutError", ...), built

@@ -17,6 +17,16 @@ local function argerror(n, fname, msg, level)
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level or 3)
 end
 
+-- Raises a "bad self" error at the caller of method `fname` unless self's metatable is mt.
+local function check_self(self, mt, fname)
+  if getmetatable(self) ~= mt then
+    local got = type(self)
+    local gmt = getmetatable(self)
+    if type(gmt) == "table" and type(rawget(gmt, "__name")) == "string" then got = gmt.__name end
+    error(string.format("bad argument #1 to '%s' (%s expected, got %s)", fname, mt.__name, got), 3)
+  end
+end
+
 --[[
 lock:hold() acquires and returns a to-be-closed guard that releases:
   local _ <close> = lock:hold()
@@ -28,27 +38,32 @@ Guard.__index = Guard
 function Guard.__close(g) g.obj:release() end
 function Guard.release(g) g.obj:release() end
 
-local function hold(self)
-  self:acquire()
-  local g = guards[self]
-  if not g then
-    g = setmetatable({ obj = self }, Guard)
-    guards[self] = g
-  end
-  return g
-end
-
 local function finish(self, ok, ...)
   self:release()
   if not ok then error((...), 0) end
   return ...
 end
 
--- lock:with(fn, ...) --> fn's results; releases even when fn raises.
-local function with(self, fn, ...)
-  if type(fn) ~= "function" then argerror(1, "with", "function expected, got " .. type(fn)) end
-  self:acquire()
-  return finish(self, pcall(fn, ...))
+-- hold and with for the class whose metatable is mt (each checks its own self).
+local function lock_helpers(mt)
+  local function hold(self)
+    check_self(self, mt, "hold")
+    self:acquire()
+    local g = guards[self]
+    if not g then
+      g = setmetatable({ obj = self }, Guard)
+      guards[self] = g
+    end
+    return g
+  end
+  -- lock:with(fn, ...) --> fn's results; releases even when fn raises.
+  local function with(self, fn, ...)
+    check_self(self, mt, "with")
+    if type(fn) ~= "function" then argerror(1, "with", "function expected, got " .. type(fn)) end
+    self:acquire()
+    return finish(self, pcall(fn, ...))
+  end
+  return hold, with
 end
 
 -- cond:wait_for(predicate, timeout) --> the predicate's last result
@@ -73,9 +88,13 @@ local lock_like = { core.Lock(), core.RLock(), core.Semaphore(1), core.BoundedSe
                     core.Condition(core.Lock()) }
 for _, obj in ipairs(lock_like) do
   local m = methods_of(obj)
-  m.hold, m.with = hold, with
+  m.hold, m.with = lock_helpers(getmetatable(obj))
 end
-methods_of(lock_like[5]).wait_for = wait_for
+local cond_mt = getmetatable(lock_like[5])
+methods_of(lock_like[5]).wait_for = function(self, predicate, timeout)
+  check_self(self, cond_mt, "wait_for")
+  return wait_for(self, predicate, timeout)
+end
 lock_like = nil
 
 -- Constructors are the C functions themselves, so argument errors point at the caller.
