@@ -683,6 +683,34 @@ describe("manager lifetime", function()
     assert.is_true(took >= 0.29 and took < 3, tostring(took))
   end)
 
+  it("an owner that ends without shutdown, by os.exit or by an error leaves nothing", function()
+    for _, how in ipairs { "end", "exit", "error" } do
+      local r = H.run_script([[
+        local mgr = mp.Manager()
+        local d = mgr:dict()
+        d.x = 1
+        print(mgr.address, mgr.pid)
+        io.stdout:flush()
+        if ... == "exit" then os.exit(0) elseif ... == "error" then error("boom", 0) end
+      ]], { args = { how } })
+      local address, pid = r.stdout:match("^(%S+)\t(%d+)\n$")
+      assert.truthy(address, how .. ": " .. r.stdout .. r.stderr)
+      assert.equal(how == "error" and 1 or 0, r.status, r.stderr)
+      wait_until(function() return not pid_alive(tonumber(pid)) end, "the server to exit")
+      assert.is_false(exists((address:match("^(.*)/listener$"))), how)
+    end
+  end)
+
+  it("SIGTERM stops the server cleanly", function()
+    local m <close> = mp.Manager()
+    local dir = dir_of(m)
+    mp.kill(m.pid, "SIGTERM")
+    m:join(10)
+    assert.equal(0, m._process.exitcode)
+    assert.is_false(exists(dir))
+    H.raises(mp.ConnectionError, function() m:dict() end)
+  end)
+
   it("a server whose owner died exits and removes its directory", function()
     local q = mp.Queue()
     local owner = H.spawn(function()

@@ -151,7 +151,8 @@ static int core_manager_server(lua_State *L) {
 **   "bad", id, seq, oneway, message    a request that does not decode
 **   "closed", id                       a client left (after its last request)
 **   "orphan"                           the owner process died
-**   nothing                            the timeout passed
+**   nothing                            the timeout passed, or a wait slice ended
+**                                      (signal handlers have run: look at their effects)
 */
 static int server_next(lua_State *L) {
   server_ud *u = check_server(L);
@@ -159,8 +160,12 @@ static int server_next(lua_State *L) {
   lua_settop(L, 1);
   mp_srv_event ev;
   int rc;
-  while ((rc = mp_srv_next(&u->s, deadline, &ev)) == EINTR)
+  if ((rc = mp_srv_next(&u->s, deadline, &ev)) == EINTR) {
+    /* A slice ended or a signal came: its Lua handler runs now, and the loop
+    ** gets control back to look at what the handler changed (stopping). */
     mp_check_interrupt(L);
+    return 0;
+  }
   if (rc == ETIMEDOUT) return 0;
   if (rc == MP_SRV_ORPHAN) { lua_pushliteral(L, "orphan"); return 1; }
   if (rc != 0) return mp_raise_errno(L, rc, "manager server");
