@@ -469,7 +469,7 @@ function BaseManager:init(opts)
   local ok, listener, bound = pcall(core.manager_listen, address)
   if not ok then
     if dir then os.remove(dir) end
-    error(listener, 4)
+    error((tostring(listener):gsub("to 'mp%.core%.manager_listen'", "to '" .. fname .. "'")), 4)
   end
   counters[cls] = (counters[cls] or 0) + 1
   local cfg = {

@@ -22,6 +22,16 @@ returns true, "owner died", as mp.Lock's does.
 
 Lifetime: objects live as long as the server (see docs/manager.md for why
 there is no reference counting).
+
+Deaths. The server is the only writer of its objects and runs one request
+at a time: a method runs to its end, or to a park() where the object is
+consistent, before anything else. A client that dies can therefore only
+leave: its reply undelivered (a Queue item handed to a getter that died
+before reading the reply is lost, as in Python); its parked calls, resumed
+with "gone" and unwound without taking anything; and, when it was the last
+connection of its process, the locks that process held, released with
+"owner died" for the next acquirer. The server dying loses every object (they
+live in its memory only); clients get ConnectionError at once.
 ]]
 local core = require "mp.core"
 local errors = require "mp.errors"

@@ -21,6 +21,16 @@
 ** poll may have looked at the writer just before its bytes came), and hands it
 ** over first. So a one-way write is seen by every call made after it, in any
 ** process: the same guarantee a call that waits for its reply gives.
+**
+** Deaths. A client that dies halfway through sending a request leaves a cut
+** frame: its connection ends (EOF), the cut frame is dropped, and every whole
+** frame before it is still handed over, then CLOSED (a process that writes and
+** exits loses no write). A client that dies while its reply is written: the
+** write fails (EPIPE) and the connection ends; nothing else waits on it. A
+** connection that never finishes the handshake is dropped after 10 s. The
+** server dying closes every connection, so each client's waiting call fails at
+** once instead of at its timeout. An owner dying: the server sees that its
+** parent changed (getppid, every 0.1 s) and mp_srv_next says MP_SRV_ORPHAN.
 */
 #ifndef MP_MSERVER_H
 #define MP_MSERVER_H
