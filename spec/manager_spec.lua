@@ -272,6 +272,23 @@ describe("mp.Manager", function()
       lock:release()
     end)
 
+    it("a waiter that dies takes nothing", function()
+      local mgr <close> = mp.Manager{ timeout = 10 }
+      local lock, q, started = mgr:Lock(), mgr:Queue(), mgr:Event()
+      lock:acquire()
+      local p = H.spawn(function() started:set(); lock:acquire(); q:get() end)
+      assert.is_true(started:wait(10))
+      -- Once it sleeps, it is waiting for acquire's reply (it spins first, then sleeps in poll).
+      wait_until(function() return H.children_of(mp.getpid())[p.pid] == "S" end, "the child to wait in acquire")
+      p:kill()
+      H.join(p)
+      lock:release()
+      q:put("item")
+      assert.is_true(lock:acquire(false))
+      assert.equal("item", q:get(false))
+      lock:release()
+    end)
+
     it("a wait longer than the call timeout is not a TimeoutError", function()
 
       local mgr <close> = mp.Manager{ timeout = 10 }

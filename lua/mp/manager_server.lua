@@ -108,12 +108,14 @@ local function park(q, deadline)
   local w = { co = co, client = client, deadline = deadline, seq = seqno }
   q[w] = true
   if deadline then timers[w] = true end
-  client.waiter = w
+  client.waiters[w] = true
   local why = yield()
   q[w] = nil
   timers[w] = nil
-  client.waiter = nil
+  client.waiters[w] = nil
   current = client
+  -- Woken after its client left (in the same round): it must take nothing.
+  if client.gone then why = "gone" end
   return why, w
 end
 
@@ -780,7 +782,7 @@ types.JoinableQueue = { new = new_queue("JoinableQueue"), methods = queue_method
 -- The loop
 
 local srv                     -- the engine (core.manager_server)
-local clients = {}            -- connection id --> { id =, pid =, ident =, gone =, waiter =, calls = }
+local clients = {}            -- connection id --> { id =, pid =, ident =, gone =, waiters =, calls = }
 local idents = {}             -- identity --> number of open connections
 local names = {}              -- published name --> object id
 local next_id = 0
@@ -964,7 +966,7 @@ park = function(q, deadline)
 end
 
 local function on_open(id, pid, ident)
-  clients[id] = { id = id, pid = pid, ident = ident, calls = {} }
+  clients[id] = { id = id, pid = pid, ident = ident, calls = {}, waiters = {} }
   idents[ident] = (idents[ident] or 0) + 1
 end
 
@@ -975,7 +977,7 @@ local function on_closed(id)
   if client == nil then return end
   clients[id] = nil
   client.gone = true
-  if client.waiter then schedule(client.waiter, "gone") end
+  for w in pairs(client.waiters) do schedule(w, "gone") end
   local n = idents[client.ident] - 1
   if n > 0 then idents[client.ident] = n; return end
   idents[client.ident] = nil
