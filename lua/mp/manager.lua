@@ -160,14 +160,26 @@ local function pairs_over(t) return next, t, nil end
 local DictProxy = new_proxy_class("DictProxy", { "dict" })
 local dict_methods = callers { "get", "pop", "popitem", "update", "keys", "values", "items",
                                "copy", "clear", "setdefault", "has" }
+-- d[k] and d[k] = v are the hot paths: call and write inlined.
 DictProxy.__index = function(self, k)
   local m = dict_methods[k]
   if m ~= nil then return m end
-  return call(self, "__getitem", k)
+  local st = rawget(self, KEY)
+  local c = conns[st.s]
+  if c == nil or c.client:closed() then c = conn_of(st) end
+  return result(c.client:call(st.w, st.i, "__getitem", k))
 end
 DictProxy.__newindex = function(self, k, v)
-  check_key(k)
-  return write(self, "__setitem", k, v)
+  if k == nil or k ~= k then check_key(k) end
+  local st = rawget(self, KEY)
+  local c = conns[st.s]
+  if c == nil or c.client:closed() then c = conn_of(st) end
+  local tk, tv = type(k), type(v)
+  if c.oneway and (tk == "string" or tk == "number" or tk == "boolean")
+     and (tv == "string" or tv == "number" or tv == "boolean" or tv == "nil") then
+    return c.client:send(st.i, "__setitem", k, v)
+  end
+  return result(c.client:call(st.w, st.i, "__setitem", k, v))
 end
 DictProxy.__len = function(self) return call(self, "__len") end
 DictProxy.__pairs = function(self) return pairs_over(call(self, "copy")) end

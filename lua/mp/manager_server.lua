@@ -789,6 +789,8 @@ local next_id = 0
 local registry                -- typeid --> constructor (from the manager class)
 local stopping = false
 local NEED_CO = {}            -- raised by park outside a coroutine: run the call in one
+local builtin_of = {}         -- object id --> its built-in type's methods (nil: a registered type)
+local blocking_of = {}        -- object id --> which of those may wait
 
 local function usage_error(fmt, ...)
   return setmetatable({ message = string.format(fmt, ...) }, Usage)
@@ -886,6 +888,11 @@ function manager_methods.create(typeid, ...)
   next_id = next_id + 1
   objects[next_id] = obj
   object_type[next_id] = typeid
+  local t = types[typeid]
+  if t and ctor == t.new then
+    builtin_of[next_id] = t.methods
+    blocking_of[next_id] = t.blocking or {}
+  end
   return next_id, typeid
 end
 
@@ -937,8 +944,23 @@ local function find_method(id, method)
 end
 
 -- A request from client: (object id, method, args...).
+-- Replies with a built-in method's results (pcall's): the common case, kept short.
+local function builtin_reply(client, seq, ok, ...)
+  if not ok then return send_reply(client, seq, false, handler((...))) end
+  if seq == 0 or client.gone then return end
+  if not pcall(srv.reply, srv, client.id, seq, "ok", ...) then return send_reply(client, seq, true, ...) end
+end
+
 local function dispatch(client, seq, id, method, ...)
   current = client
+  -- The common case first: a built-in method that does not wait.
+  local methods = builtin_of[id]
+  if methods then
+    local f = methods[method]
+    if f ~= nil and not blocking_of[id][method] then
+      return builtin_reply(client, seq, pcall(f, objects[id], ...))
+    end
+  end
   if id == 0 then
     local f = manager_methods[method]
     if f == nil then return send_reply(client, seq, false, usage_error("unknown manager request '%s'", tostring(method))) end
@@ -1023,8 +1045,7 @@ function M.run(cfg)
     end
     while not stopping do
       local timeout
-      local d = next_deadline()
-      if d then timeout = math.max(d - now(), 0) end
+      if next(timers) then timeout = math.max(next_deadline() - now(), 0) end
       event(srv:next(timeout))
       if nrun > 0 then run_ready() end
       if next(timers) then expire_timers(); if nrun > 0 then run_ready() end end
