@@ -201,63 +201,30 @@ function H.run_script(source, opts)
 end
 
 local ptime = require "posix.time"
+local waits = require "waits"
 
 -- Sleeps about `s` seconds (a poll interval for the waits below, never a synchronization).
 local function nap(s)
   ptime.nanosleep({ tv_sec = 0, tv_nsec = math.floor(s * 1e9) })
 end
 
+local function now()
+  local t = ptime.clock_gettime(ptime.CLOCK_MONOTONIC)
+  return t.tv_sec + t.tv_nsec / 1e9
+end
+
 --[[
 Waits until pred() returns a true value and returns it; fails the test (naming
 `what`) if that takes longer than `timeout` seconds (default 10). The way to
 wait for a state (a file present, a process blocked), never a bare sleep.
+(spec/waits.lua has the same for scripts run in subprocesses.)
 ]]
 function H.wait_until(pred, timeout, what)
-  local limit = timeout or 10
-  local t0 = ptime.clock_gettime(ptime.CLOCK_MONOTONIC)
-  local function elapsed()
-    local t = ptime.clock_gettime(ptime.CLOCK_MONOTONIC)
-    return (t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9
-  end
-  while true do
-    local v = pred()
-    if v then return v end
-    if elapsed() > limit then error("timed out after " .. limit .. "s waiting for " .. (what or "a condition"), 2) end
-    nap(0.002)
-  end
+  return waits.until_true(pred, timeout or 10, what, nap, now)
 end
 
--- Syscall numbers of the calls a process blocks in, by name (x86_64, aarch64).
-local blocking_syscalls = {
-  x86_64 = { [0] = "read", [7] = "poll", [23] = "select", [34] = "pause", [35] = "nanosleep",
-             [43] = "accept", [45] = "recvfrom", [47] = "recvmsg", [61] = "wait4", [202] = "futex",
-             [230] = "clock_nanosleep", [232] = "epoll_wait", [270] = "pselect6", [271] = "ppoll",
-             [288] = "accept4", [128] = "rt_sigtimedwait", [130] = "rt_sigsuspend" },
-  aarch64 = { [63] = "read", [73] = "ppoll", [72] = "pselect6", [98] = "futex", [101] = "nanosleep",
-              [115] = "clock_nanosleep", [202] = "accept", [207] = "recvfrom", [212] = "recvmsg",
-              [260] = "wait4", [242] = "accept4", [22] = "epoll_pwait", [137] = "rt_sigtimedwait",
-              [133] = "rt_sigsuspend" },
-}
-local arch
-do
-  local f = io.popen("uname -m")
-  arch = f:read("l")
-  f:close()
-end
-
--- The name of the system call process pid is blocked in, or nil when it is running or gone.
-function H.blocked_in(pid)
-  local f = io.open("/proc/" .. pid .. "/syscall")
-  local s = f and f:read("l")
-  if f then f:close() end
-  local num = s and tonumber(s:match("^(%d+) "))
-  if num == nil then return nil end
-  local stat = read_file("/proc/" .. pid .. "/stat") or ""
-  local state = stat:match("%) (%a) ")
-  if state ~= "S" and state ~= "D" and state ~= "t" and state ~= "T" then return nil end
-  local names = blocking_syscalls[arch] or {}
-  return names[num] or ("syscall " .. num)
-end
+-- The name of the system call process pid is asleep in, or nil when it runs or is gone.
+H.blocked_in = waits.blocked_in
 
 --[[
 Waits until process pid sleeps in a blocking system call (one of `calls`, a
@@ -266,12 +233,7 @@ timeout. This is how a spec knows that another process has reached a blocked
 get, put, acquire or join.
 ]]
 function H.wait_blocked(pid, calls, timeout)
-  local want
-  if calls then want = {}; for _, c in ipairs(calls) do want[c] = true end end
-  return H.wait_until(function()
-    local name = H.blocked_in(pid)
-    if name and (want == nil or want[name]) then return name end
-  end, timeout, "process " .. pid .. " to block" .. (calls and (" in " .. table.concat(calls, "/")) or ""))
+  return waits.blocked(pid, calls, timeout, nap, now)
 end
 
 -- Raises unless f(...) raises an error object of class cls (mp.Empty...); returns the error.

@@ -238,15 +238,8 @@ local function start_script(source, args, stdin, program)
   end
 end
 
--- Waits (bounded) until pid is asleep in the kernel, i.e. blocked in a wait.
-local function until_blocked(pid)
-  local deadline = os.time() + 10
-  repeat
-    local stat = read_file("/proc/" .. pid .. "/stat") or ""
-    if stat:match("%) (%a)") == "S" then return end
-  until os.time() > deadline
-  error("process " .. pid .. " never blocked")
-end
+-- Waits until pid is asleep in the kernel, i.e. blocked in a wait (fails after 10 s).
+local function until_blocked(pid) H.wait_blocked(pid) end
 
 describe("mplua and SIGINT", function()
   it("stops a running script with 'interrupted!' and status 1, as lua does", function()

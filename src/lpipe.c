@@ -51,6 +51,7 @@ static void send_raise(lua_State *L, int rc) {
 /* conn:send(v): the encoded value, as one message. */
 static int conn_send(lua_State *L) {
   conn_ud *u = check_writable(L);
+  mp_checknargs(L, 2);              /* a:send(1, 2) would send 1: an error instead */
   lua_settop(L, 2);
   for (;;) {
     mp_wbuf *b = mp_serial_scratch(L);
@@ -69,6 +70,7 @@ static int conn_send(lua_State *L) {
 */
 static int conn_send_bytes(lua_State *L) {
   conn_ud *u = check_writable(L);
+  mp_checknargs(L, 4);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   lua_Integer offset = luaL_optinteger(L, 3, 1) - 1;
@@ -111,12 +113,15 @@ static int receive(lua_State *L, conn_ud *u, int raw, lua_Integer max) {
 
 /* conn:recv() --> the value sent */
 static int conn_recv(lua_State *L) {
-  return receive(L, check_readable(L), 0, -1);
+  conn_ud *u = check_readable(L);
+  mp_checknargs(L, 1);
+  return receive(L, u, 0, -1);
 }
 
 /* conn:recv_bytes([maxlength]) --> string */
 static int conn_recv_bytes(lua_State *L) {
   conn_ud *u = check_readable(L);
+  mp_checknargs(L, 2);
   lua_Integer max = -1;
   if (!lua_isnoneornil(L, 2)) {
     max = luaL_checkinteger(L, 2);
@@ -128,6 +133,7 @@ static int conn_recv_bytes(lua_State *L) {
 /* conn:poll([timeout]) --> boolean. No argument: do not wait; nil: wait forever. */
 static int conn_poll(lua_State *L) {
   conn_ud *u = check_readable(L);
+  mp_checknargs(L, 2);
   double deadline = lua_gettop(L) < 2 ? -INFINITY : mp_optdeadline(L, 2);
   int rc;
   while ((rc = mp_conn_poll(&u->c, deadline)) == EINTR)
@@ -138,16 +144,24 @@ static int conn_poll(lua_State *L) {
 }
 
 static int conn_fileno(lua_State *L) {
-  lua_pushinteger(L, mp_conn_fileno(&check_open(L)->c));
+  conn_ud *u = check_open(L);
+  mp_checknargs(L, 1);
+  lua_pushinteger(L, mp_conn_fileno(&u->c));
   return 1;
 }
 
-/* close(), __close and __gc: closes this process's copies of the fds. */
-static int conn_close(lua_State *L) {
+/* __gc and __close (which also gets the error): closes this process's copies of the fds. */
+static int conn_gc(lua_State *L) {
   conn_ud *u = mp_checkself(L, 1, &CONN_C);
   mp_conn_close(&u->c);
   u->closed = 1;
   return 0;
+}
+
+/* conn:close() */
+static int conn_close(lua_State *L) {
+  mp_checknargs(L, 1);
+  return conn_gc(L);
 }
 
 /* Fields: closed, readable, writable; then the methods (upvalue 1). */
@@ -183,8 +197,11 @@ static conn_ud *new_conn(lua_State *L) {
 
 /* core.Pipe([duplex]) or Pipe{duplex = false} --> two Connections */
 static int core_pipe(lua_State *L) {
+  static const char *const keys[] = { "duplex", NULL };
   int duplex = 1;
+  mp_checknargs(L, 1);
   if (lua_istable(L, 1)) {
+    mp_checkoptions(L, 1, "Pipe", keys);
     lua_getfield(L, 1, "duplex");
     if (!lua_isnil(L, -1)) duplex = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -346,7 +363,7 @@ void mp_pipe_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__gc", conn_close}, {"__close", conn_close}, {"__tostring", conn_tostring},
+    {"__gc", conn_gc}, {"__close", conn_gc}, {"__tostring", conn_tostring},
     {NULL, NULL}
   };
   mp_newclass(L, &CONN_C, methods, metamethods);

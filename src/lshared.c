@@ -202,12 +202,17 @@ static shared_ud *new_shared(lua_State *L, const mp_class *c, const typeinfo *t,
 }
 
 /* Pushes field `lock` of the options table at arg (nil when there is none). */
-static int push_lock_option(lua_State *L, int arg) {
+static const char *const lock_keys[] = { "lock", NULL };
+static const char *const array_keys[] = { "lock", "shm", "offset", NULL };
+
+static int push_lock_option(lua_State *L, int arg, const char *fname) {
+  const char *const *keys = strcmp(fname, "Array") == 0 ? array_keys : lock_keys;
   if (lua_isnoneornil(L, arg)) {
     lua_pushnil(L);
     return LUA_TNIL;
   }
   luaL_checktype(L, arg, LUA_TTABLE);
+  mp_checkoptions(L, arg, fname, keys);
   return lua_getfield(L, arg, "lock");
 }
 
@@ -216,9 +221,9 @@ static int push_lock_option(lua_State *L, int arg) {
 ** Python's lock= keyword) for the object on top: by default a new RLock.
 ** `raw` (RawValue, RawArray): no lock and no options.
 */
-static void set_lock(lua_State *L, int arg, int raw) {
+static void set_lock(lua_State *L, int arg, int raw, const char *fname) {
   if (raw) return;
-  int type = push_lock_option(L, arg);
+  int type = push_lock_option(L, arg, fname);
   if (type == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
     lua_pop(L, 1);
     return;
@@ -236,13 +241,14 @@ static void set_lock(lua_State *L, int arg, int raw) {
 /* Value(typecode [, init [, {lock = ...}]]) */
 static int value_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
+  mp_checknargs(L, 3);
   lua_settop(L, 3);
   const typeinfo *t = check_typecode(L, 1);
   shared_ud *u = new_shared(L, &VALUE_C, t, 1);
   int top = lua_gettop(L);
   if (!lua_isnoneornil(L, 2)) set_elem(L, t, u->data, 2, 2);
   lua_settop(L, top);
-  set_lock(L, 3, raw);
+  set_lock(L, 3, raw, "Value");
   return 1;
 }
 
@@ -257,18 +263,12 @@ static mp_shm_ud *array_options(lua_State *L, int arg, size_t *offset) {
   *offset = 0;
   if (lua_isnoneornil(L, arg)) return NULL;
   luaL_checktype(L, arg, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, arg)) {
-    lua_pop(L, 1);
-    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (k == NULL || (strcmp(k, "lock") != 0 && strcmp(k, "shm") != 0 && strcmp(k, "offset") != 0))
-      luaL_error(L, "unknown option '%s' to 'Array'", k ? k : luaL_typename(L, -1));
-  }
+  mp_checkoptions(L, arg, "Array", array_keys);
   lua_getfield(L, arg, "shm");
   mp_shm_ud *sm = NULL;
   if (!lua_isnil(L, -1)) {
     sm = mp_shm_test(L, -1);
-    if (sm == NULL) luaL_argerror(L, arg, lua_pushfstring(L, "shm must be a SharedMemory, got %s", luaL_typename(L, -2)));
+    if (sm == NULL) luaL_argerror(L, arg, lua_pushfstring(L, "shm must be a SharedMemory, got %s", luaL_typename(L, -1)));
     if (sm->closed) luaL_argerror(L, arg, "the SharedMemory is closed");
   }
   lua_pop(L, 1);
@@ -311,6 +311,7 @@ static shared_ud *new_view(lua_State *L, const typeinfo *t, size_t n, mp_shm_ud 
 /* Array(typecode, size_or_initializer [, {lock = ..., shm = sm, offset = bytes}]) */
 static int array_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
+  mp_checknargs(L, 3);
   lua_settop(L, 3);
   const typeinfo *t = check_typecode(L, 1);
   size_t offset;
@@ -359,7 +360,7 @@ static int array_new(lua_State *L, int raw) {
     want_lock = !lua_isnil(L, -1);
     lua_pop(L, 1);
   }
-  if (want_lock) set_lock(L, 3, raw);
+  if (want_lock) set_lock(L, 3, raw, "Array");
   return 1;
 }
 
@@ -378,6 +379,7 @@ static int shared_gc(lua_State *L) {
 
 static int shared_get_lock(lua_State *L) {
   shared_ud *u = mp_checkself(L, 1, mp_upclass(L));
+  mp_checknargs(L, 1);
   if (lua_getiuservalue(L, 1, 1) == LUA_TNIL)
     return luaL_error(L, "this %s has no lock (it was created with lock = false)",
                       u->cls == &VALUE_C ? "Value" : "Array");
@@ -438,6 +440,7 @@ static const typeinfo *check_integer_value(lua_State *L, shared_ud *u, const cha
 static int value_add(lua_State *L) {
   shared_ud *u = check_value(L);
   const typeinfo *t = check_integer_value(L, u, "add");
+  mp_checknargs(L, 2);
   lua_Integer n = luaL_checkinteger(L, 2);
   if (t->size < 8) {
     int bits = t->size * 8;
@@ -469,6 +472,7 @@ static int value_add(lua_State *L) {
 static int value_compare_and_swap(lua_State *L) {
   shared_ud *u = check_value(L);
   const typeinfo *t = check_integer_value(L, u, "compare_and_swap");
+  mp_checknargs(L, 3);
   uint64_t expected, desired;
   const char *why = to_bits(L, t, 3, &desired);
   if (why != NULL) return luaL_argerror(L, 3, why);
@@ -581,6 +585,7 @@ static int array_len(lua_State *L) {
 
 static int array_tolist(lua_State *L) {
   shared_ud *u = check_array(L);
+  mp_checknargs(L, 1);
   lua_createtable(L, u->n > INT_MAX ? INT_MAX : (int)u->n, 0);
   for (size_t i = 0; i < u->n; i++) {
     push_elem(L, u->t, u->data + i * u->t->size);

@@ -185,6 +185,7 @@ static void get_handlers(lua_State *L) {
 
 /* mp.signal(sig, handler) --> previous handler */
 static int core_signal(lua_State *L) {
+  mp_checknargs(L, 2);
   int sig = mp_checksignal(L, 1);
   luaL_argcheck(L, sig != SIGKILL && sig != SIGSTOP, 1, "SIGKILL and SIGSTOP cannot be caught");
   struct sigaction sa;
@@ -215,6 +216,7 @@ static int core_signal(lua_State *L) {
 
 /* core.kill(pid, sig): send a signal to any process (os.kill). */
 static int core_kill(lua_State *L) {
+  mp_checknargs(L, 2);
   pid_t pid = (pid_t)luaL_checkinteger(L, 1);
   int sig = lua_isnoneornil(L, 2) ? SIGTERM : mp_checksignal(L, 2);
   if (kill(pid, sig) < 0) return mp_raise_errno(L, errno, "kill");
