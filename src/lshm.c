@@ -43,25 +43,10 @@ static const char *check_name(lua_State *L, int arg, const char *s) {
 
 static const char *const options[] = { "name", "create", "size", NULL };
 
-/* Checks the options table at arg: only known keys. */
-static void check_options(lua_State *L, int arg) {
-  lua_pushnil(L);
-  while (lua_next(L, arg)) {
-    lua_pop(L, 1);
-    int known = 0;
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (int i = 0; options[i]; i++) known |= strcmp(lua_tostring(L, -1), options[i]) == 0;
-    if (!known) {
-      luaL_error(L, "unknown option '%s' to 'SharedMemory'",
-                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
-    }
-  }
-}
-
 static int core_shared_memory(lua_State *L) {
   if (lua_istable(L, 1)) {
-    if (!lua_isnone(L, 2)) return luaL_argerror(L, 2, "no argument expected after an options table");
-    check_options(L, 1);
+    mp_checknargs(L, 1);
+    mp_checkoptions(L, 1, "SharedMemory", options);
     lua_getfield(L, 1, "name");
     lua_getfield(L, 1, "create");
     lua_getfield(L, 1, "size");
@@ -69,6 +54,7 @@ static int core_shared_memory(lua_State *L) {
     lua_settop(L, 3);
     lua_rotate(L, 1, -1);           /* name, create, size */
   }
+  mp_checknargs(L, 3);
   lua_settop(L, 3);
   const char *name = NULL;
   if (!lua_isnil(L, 1)) {
@@ -135,6 +121,7 @@ static size_t check_range(lua_State *L, mp_shm_ud *u, lua_Integer i, size_t n, i
 
 /* sm:read([i [, n]]) --> n bytes from position i (default: all of it from i) */
 static int shm_read(lua_State *L) {
+  mp_checknargs(L, 3);
   mp_shm_ud *u = check_open(L);
   lua_Integer i = luaL_optinteger(L, 2, 1);
   lua_Integer n;
@@ -155,7 +142,7 @@ static int shm_write(lua_State *L) {
   lua_Integer i = luaL_checkinteger(L, 2);
   size_t len;
   const char *s = luaL_checklstring(L, 3, &len);
-  if (!lua_isnone(L, 4)) return luaL_argerror(L, 4, "no value expected");
+  mp_checknargs(L, 3);
   size_t off = check_range(L, u, i, len, 2);
   if (len > 0) memcpy(u->base + off, s, len);
   return 0;

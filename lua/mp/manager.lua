@@ -13,6 +13,7 @@ module's `conns`, emptied in every forked child), so nothing is shared
 across a fork.
 ]]
 local core = require "mp.core"
+local check = require "mp.check"
 local class = require "mp.class"
 local errors = require "mp.errors"
 local process = require "mp.process"
@@ -66,23 +67,16 @@ local function conn_of(st)
   return c
 end
 
---[[
-The end of every call: its results, or the error. "usage" errors are raised
-at level 2, the caller of the proxy method: every step from the user's call to
-here is a tail call, which leaves no frame in between.
-]]
+-- The end of every call: its results, or the error ("usage" ones at the caller's line).
 local function result(kind, ...)
   if kind == "ok" then return ... end
   if kind == "raise" then error((...), 0) end
-  error((...), 2)
+  check.error((...))
 end
 
 local function state(self, fname)
   local st = type(self) == "table" and rawget(self, KEY)
-  if type(st) ~= "table" then
-    error(string.format("bad self to '%s' (a proxy expected, got %s; use ':' to call methods)",
-      fname, type(self)), 3)
-  end
+  if type(st) ~= "table" then check.argerror(1, fname, "proxy expected, got " .. check.typename(self)) end
   return st
 end
 
@@ -122,8 +116,8 @@ local function write(self, method, k, v)
 end
 
 local function check_key(k)
-  if k == nil then error("bad key (nil) for a managed object", 3) end
-  if k ~= k then error("bad key (NaN) for a managed object", 3) end
+  if k == nil then check.error("bad key (nil) for a managed object") end
+  if k ~= k then check.error("bad key (NaN) for a managed object") end
 end
 
 -- ---------------------------------------------------------------------------
@@ -188,8 +182,9 @@ DictProxy.__pairs = function(self) return pairs_over(call(self, "copy")) end
 local ListProxy = new_proxy_class("ListProxy", { "list" })
 local list_methods = callers { "pop", "insert", "extend", "remove", "index", "count", "sort",
                                "reverse", "clear", "copy" }
-function list_methods.append(self, v)
-  if v == nil then error("bad argument #1 to 'append' (a list cannot hold nil)", 2) end
+function list_methods.append(self, v, ...)
+  check.nargs("append", 1, select("#", ...) + 1, (...))
+  if v == nil then check.error("bad argument #1 to 'append' (a list cannot hold nil)") end
   local st = state(self, "append")
   local c = conn_of(st)
   if c.oneway and scalar(v) then return c.client:send(st.i, "append", v) end
@@ -200,7 +195,7 @@ ListProxy.__index = function(self, k)
   return list_methods[k]
 end
 ListProxy.__newindex = function(self, k, v)
-  if math.type(k) ~= "integer" then error("list index must be an integer, got " .. (math.type(k) or type(k)), 2) end
+  if math.type(k) ~= "integer" then check.error("list index must be an integer, got " .. (math.type(k) or type(k))) end
   return call(self, "__setitem", k, v)
 end
 ListProxy.__len = function(self) return call(self, "__len") end
@@ -223,7 +218,7 @@ ValueProxy.__index = function(self, k)
   return value_methods[k]
 end
 ValueProxy.__newindex = function(self, k, v)
-  if k ~= "value" then error("cannot set field '" .. tostring(k) .. "' of a Value proxy (only 'value')", 2) end
+  if k ~= "value" then check.error("cannot set field '" .. tostring(k) .. "' of a Value proxy (only 'value')") end
   return call(self, "set", v)
 end
 
@@ -247,7 +242,8 @@ function Guard.release(g) g.obj:release() end
 
 local function lock_methods(extra)
   local t = callers { "release", "locked", "get_value" }
-  function t.acquire(self, block, timeout)
+  function t.acquire(self, block, timeout, ...)
+    check.nargs("acquire", 2, select("#", ...) + 2, (...))
     return wcall(self, wait_time(block, timeout), "acquire", block, timeout)
   end
   function t.hold(self)
@@ -260,7 +256,7 @@ local function lock_methods(extra)
     return g
   end
   function t.with(self, fn, ...)
-    if type(fn) ~= "function" then error("bad argument #1 to 'with' (function expected, got " .. type(fn) .. ")", 2) end
+    if type(fn) ~= "function" then check.error("bad argument #1 to 'with' (function expected, got " .. type(fn) .. ")") end
     self:acquire()
     return (function(ok, ...)
       self:release()
@@ -281,7 +277,7 @@ local function method_class(name, typeids, methods, fields)
     return nil
   end
   cls.__newindex = function(_, k)
-    error("cannot set field '" .. tostring(k) .. "' of a " .. name, 2)
+    check.error("cannot set field '" .. tostring(k) .. "' of a " .. name)
   end
   return cls
 end
@@ -289,7 +285,8 @@ end
 method_class("AcquirerProxy", { "Lock", "RLock", "Semaphore", "BoundedSemaphore" }, lock_methods())
 
 local condition_methods = lock_methods(callers { "notify", "notify_all" })
-function condition_methods.wait(self, timeout)
+function condition_methods.wait(self, timeout, ...)
+  check.nargs("wait", 1, select("#", ...) + 1, (...))
   return wcall(self, timeout, "wait", timeout)
 end
 function condition_methods.wait_for(self, predicate, timeout)
@@ -311,21 +308,29 @@ end
 method_class("ConditionProxy", { "Condition" }, condition_methods)
 
 local event_methods = callers { "set", "clear", "is_set" }
-function event_methods.wait(self, timeout) return wcall(self, timeout, "wait", timeout) end
+function event_methods.wait(self, timeout, ...)
+  check.nargs("wait", 1, select("#", ...) + 1, (...))
+  return wcall(self, timeout, "wait", timeout) end
 method_class("EventProxy", { "Event" }, event_methods)
 
 local barrier_methods = callers { "reset", "abort" }
-function barrier_methods.wait(self, timeout) return wcall(self, timeout, "wait", timeout) end
+function barrier_methods.wait(self, timeout, ...)
+  check.nargs("wait", 1, select("#", ...) + 1, (...))
+  return wcall(self, timeout, "wait", timeout) end
 method_class("BarrierProxy", { "Barrier" }, barrier_methods, { parties = true, n_waiting = true, broken = true })
 
 local queue_methods = callers { "put_nowait", "get_nowait", "qsize", "empty", "full", "task_done" }
-function queue_methods.put(self, v, block, timeout)
+function queue_methods.put(self, v, block, timeout, ...)
+  check.nargs("put", 3, select("#", ...) + 3, (...))
   return wcall(self, wait_time(block, timeout), "put", v, block, timeout)
 end
-function queue_methods.get(self, block, timeout)
+function queue_methods.get(self, block, timeout, ...)
+  check.nargs("get", 2, select("#", ...) + 2, (...))
   return wcall(self, wait_time(block, timeout), "get", block, timeout)
 end
-function queue_methods.join(self) return wcall(self, nil, "join") end
+function queue_methods.join(self, ...)
+  check.nargs("join", 0, select("#", ...), (...))
+  return wcall(self, nil, "join") end
 method_class("QueueProxy", { "Queue", "JoinableQueue" }, queue_methods)
 
 -- Any other (registered) type: every field is a method called by name in the server.
@@ -341,7 +346,7 @@ Proxy.__index = function(_, k)
   return f
 end
 Proxy.__newindex = function(_, k)
-  error("cannot set field '" .. tostring(k) .. "' of a proxy (call its methods)", 2)
+  check.error("cannot set field '" .. tostring(k) .. "' of a proxy (call its methods)")
 end
 
 local function make_proxy(mgr, id, typeid)
@@ -365,16 +370,14 @@ local counters = {}
 
 -- Calls method of the manager object (id 0); errors at the caller of the caller.
 local function manager_call(self, timeout, method, ...)
-  if type(self) ~= "table" or rawget(self, "_token") == nil then
-    error("bad self to '" .. method .. "' (a manager expected; use ':' to call methods)", 3)
-  end
-  if rawget(self, "_closed") then error("the manager is shut down", 3) end
+  check.self(self, BaseManager, method)
+  if rawget(self, "_closed") then check.error("the manager is shut down") end
   local c = conns[self._token]
   if c == nil or c.client:closed() then c = connect(self.address, self.authkey, self._token, self.timeout) end
   local kind, a, b = c.client:call(timeout or self.timeout, 0, method, ...)
   if kind == "ok" then return a, b end
   if kind == "raise" then error(a, 0) end
-  error(a, 3)
+  check.error(a)
 end
 
 local function create(self, typeid, ...)
@@ -403,16 +406,16 @@ method on the client side (for a manager reached with connect).
 ]]
 function BaseManager.register(cls, typeid, constructor)
   if type(cls) ~= "table" or rawget(cls, "_registry") == nil then
-    error("bad self to 'register' (a manager class expected: M:register(typeid, constructor))", 2)
+    check.error("bad self to 'register' (a manager class expected: M:register(typeid, constructor))")
   end
   if type(typeid) ~= "string" or not typeid:match("^[%a_][%w_]*$") then
-    error("bad argument #1 to 'register' (typeid must be a name, got " .. tostring(typeid) .. ")", 2)
+    check.error("bad argument #1 to 'register' (typeid must be a name, got " .. tostring(typeid) .. ")")
   end
   if reserved[typeid] or typeid:sub(1, 1) == "_" then
-    error("bad argument #1 to 'register' ('" .. typeid .. "' is taken by the manager itself)", 2)
+    check.error("bad argument #1 to 'register' ('" .. typeid .. "' is taken by the manager itself)")
   end
   if constructor ~= nil and not callable(constructor) then
-    error("bad argument #2 to 'register' (function expected, got " .. type(constructor) .. ")", 2)
+    check.error("bad argument #2 to 'register' (function expected, got " .. type(constructor) .. ")")
   end
   cls._registry[typeid] = constructor or false
   rawset(cls, typeid, function(self, ...) return create(self, typeid, ...) end)
@@ -433,25 +436,21 @@ local function registry_of(cls)
   return all
 end
 
-local options = { address = true, authkey = true, timeout = true, initializer = true, initargs = true }
+local OPTIONS = { "address", "authkey", "timeout", "initializer", "initargs" }
 
 local function check_options(opts, fname)
-  for k in pairs(opts) do
-    if not options[k] then
-      error(string.format("unknown option '%s' to '%s'", tostring(k), fname), 5)
-    end
-  end
+  check.options(opts, fname, OPTIONS)
   if opts.address ~= nil and type(opts.address) ~= "string" then
-    error("bad argument #1 to '" .. fname .. "' (address must be a string, got " .. type(opts.address) .. ")", 5)
+    check.error("bad argument #1 to '" .. fname .. "' (address must be a string, got " .. type(opts.address) .. ")")
   end
   if opts.authkey ~= nil and (type(opts.authkey) ~= "string" or opts.authkey == "") then
-    error("bad argument #1 to '" .. fname .. "' (authkey must be a non-empty string)", 5)
+    check.error("bad argument #1 to '" .. fname .. "' (authkey must be a non-empty string)")
   end
   if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or not (opts.timeout > 0)) then
-    error("bad argument #1 to '" .. fname .. "' (timeout must be a positive number)", 5)
+    check.error("bad argument #1 to '" .. fname .. "' (timeout must be a positive number)")
   end
   if opts.initializer ~= nil and not callable(opts.initializer) then
-    error("bad argument #1 to '" .. fname .. "' (initializer must be a function)", 5)
+    check.error("bad argument #1 to '" .. fname .. "' (initializer must be a function)")
   end
 end
 
@@ -466,7 +465,7 @@ function BaseManager:init(opts)
   local fname = cls.__name
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then
-    error("bad argument #1 to '" .. fname .. "' (options table expected, got " .. type(opts) .. ")", 4)
+    check.error("bad argument #1 to '" .. fname .. "' (options table expected, got " .. type(opts) .. ")")
   end
   check_options(opts, fname)
   local authkey = opts.authkey or core.urandom(32)
@@ -481,7 +480,7 @@ function BaseManager:init(opts)
   local ok, listener, bound = pcall(core.manager_listen, address)
   if not ok then
     if dir then os.remove(dir) end
-    error((tostring(listener):gsub("to 'mp%.core%.manager_listen'", "to '" .. fname .. "'")), 4)
+    check.error((tostring(listener):gsub("to 'mp%.core%.manager_listen'", "to '" .. fname .. "'")))
   end
   counters[cls] = (counters[cls] or 0) + 1
   local cfg = {
@@ -495,7 +494,7 @@ function BaseManager:init(opts)
   if not ok then
     if socket then os.remove(socket) end
     if dir then os.remove(dir) end
-    error(bound, 4)
+    error(bound, 0)
   end
   rawset(self, "address", bound)
   rawset(self, "authkey", authkey)
@@ -508,7 +507,7 @@ function BaseManager:init(opts)
   local cok, c = pcall(connect, bound, authkey, nil, self.timeout)
   if not cok then
     pcall(self.shutdown, self)
-    error(c, 4)
+    error(c, 0)
   end
   rawset(self, "_token", c.token)
 end
@@ -516,17 +515,15 @@ end
 -- connect(address, authkey [, {timeout =}]): a manager object for a server started elsewhere.
 local function connect_manager(cls, address, authkey, opts)
   if type(address) ~= "string" then
-    error("bad argument #1 to 'connect' (address string expected, got " .. type(address) .. ")", 3)
+    check.error("bad argument #1 to 'connect' (address string expected, got " .. type(address) .. ")")
   end
   if type(authkey) ~= "string" then
-    error("bad argument #2 to 'connect' (authkey string expected, got " .. type(authkey) .. ")", 3)
+    check.error("bad argument #2 to 'connect' (authkey string expected, got " .. type(authkey) .. ")")
   end
   local timeout = DEFAULT_TIMEOUT
   if opts ~= nil then
-    if type(opts) ~= "table" then error("bad argument #3 to 'connect' (options table expected)", 3) end
-    for k in pairs(opts) do
-      if k ~= "timeout" then error("unknown option '" .. tostring(k) .. "' to 'connect'", 3) end
-    end
+    if type(opts) ~= "table" then check.error("bad argument #3 to 'connect' (options table expected)") end
+    check.options(opts, "connect", { "timeout" })
     timeout = opts.timeout or timeout
   end
   local c = connect(address, authkey, nil, timeout)
@@ -555,31 +552,39 @@ function BaseManager.extend(cls, name)
 end
 
 -- mgr:publish(name, proxy): names an object so that other clients can lookup(name) it.
-function BaseManager:publish(name, proxy)
-  if type(name) ~= "string" then error("bad argument #1 to 'publish' (string expected, got " .. type(name) .. ")", 2) end
+function BaseManager:publish(name, proxy, ...)
+  check.self(self, BaseManager, "publish")
+  check.nargs("publish", 2, select("#", ...) + 2, (...))
+  if type(name) ~= "string" then check.error("bad argument #1 to 'publish' (string expected, got " .. type(name) .. ")") end
   local st = type(proxy) == "table" and rawget(proxy, KEY)
-  if type(st) ~= "table" then error("bad argument #2 to 'publish' (proxy expected, got " .. type(proxy) .. ")", 2) end
-  if st.s ~= rawget(self, "_token") then error("bad argument #2 to 'publish' (a proxy of another manager)", 2) end
+  if type(st) ~= "table" then check.error("bad argument #2 to 'publish' (proxy expected, got " .. type(proxy) .. ")") end
+  if st.s ~= rawget(self, "_token") then check.error("bad argument #2 to 'publish' (a proxy of another manager)") end
   manager_call(self, nil, "publish", name, proxy)
 end
 
 -- mgr:lookup(name) --> the proxy of the object published under name
-function BaseManager:lookup(name)
-  if type(name) ~= "string" then error("bad argument #1 to 'lookup' (string expected, got " .. type(name) .. ")", 2) end
+function BaseManager:lookup(name, ...)
+  check.self(self, BaseManager, "lookup")
+  check.nargs("lookup", 1, select("#", ...) + 1, (...))
+  if type(name) ~= "string" then check.error("bad argument #1 to 'lookup' (string expected, got " .. type(name) .. ")") end
   local id, typeid = manager_call(self, nil, "lookup", name)
   return make_proxy(self, id, typeid)
 end
 
 -- mgr:ping([timeout]): one round trip the server's engine answers (a health check).
-function BaseManager:ping(timeout)
-  if rawget(self, "_closed") then error("the manager is shut down", 2) end
+function BaseManager:ping(timeout, ...)
+  check.self(self, BaseManager, "ping")
+  check.nargs("ping", 1, select("#", ...) + 1, (...))
+  if timeout ~= nil and type(timeout) ~= "number" then check.argerror(1, "ping", "number expected, got " .. check.typename(timeout)) end
+  if rawget(self, "_closed") then check.error("the manager is shut down") end
   local c = conns[self._token]
   if c == nil or c.client:closed() then c = connect(self.address, self.authkey, self._token, self.timeout) end
   return c.client:ping(timeout or self.timeout)
 end
 
 -- mgr:count() --> the number of objects the server holds
-function BaseManager:count()
+function BaseManager:count(...)
+  check.nargs("count", 0, select("#", ...), (...))
   return (manager_call(self, nil, "count"))
 end
 
@@ -588,11 +593,13 @@ mgr:shutdown(): stops the server and removes its socket directory; proxies
 then raise ConnectionError. Only the process that started the manager may;
 also run by <close> and __gc (there only in that process).
 ]]
-function BaseManager:shutdown()
+function BaseManager:shutdown(...)
+  check.self(self, BaseManager, "shutdown")
+  check.nargs("shutdown", 0, select("#", ...), (...))
   if rawget(self, "_closed") then return end
   local owner = rawget(self, "_owner")
-  if owner == nil then error("shutdown: this manager was reached with connect; its owner shuts it down", 2) end
-  if owner ~= getpid() then error("shutdown: only the process that started the manager can shut it down", 2) end
+  if owner == nil then check.error("shutdown: this manager was reached with connect; its owner shuts it down") end
+  if owner ~= getpid() then check.error("shutdown: only the process that started the manager can shut it down") end
   rawset(self, "_closed", true)
   local c = conns[self._token]
   if c and not c.client:closed() then pcall(c.client.call, c.client, 5, 0, "shutdown") end
@@ -610,9 +617,11 @@ function BaseManager:shutdown()
   if self._dir then os.remove(self._dir) end
 end
 
-function BaseManager:join(timeout)
+function BaseManager:join(timeout, ...)
+  check.self(self, BaseManager, "join")
+  check.nargs("join", 1, select("#", ...) + 1, (...))
   local p = rawget(self, "_process")
-  if p == nil then error("join: this manager was not started by this process", 2) end
+  if p == nil then check.error("join: this manager was not started by this process") end
   p:join(timeout)
 end
 

@@ -134,9 +134,17 @@ end
 -- Deadline of a (block, timeout) pair, Python's way; a number as block is the timeout.
 -- Returns nil for forever, or an absolute time (now or before: do not wait).
 local function deadline_of(block, timeout, fname)
-  if type(block) == "table" then block, timeout = block.block, block.timeout end
+  if type(block) == "table" then
+    block, timeout = block.block, block.timeout
+    if type(block) == "number" then argerror(1, fname, "block must be a boolean") end
+  elseif block ~= nil and type(block) ~= "boolean" and type(block) ~= "number" then
+    argerror(1, fname, "boolean, number (a timeout) or table expected, got " .. type(block))
+  end
   if type(block) == "number" then block, timeout = true, block end
-  if block == false then return -math.huge end
+  if block == false then
+    if timeout ~= nil then argerror(2, fname, "a timeout cannot be given with block = false") end
+    return -math.huge
+  end
   if timeout == nil then return nil end
   if type(timeout) ~= "number" or timeout ~= timeout then argerror(2, fname, "timeout must be a number") end
   return now() + math.max(timeout, 0)
@@ -778,6 +786,37 @@ types.Queue = { new = new_queue("Queue"), methods = queue_methods,
 types.JoinableQueue = { new = new_queue("JoinableQueue"), methods = queue_methods,
                         blocking = { put = "try", get = "try", join = "try" } }
 
+-- The most arguments each built-in method takes: more is an error, as for mp's
+-- own objects (a surplus argument is more often a mistake than not).
+local function nargs(typeid, t)
+  types[typeid].nargs = t
+end
+nargs("dict", { __getitem = 1, __setitem = 2, __len = 0, __repr = 0, get = 2, pop = 2, popitem = 0,
+                setdefault = 2, update = 1, keys = 0, values = 0, items = 0, copy = 0, clear = 0, has = 1 })
+nargs("list", { __getitem = 1, __setitem = 2, __len = 0, __repr = 0, append = 1, extend = 1, insert = 2,
+                pop = 1, remove = 1, index = 3, count = 1, sort = 1, reverse = 0, clear = 0, copy = 0 })
+nargs("Namespace", { __getattr = 1, __setattr = 2, __repr = 0, copy = 0 })
+nargs("Value", { get = 0, set = 1, __repr = 0 })
+nargs("Array", { __getitem = 1, __setitem = 2, __len = 0, tolist = 0, __repr = 0 })
+nargs("Lock", { acquire = 2, release = 0, locked = 0, __repr = 0 })
+nargs("RLock", { acquire = 2, release = 0, locked = 0, __repr = 0 })
+nargs("Semaphore", { acquire = 2, release = 1, get_value = 0, __repr = 0 })
+nargs("BoundedSemaphore", { acquire = 2, release = 1, get_value = 0, __repr = 0 })
+nargs("Condition", { acquire = 2, release = 0, wait = 1, notify = 1, notify_all = 0, __repr = 0 })
+nargs("Event", { set = 0, clear = 0, is_set = 0, wait = 1, __repr = 0 })
+nargs("Barrier", { wait = 1, reset = 0, abort = 0, parties = 0, n_waiting = 0, broken = 0, __repr = 0 })
+nargs("Queue", { put = 3, get = 2, put_nowait = 1, get_nowait = 0, qsize = 0, empty = 0, full = 0,
+                 task_done = 0, join = 0, __repr = 0 })
+nargs("JoinableQueue", types.Queue.nargs)
+
+local function surplus(method, max, n, ...)
+  if n <= max then return nil end
+  local v = select(max + 1, ...)
+  local what = v == nil and "nil" or type(v)
+  return setmetatable({ message = string.format("bad argument #%d to '%s' (no argument expected here, got %s)",
+    max + 1, method, what) }, Usage)
+end
+
 -- ---------------------------------------------------------------------------
 -- The loop
 
@@ -791,6 +830,7 @@ local stopping = false
 local NEED_CO = {}            -- raised by park outside a coroutine: run the call in one
 local builtin_of = {}         -- object id --> its built-in type's methods (nil: a registered type)
 local blocking_of = {}        -- object id --> which of those may wait
+local nargs_of = {}           -- object id --> the most arguments of each of those
 
 local function usage_error(fmt, ...)
   return setmetatable({ message = string.format(fmt, ...) }, Usage)
@@ -892,6 +932,7 @@ function manager_methods.create(typeid, ...)
   if t and ctor == t.new then
     builtin_of[next_id] = t.methods
     blocking_of[next_id] = t.blocking or {}
+    nargs_of[next_id] = t.nargs or {}
   end
   return next_id, typeid
 end
@@ -957,6 +998,10 @@ local function dispatch(client, seq, id, method, ...)
   local methods = builtin_of[id]
   if methods then
     local f = methods[method]
+    local max = nargs_of[id][method]
+    if max and select("#", ...) > max then
+      return send_reply(client, seq, false, surplus(method, max, select("#", ...), ...))
+    end
     if f ~= nil and not blocking_of[id][method] then
       return builtin_reply(client, seq, pcall(f, objects[id], ...))
     end
