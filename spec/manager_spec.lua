@@ -537,6 +537,29 @@ describe("mp.Manager", function()
     assert.equal("v", l[1].k)
   end)
 
+  it("update and extend take proxies of the same manager; the server never calls itself", function()
+    local mgr <close> = mp.Manager{ timeout = 10 }
+    local a, b = mgr:dict{ x = 1 }, mgr:dict{ y = 2 }
+    a:update(b)
+    assert.same({ x = 1, y = 2 }, a:copy())
+    local l = mgr:list{ 1 }
+    l:extend(mgr:list{ 2, 3 })
+    l:extend(l)
+    assert.same({ 1, 2, 3, 1, 2, 3 }, l:copy())
+    local S = mp.BaseManager:extend("SelfCaller")
+    S:register("Box", function()
+      return { put = function(_, d) d.k = 1 end, call = function(_, p) return p:call() end }
+    end)
+    local s <close> = S{ timeout = 10 }
+    local box = s:Box()
+    local m2 <close> = mp.Manager()
+    local other = m2:dict()
+    box:put(other)                          -- another manager's proxy: called from the server
+    assert.equal(1, other.k)
+    local err = H.raises(mp.RemoteError, function() box:call(s:Box()) end)
+    assert.matches("cannot be used inside its server", err.message)
+  end)
+
   it("publish and lookup", function()
 
     local mgr <close> = mp.Manager{ timeout = 10 }

@@ -61,9 +61,19 @@ local function connect(address, authkey, token, timeout)
   return c
 end
 
+-- In a manager's server process: its token (a call to itself would wait for itself).
+local serving
+
+function M.serving(token) serving = token end
+
 local function conn_of(st)
   local c = conns[st.s]
-  if c == nil or c.client:closed() then c = connect(st.a, st.k, st.s, st.w) end
+  if c == nil or c.client:closed() then
+    if st.s == serving then
+      check.error("a manager's own proxies cannot be used inside its server (the call would wait for itself)")
+    end
+    c = connect(st.a, st.k, st.s, st.w)
+  end
   return c
 end
 

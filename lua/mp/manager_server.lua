@@ -226,6 +226,28 @@ local function repr(v, depth, seen)
 end
 M.repr = repr
 
+local my_token
+local objects = {}            -- id --> object
+local object_type = {}        -- id --> typeid
+
+-- The object behind p when p is a proxy of this very server (its own calls would wait for itself).
+local function own_object(p)
+  if type(p) ~= "table" then return nil end
+  local st = rawget(p, KEY)
+  if type(st) ~= "table" or st.s ~= my_token then return nil end
+  return objects[st.i], object_type[st.i]
+end
+
+-- The contents of t for update/extend: a proxy of this server is read directly.
+local function contents(t, fname)
+  if type(t) ~= "table" then argerror(1, fname, "table expected, got " .. type(t)) end
+  local obj, typeid = own_object(t)
+  if obj == nil then return t end
+  if typeid == "dict" or typeid == "list" then return obj.t end
+  if typeid == "Namespace" then return obj end
+  argerror(1, fname, "a table, dict, list or Namespace expected, got a " .. tostring(typeid))
+end
+
 local function check_key(k, fname)
   if k == nil then argerror(1, fname, "key is nil") end
   if k ~= k then argerror(1, fname, "key is NaN") end
@@ -279,7 +301,7 @@ types.dict = {
       return default
     end,
     update = function(d, other)
-      if type(other) ~= "table" then argerror(1, "update", "table expected, got " .. type(other)) end
+      other = contents(other, "update")
       local t = d.t
       for k, v in pairs(other) do
         if t[k] == nil then d.n = d.n + 1 end
@@ -356,9 +378,11 @@ types.list = {
       l.n = n
     end,
     extend = function(l, t)
-      if type(t) ~= "table" then argerror(1, "extend", "table expected, got " .. type(t)) end
+      local own = own_object(t)
+      t = contents(t, "extend")
       local n = l.n
-      for i = 1, #t do
+      local count = (own and own.t == t) and own.n or #t   -- a list of this server knows its length
+      for i = 1, count do
         if t[i] ~= nil then n = n + 1; l.t[n] = t[i] end
       end
       l.n = n
@@ -557,16 +581,6 @@ types.BoundedSemaphore = { new = new_semaphore("BoundedSemaphore", true), method
                            blocking = { acquire = "try" } }
 
 -- Condition over a Lock or RLock of this server (default: a new RLock).
-local my_token
-local objects = {}            -- id --> object
-local object_type = {}        -- id --> typeid
-
-local function own_object(p)
-  if type(p) ~= "table" then return nil end
-  local st = rawget(p, KEY)
-  if type(st) ~= "table" or st.s ~= my_token then return nil end
-  return objects[st.i], object_type[st.i]
-end
 
 types.Condition = {
   new = function(lock)
@@ -1083,6 +1097,7 @@ function M.run(cfg)
   local token
   srv, token = core.manager_server(cfg.listener, cfg.authkey, cfg.owner)
   my_token = token
+  require("mp.manager").serving(token)
   local ok, err = pcall(function()
     if cfg.initializer then
       local args = cfg.initargs or {}
