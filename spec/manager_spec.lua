@@ -751,6 +751,46 @@ describe("manager lifetime", function()
     H.raises(mp.ConnectionError, function() m:dict() end)
   end)
 
+  it("clients killed at random instants leave the server consistent and its locks free", function()
+    local m <close> = mp.Manager{ timeout = 10 }
+    local lock, d, l = m:Lock(), m:dict{ n = 0 }, m:list()
+    local function worker()
+      while true do
+        lock:acquire()
+        d.n = d.n + 1                      -- a read, then a one-way write, under the lock
+        l:append(mp.getpid())
+        lock:release()
+        l:append({ tag = "unlocked" })     -- a write that waits
+      end
+    end
+    local rng = math.random
+    math.randomseed(12345)
+    local workers = {}
+    for i = 1, 4 do workers[i] = H.spawn(worker) end
+    local kills, target = 0, 0
+    for _ = 1, 12 do                       -- kill one at a random instant, start another
+      target = target + 40
+      wait_until(function() return #l >= target end, "the workers to make progress", 20)
+      local i = rng(#workers)
+      mp.sleep(rng() * 0.002)
+      workers[i]:kill()
+      H.join(workers[i])
+      kills = kills + 1
+      workers[i] = H.spawn(worker)
+    end
+    for _, p in ipairs(workers) do p:kill(); H.join(p) end
+    assert.equal(12, kills)
+    local ok = lock:acquire(5)             -- free, or freed from a dead holder
+    assert.is_true(ok)
+    lock:release()
+    assert.is_true(math.type(d.n) == "integer" and d.n > 0)
+    local items = l:copy()
+    for _, v in ipairs(items) do
+      assert.is_true(math.type(v) == "integer" or (type(v) == "table" and v.tag == "unlocked"))
+    end
+    assert.is_true(m:ping())
+  end)
+
   it("a server whose owner died exits and removes its directory", function()
     local q = mp.Queue()
     local owner = H.spawn(function()
