@@ -242,13 +242,14 @@ static int core_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
 static prim_ud *check_sem(lua_State *L) { return check_prim(L, mp_upclass(L)); }
 
 static int sem_acquire(lua_State *L) {
+  int nargs = lua_gettop(L);
   prim_ud *u = check_sem(L);
   mp_sem *s = u->shm;
+  double deadline = nargs == 1 ? INFINITY : mp_block_deadline(L, 2, "acquire");
   if (mp_sem_trywait(s) == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  double deadline = mp_block_deadline(L, 2, "acquire");
   int rc = EAGAIN;
   if (deadline != -INFINITY) {
     while ((rc = mp_sem_wait(s, deadline)) == EINTR)

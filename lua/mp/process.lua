@@ -268,6 +268,25 @@ state.current = setmetatable({
   _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
 }, Process)
 
+--[[
+Makes the calling child the main process of a tree of its own: current_process()
+becomes a new MainProcess, parent_process() nil, and the Process objects it makes
+are named from Process-1 again. For a runner that gives each job a fresh process
+which must see what it would see started alone: mplua-busted runs each spec file
+so (lua/mp/busted.lua). Only in a forked child that has started no process yet:
+its exit stays a child's (core.child_exit), which joins what it starts.
+]]
+function M.become_main()
+  if state.parent == nil then error("become_main: already the main process", 2) end
+  if next(state.children) ~= nil then error("become_main: this process has children", 2) end
+  state.current = setmetatable({
+    _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
+  }, Process)
+  state.parent = nil
+  state.counter = 0
+  state.identity = {}
+end
+
 function M.current_process(...)
   check.nargs("current_process", 0, select("#", ...), (...))
   return state.current

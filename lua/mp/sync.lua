@@ -41,8 +41,9 @@ end
 
 -- hold and with for the class whose metatable is mt (each checks its own self).
 local function lock_helpers(mt)
-  local function hold(self)
+  local function hold(self, ...)
     check_self(self, mt, "hold")
+    check.nargs("hold", 0, select("#", ...), (...))
     self:acquire()
     local g = guards[self]
     if not g then
@@ -86,8 +87,13 @@ for _, obj in ipairs(lock_like) do
   m.hold, m.with = lock_helpers(getmetatable(obj))
 end
 local cond_mt = getmetatable(lock_like[5])
-methods_of(lock_like[5]).wait_for = function(self, predicate, timeout)
+methods_of(lock_like[5]).wait_for = function(self, predicate, timeout, ...)
   check_self(self, cond_mt, "wait_for")
+  check.nargs("wait_for", 2, select("#", ...) + 2, (...))
+  if type(predicate) ~= "function" then argerror(1, "wait_for", "function expected, got " .. type(predicate)) end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror(2, "wait_for", "number expected for timeout, got " .. type(timeout))
+  end
   return wait_for(self, predicate, timeout)
 end
 lock_like = nil

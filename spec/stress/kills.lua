@@ -183,9 +183,17 @@ if wanted("JoinableQueue") then
 end
 if wanted("Pipe") then
   local r, w = mp.Pipe(false)
+  -- Several readers share the receiving end: poll then recv must be one step
+  -- (another reader could take the message in between), so they take turns.
+  local turn = mp.Lock()
   queue_like("Pipe", {
     put = function(v) w:send(v) end,
-    get = function(timeout) if r:poll(timeout) then return r:recv() end end,
+    get = function(timeout)
+      turn:acquire()
+      local v = r:poll(timeout) and r:recv() or nil
+      turn:release()
+      return v
+    end,
   })
   r:close(); w:close()
 end
@@ -246,8 +254,8 @@ if wanted("Pool") then
         end
       end
       f:close()
-      if #workers > 0 then
-        mp.kill(workers[rng(#workers)], "SIGKILL")
+      -- A worker may have ended (and been reaped) since the listing: not a kill.
+      if #workers > 0 and pcall(mp.kill, workers[rng(#workers)], "SIGKILL") then
         kills:add(1)
       end
     end

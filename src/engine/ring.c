@@ -12,6 +12,7 @@
 
 #include "fault.h"
 #include "futex.h"
+#include "nosigpipe.h"
 #include "olock.h"
 #include "ring.h"
 
@@ -248,7 +249,8 @@ static void publish_tail(mp_ring *r, uint64_t to, int whole) {
   if (r->bell_w >= 0 && (atomic_load(&h->pollers) || atomic_load(&h->signalled))) {
     int sig = atomic_load(&h->signalled) != 0;
     if ((sig && whole) || (!sig && !atomic_exchange(&h->bell_rung, 1))) {
-      ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
+      /* A full doorbell is already ringing; a reader gone is found by peer_gone. */
+      ssize_t n = mp_write_nosigpipe(r->bell_w, "", 1);
       (void)n;
     }
   }
