@@ -42,7 +42,7 @@ describe("mp.Manager", function()
     f:close()
     assert.equal("700", mode)
     assert.is_true(mgr:ping())
-    assert.matches("^<SyncManager pid=%d+ address=", tostring(mgr))
+    assert.matches("^<Manager pid=%d+ address=", tostring(mgr))
   end)
 
   describe("dict", function()
@@ -593,7 +593,7 @@ describe("mp.Manager", function()
   it("bad options are errors naming them", function()
 
     local mgr <close> = mp.Manager{ timeout = 10 }
-    assert.has_error(function() mp.Manager{ adress = "x" } end, "unknown option 'adress' to 'SyncManager' (did you mean 'address'?)")
+    assert.has_error(function() mp.Manager{ adress = "x" } end, "unknown option 'adress' to 'Manager' (did you mean 'address'?)")
     assert.has_error(function() mp.Manager{ timeout = -1 } end)
     assert.has_error(function() mp.Manager.connect(1) end)
     assert.has_error(function() mgr.dict() end)

@@ -647,7 +647,7 @@ function BaseManager:__tostring()
 end
 
 -- mp.Manager(): the standard types.
-local SyncManager = BaseManager:extend("SyncManager")
+local SyncManager = BaseManager:extend("Manager")   -- Python's SyncManager, named as mp.Manager
 for _, typeid in ipairs { "dict", "list", "Namespace", "Lock", "RLock", "Semaphore", "BoundedSemaphore",
                           "Condition", "Event", "Barrier", "Queue", "JoinableQueue", "Value", "Array" } do
   SyncManager:register(typeid, server.types[typeid].new)
