@@ -50,6 +50,14 @@ local pool = require "mp.pool"
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
 
+-- Managers (lua/mp/manager.lua) and named shared memory (src/lshm.c)
+local manager = require "mp.manager"
+mp.Manager = manager.Manager
+mp.BaseManager = manager.BaseManager
+mp.SyncManager = manager.SyncManager
+mp.is_proxy = manager.is_proxy
+mp.SharedMemory = core.SharedMemory
+
 -- Start methods and contexts (lua/mp/context.lua, docs/processes.md)
 local context = require "mp.context"
 mp.set_start_method = context.set_start_method
