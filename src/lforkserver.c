@@ -21,6 +21,7 @@
 #include "lprocess.h"
 #include "mp_aux.h"
 #include "mp_signal.h"
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/forkserver.h"
 #include "engine/identity.h"
@@ -99,8 +100,10 @@ static void run_served(lua_State *L, int channel) __attribute__((noreturn));
 static int decode_request(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t len = (size_t)lua_tointeger(L, 2);
+  const int *fds = lua_touserdata(L, 3);
+  size_t nfds = (size_t)lua_tointeger(L, 4);
   lua_settop(L, 0);
-  return mp_serial_decode(L, p, len);
+  return mp_serial_decode_oob(L, p, len, fds, nfds);
 }
 
 static void run_served(lua_State *L, int channel) {
@@ -115,14 +118,17 @@ static void run_served(lua_State *L, int channel) {
     if (err != EPIPE) fprintf(stderr, "mp: fork server child: cannot read its request: %s\n", strerror(err));
     mp_exit_child(1);
   }
-  for (size_t i = 0; i < nfds; i++) close(fds[i]);
-  free(fds);
   lua_getiuservalue(L, -1, UV_ENTRY);
   int base = lua_gettop(L);
   lua_pushcfunction(L, decode_request);
   lua_pushlightuserdata(L, payload);
   lua_pushinteger(L, (lua_Integer)len);
-  int status = lua_pcall(L, 2, LUA_MULTRET, 0);
+  lua_pushlightuserdata(L, fds);
+  lua_pushinteger(L, (lua_Integer)nfds);
+  int status = lua_pcall(L, 4, LUA_MULTRET, 0);
+  /* The objects decoded hold duplicates of what they keep. */
+  for (size_t i = 0; i < nfds; i++) close(fds[i]);
+  free(fds);
   free(payload);
   if (status != LUA_OK || lua_gettop(L) == base || lua_type(L, base + 1) != LUA_TSTRING) {
     fprintf(stderr, "mp: fork server child: bad request: %s\n",
@@ -244,8 +250,9 @@ static int core_forkserver_spawn(lua_State *L) {
   if (lua_getiuservalue(L, -1, UV_ENTRY) != LUA_TFUNCTION)
     return luaL_error(L, "the fork server was not started (core.forkserver_start)");
   lua_pop(L, 1);
+  mp_oob *oob = mp_oob_new(L);                 /* the fds of the mp objects among the values */
   mp_wbuf *b = mp_serial_scratch(L);
-  mp_serial_encode(L, 2, nvals, b, "process");
+  mp_serial_encode_oob(L, 2, nvals, b, "process", oob);
   mp_child **slot = mp_process_new_handle(L);
   int hidx = lua_gettop(L);
   int err = 0;
@@ -256,7 +263,7 @@ static int core_forkserver_spawn(lua_State *L) {
     err = connect_server(s);
     pid_t pid;
     int status_fd, pidfd;
-    if (err == 0) err = mp_fs_spawn(s->conn, b->data, b->len, NULL, 0, &pid, &status_fd, &pidfd);
+    if (err == 0) err = mp_fs_spawn(s->conn, b->data, b->len, oob->fds, oob->n, &pid, &status_fd, &pidfd);
     if (err == 0) {
       mp_child *c;
       err = mp_child_adopt(&c, pid, status_fd, pidfd, daemon);

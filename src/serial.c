@@ -22,6 +22,7 @@
 
 #include <lauxlib.h>
 
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/siphash.h"
 
@@ -52,7 +53,9 @@ enum {
   T_UPJOIN,    /* offset:u64 idx:u8: shares upvalue idx of that function (upvalues only) */
   T_GLOBALS,   /* - : the receiving state's global table */
   T_MODULE,    /* len:u32 name: package.loaded[name] */
-  T_FIELD      /* len:u32 name len:u32 field: package.loaded[name][field] */
+  T_FIELD,     /* len:u32 name len:u32 field: package.loaded[name][field] */
+  T_OBJECT     /* namelen:u8 name desclen:u8 desc nfds:u8 fdindex:u32*nfds dep:u8 [value]:
+                  an mp object (mp_travel.h), its fds in the message's fd list */
 };
 #define T_SHARED 0x80
 
@@ -166,6 +169,7 @@ typedef struct enc {
   int nroot, rootk;        /* number of root values; which one is being encoded */
   int depth;
   int npath;
+  mp_oob *oob;             /* where mp objects' fds go; NULL: they cannot be sent */
   seg path[MAX_DEPTH + 2];
 } enc;
 
@@ -665,6 +669,47 @@ static void encode_function(enc *e, int f) {
   e->depth--;
 }
 
+/*
+** An mp object (mp_travel.h): its class name, its description, the indexes
+** of its fds in the out-of-band list, and the value that travels with it.
+*/
+static void encode_object(enc *e, int idx, const mp_class *c, const mp_travel *t) {
+  lua_State *L = e->L;
+  if (e->oob == NULL) {
+    const char *msg = lua_pushfstring(L,
+      "an %s cannot travel inside a message (a Queue item, a Pipe message, mp.dumps): "
+      "pass it to the process as an argument of Process or of a pool task (or an upvalue "
+      "of its target), or create it before the process starts", c->tname);
+    enc_error(e, msg);
+  }
+  if (put_ref(e, idx)) return;
+  enter(e);
+  remember(e, idx, e->b->len - e->base);
+  mp_travel_desc d;
+  memset(&d, 0, sizeof d);
+  int dep = t->export_obj(L, idx, &d);
+  size_t nlen = strlen(c->tname);
+  put_u8(e, T_OBJECT);
+  put_u8(e, (unsigned)nlen);
+  put_bytes(e, c->tname, nlen);
+  put_u8(e, (unsigned)d.len);
+  put_bytes(e, d.bytes, d.len);
+  put_u8(e, (unsigned)d.nfds);
+  for (int i = 0; i < d.nfds; i++) {
+    uint64_t k = mp_oob_add(L, e->oob, d.fds[i]);
+    put_raw(room(e, 4), k, 4);
+    e->b->len += 4;
+  }
+  put_u8(e, (unsigned)dep);
+  if (dep) {
+    lua_pushliteral(L, "lock");
+    int key = lua_gettop(L);
+    child(e, key - 1, (seg){SEG_KEY, key, 0, NULL});
+    lua_pop(L, 2);
+  }
+  e->depth--;
+}
+
 static void encode(enc *e, int idx) {
   lua_State *L = e->L;
   switch (lua_type(L, idx)) {
@@ -710,16 +755,24 @@ static void encode(enc *e, int idx) {
       if (put_ref(e, idx)) break;
       encode_function(e, idx);
       break;
-    case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA:
+    case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA: {
+      const mp_travel *t;
+      const mp_class *c = mp_travel_class(L, idx, &t);
+      if (c != NULL) { encode_object(e, idx, c, t); break; }
       if (put_name(e, idx, 1, 1)) break;
       refuse(e, idx, "");
       break;
+    }
     default:
       refuse(e, idx, "");
   }
 }
 
 void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root) {
+  mp_serial_encode_oob(L, idx, n, b, root, NULL);
+}
+
+void mp_serial_encode_oob(lua_State *L, int idx, int n, mp_wbuf *b, const char *root, mp_oob *oob) {
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
   enc encoder;
@@ -735,6 +788,7 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   e->nroot = n;
   e->depth = 0;
   e->npath = 0;
+  e->oob = oob;
   if (n < 0 || (lua_Unsigned)n > UINT32_MAX) luaL_error(L, "mp: bad value count");
   put_u8(e, FORMAT_VERSION);
   if (n < 0xFF) put_u8(e, (unsigned)n);
@@ -768,6 +822,8 @@ typedef struct dec {
   size_t pending;          /* elements announced by open containers, not yet read */
   int st, memo;
   int depth;
+  const int *fds;          /* the fds that came with the message (mp objects), or NULL */
+  size_t nfds;
 } dec;
 
 static int dec_error(dec *d, const char *msg) {
@@ -952,6 +1008,44 @@ static void decode_name(dec *d, int tag) {
   }
 }
 
+/* An mp object: its class builds a new one on the fds that came with the message. */
+static void decode_object(dec *d, int tag, size_t off) {
+  lua_State *L = d->L;
+  dec_enter(d);
+  size_t nlen = (size_t)get_num(d, 1);
+  const char *name = get_bytes(d, nlen);
+  const mp_travel *t;
+  const mp_class *c = mp_travel_find(name, nlen, &t);
+  if (c == NULL) {
+    lua_pushlstring(L, name, nlen);
+    luaL_error(L, "mp.loads: unknown kind of mp object '%s'", lua_tostring(L, -1));
+  }
+  mp_travel_desc desc;
+  memset(&desc, 0, sizeof desc);
+  desc.len = (size_t)get_num(d, 1);
+  if (desc.len > MP_TRAVEL_DESC) dec_error(d, "corrupt mp object");
+  memcpy(desc.bytes, get_bytes(d, desc.len), desc.len);
+  desc.nfds = (int)get_num(d, 1);
+  if (desc.nfds > MP_TRAVEL_FDS) dec_error(d, "corrupt mp object");
+  for (int i = 0; i < desc.nfds; i++) {
+    uint64_t k = get_num(d, 4);
+    if (d->fds == NULL)
+      luaL_error(L, "mp.loads: an %s arrived without its fds (it cannot travel this way)", c->tname);
+    if (k >= d->nfds) dec_error(d, "corrupt mp object (fd index)");
+    desc.fds[i] = d->fds[k];
+  }
+  int dep = (int)get_num(d, 1);
+  if (dep > 1) dec_error(d, "corrupt mp object");
+  if (dep) {
+    announce(d, 1);
+    d->pending--;
+    decode(d);
+  }
+  t->import_obj(L, c, &desc, dep);
+  if (tag & T_SHARED) dec_remember(d, off, lua_gettop(L));
+  d->depth--;
+}
+
 static int decode(dec *d) {
   lua_State *L = d->L;
   if (left(d) < 1) truncated(d);
@@ -991,6 +1085,7 @@ static int decode(dec *d) {
     }
     case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); break;
     case T_MODULE: case T_FIELD: decode_name(d, tag); break;
+    case T_OBJECT: case T_OBJECT | T_SHARED: decode_object(d, tag, off); break;
     default:
       luaL_error(L, "mp.loads: corrupt message (bad tag %d at byte %I)", tag, (lua_Integer)off);
   }
@@ -998,9 +1093,15 @@ static int decode(dec *d) {
 }
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
+  return mp_serial_decode_oob(L, data, len, NULL, 0);
+}
+
+int mp_serial_decode_oob(lua_State *L, const char *data, size_t len, const int *fds, size_t nfds) {
   luaL_checkstack(L, 10, "mp.loads");
   dec d;
   d.L = L;
+  d.fds = fds;
+  d.nfds = nfds;
   d.start = d.p = (const unsigned char *)data;
   d.end = d.start + len;
   d.pending = 0;

@@ -115,6 +115,8 @@ local FILLING, DRAINING, RESETTING, BROKEN = 0, 1, -1, -2
 
 local Barrier = class.Object:extend("Barrier")
 M.Barrier = Barrier
+-- A Barrier travels with its class (its Condition and Array go as mp objects, mp_travel.h).
+core.register_class("mp.Barrier", Barrier)
 
 local BARRIER_OPTIONS = { "parties", "action", "timeout" }
 

@@ -64,6 +64,10 @@ int mp_conn_pipe(mp_conn *a, mp_conn *b, int duplex) {
   return err;
 }
 
+int mp_conn_adopt(mp_conn *c) {
+  return hide(c);
+}
+
 void mp_conn_close(mp_conn *c) {
   if (c->sticky && c->rx.hdr != NULL) mp_ring_signalled(&c->rx, 0);
   c->sticky = 0;
