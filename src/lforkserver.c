@@ -91,12 +91,15 @@ static int server_gc(lua_State *L) {
 }
 
 /*
-** In a child forked by the server: read the request, decode it, and run the
-** entry function with it; never returns. The payload is the process's name,
-** then the entry's arguments.
+** The request's payload is two messages: the preparation (the process's
+** name, the client's package.path and package.cpath) and then the entry's
+** arguments, decoded after the preparation is applied:
+**   u32 length of the preparation, the preparation, the arguments.
+** Values sent by name (a module or a field of one) resolve in the child's
+** state, a copy of the server's: a module the client loaded after the
+** server started is required on the way, with the client's search paths, as
+** Python's forkserver imports what unpickling names.
 */
-static void run_served(lua_State *L, int channel) __attribute__((noreturn));
-
 static int decode_request(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t len = (size_t)lua_tointeger(L, 2);
@@ -105,6 +108,35 @@ static int decode_request(lua_State *L) {
   lua_settop(L, 0);
   return mp_serial_decode_oob(L, p, len, fds, nfds);
 }
+
+/* Decodes under lua_pcall: the values, or the error message, on top. LUA_OK or not. */
+static int pdecode(lua_State *L, const char *p, size_t len, const int *fds, size_t nfds) {
+  lua_pushcfunction(L, decode_request);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, (lua_Integer)len);
+  lua_pushlightuserdata(L, (void *)fds);
+  lua_pushinteger(L, (lua_Integer)nfds);
+  return lua_pcall(L, 4, LUA_MULTRET, 0);
+}
+
+/* The module a decoding error names as not loaded (the serializer's message), or NULL. */
+static const char *missing_module(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  const char *at = msg ? strstr(msg, "mp.loads: module '") : NULL;
+  if (at == NULL) return NULL;
+  at += strlen("mp.loads: module '");
+  const char *end = strstr(at, "' is not loaded in this process");
+  if (end == NULL) return NULL;
+  return lua_pushlstring(L, at, (size_t)(end - at));
+}
+
+static void served_fail(const char *what, const char *msg) __attribute__((noreturn));
+static void served_fail(const char *what, const char *msg) {
+  fprintf(stderr, "mp: fork server child: %s: %s\n", what, msg ? msg : "?");
+  mp_exit_child(1);
+}
+
+static void run_served(lua_State *L, int channel) __attribute__((noreturn));
 
 static void run_served(lua_State *L, int channel) {
   mp_signal_after_fork();
@@ -115,32 +147,44 @@ static void run_served(lua_State *L, int channel) {
   close(channel);
   if (err) {
     /* The client gave up (or died) before the request was whole: nothing to run. */
-    if (err != EPIPE) fprintf(stderr, "mp: fork server child: cannot read its request: %s\n", strerror(err));
+    if (err != EPIPE) served_fail("cannot read its request", strerror(err));
     mp_exit_child(1);
   }
-  lua_getiuservalue(L, -1, UV_ENTRY);
+  uint32_t plen = 0;
+  if (len >= 4) memcpy(&plen, payload, 4);
+  if (len < 4 || plen > len - 4) served_fail("bad request", "truncated");
+  /* The preparation: name, package.path, package.cpath. */
+  int top = lua_gettop(L);
+  if (pdecode(L, payload + 4, plen, NULL, 0) != LUA_OK) served_fail("bad request", lua_tostring(L, -1));
+  if (lua_gettop(L) != top + 3 || lua_type(L, top + 1) != LUA_TSTRING) served_fail("bad request", "no name");
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "package");
+  if (lua_istable(L, -1)) {
+    if (lua_type(L, top + 2) == LUA_TSTRING) { lua_pushvalue(L, top + 2); lua_setfield(L, -2, "path"); }
+    if (lua_type(L, top + 3) == LUA_TSTRING) { lua_pushvalue(L, top + 3); lua_setfield(L, -2, "cpath"); }
+  }
+  lua_settop(L, top + 1);                      /* the name stays, below everything */
+  size_t namelen;
+  const char *name = lua_tolstring(L, top + 1, &namelen);
+  /* The entry and its arguments. */
+  lua_getiuservalue(L, top, UV_ENTRY);
   int base = lua_gettop(L);
-  lua_pushcfunction(L, decode_request);
-  lua_pushlightuserdata(L, payload);
-  lua_pushinteger(L, (lua_Integer)len);
-  lua_pushlightuserdata(L, fds);
-  lua_pushinteger(L, (lua_Integer)nfds);
-  int status = lua_pcall(L, 4, LUA_MULTRET, 0);
+  const char *args = payload + 4 + plen;
+  size_t alen = len - 4 - plen;
+  for (int tries = 0;; tries++) {
+    if (pdecode(L, args, alen, fds, nfds) == LUA_OK) break;
+    const char *mod = tries < 64 ? missing_module(L) : NULL;
+    if (mod == NULL) served_fail("bad request", lua_tostring(L, -1));
+    lua_getglobal(L, "require");
+    lua_pushvalue(L, -2);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) served_fail("bad request", lua_tostring(L, -1));
+    lua_settop(L, base);
+  }
   /* The objects decoded hold duplicates of what they keep. */
   for (size_t i = 0; i < nfds; i++) close(fds[i]);
   free(fds);
   free(payload);
-  if (status != LUA_OK || lua_gettop(L) == base || lua_type(L, base + 1) != LUA_TSTRING) {
-    fprintf(stderr, "mp: fork server child: bad request: %s\n",
-            status != LUA_OK ? lua_tostring(L, -1) : "no process name");
-    mp_exit_child(1);
-  }
-  size_t namelen;
-  const char *name = lua_tolstring(L, base + 1, &namelen);
-  lua_pushvalue(L, base + 1);                  /* keep the name alive below everything */
-  lua_insert(L, base);
-  lua_remove(L, base + 2);                     /* the name among the arguments */
-  mp_process_run_child(L, lua_gettop(L) - base - 1, name, namelen);
+  mp_process_run_child(L, lua_gettop(L) - base, name, namelen);
 }
 
 /*
@@ -186,7 +230,7 @@ static void start_server(lua_State *L, server_ud *s) {
     }
     int channel;
     mp_fs_serve(lfd, life[0], &s->addr, &channel);   /* returns in a child only */
-    lua_settop(L, sidx);
+    lua_settop(L, sidx);                           /* the handle, on top */
     run_served(L, channel);
   }
   close(lfd);
@@ -251,8 +295,25 @@ static int core_forkserver_spawn(lua_State *L) {
     return luaL_error(L, "the fork server was not started (core.forkserver_start)");
   lua_pop(L, 1);
   mp_oob *oob = mp_oob_new(L);                 /* the fds of the mp objects among the values */
+  /* The preparation (see run_served), then the arguments. */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "package");
+  lua_pushvalue(L, 2);
+  if (lua_istable(L, -2)) {
+    lua_getfield(L, -2, "path");
+    lua_getfield(L, -3, "cpath");
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
   mp_wbuf *b = mp_serial_scratch(L);
-  mp_serial_encode_oob(L, 2, nvals, b, "process", oob);
+  mp_wbuf_reserve(L, b, 4);
+  b->len = 4;
+  mp_serial_encode(L, -3, 3, b, "process");
+  uint32_t plen = (uint32_t)(b->len - 4);
+  memcpy(b->data, &plen, 4);
+  lua_pop(L, 5);
+  mp_serial_encode_oob(L, 3, nvals - 1, b, "process", oob);
   mp_child **slot = mp_process_new_handle(L);
   int hidx = lua_gettop(L);
   int err = 0;
@@ -275,7 +336,6 @@ static int core_forkserver_spawn(lua_State *L) {
     if (err != EPIPE && err != ECONNREFUSED && err != ENOENT && err != ESHUTDOWN) break;
     stop_server(s);
   }
-  if (err == EACCES) return luaL_error(L, "cannot start process: the fork server refused the key");
   return mp_raise_errno(L, err, "cannot start process through the fork server");
 }
 
@@ -286,6 +346,25 @@ static int core_forkserver_pid(lua_State *L) {
     lua_pushinteger(L, s->svc->pid);
   else
     lua_pushnil(L);
+  return 1;
+}
+
+/*
+** core.forkserver_info() --> {pid =, path =, dir =} of this state's server
+** (pid only in the process that started it), or nil: for specs and diagnostics.
+*/
+static int core_forkserver_info(lua_State *L) {
+  server_ud *s = get_server(L);
+  if (!s->started) return 0;
+  lua_createtable(L, 0, 3);
+  if (s->svc != NULL && s->owner == (pid_t)mp_self_pid()) {
+    lua_pushinteger(L, s->svc->pid);
+    lua_setfield(L, -2, "pid");
+  }
+  lua_pushstring(L, s->addr.path);
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, s->addr.dir);
+  lua_setfield(L, -2, "dir");
   return 1;
 }
 
@@ -304,6 +383,7 @@ void mp_forkserver_open(lua_State *L) {
     {"forkserver_start", core_forkserver_start},
     {"forkserver_spawn", core_forkserver_spawn},
     {"forkserver_pid", core_forkserver_pid},
+    {"forkserver_info", core_forkserver_info},
     {"forkserver_stop", core_forkserver_stop},
     {NULL, NULL}
   };

@@ -488,8 +488,14 @@ int mp_fs_connect(const mp_fs_addr *a, int *conn) {
     fs_msg w;
     err = wait_fd(fd, POLLIN, mp_now() + STALL, NULL);
     ssize_t n = err ? -1 : recv(fd, &w, sizeof w, MSG_DONTWAIT);
-    if (err == 0 && (n != (ssize_t)sizeof w || w.magic != FS_MAGIC || w.type != M_WELCOME))
-      err = n == 0 ? EACCES : EPROTO;
+    /*
+    ** A hang-up instead of WELCOME: the key was refused, or the server died
+    ** between accept and reply. Our key is the server's own (we know it from
+    ** its start), so it is the latter: the caller starts another.
+    */
+    if (err == 0 && n <= 0) err = ECONNREFUSED;
+    else if (err == 0 && (n != (ssize_t)sizeof w || w.magic != FS_MAGIC || w.type != M_WELCOME))
+      err = EPROTO;
   }
   if (err) {
     close(fd);
@@ -615,10 +621,16 @@ int mp_fs_spawn(int conn, const void *payload, size_t len, const int *fds, size_
   return 0;
 }
 
+/*
+** Peeks: the record stays in the socket, so the sentinel stays readable once
+** the child has ended (as a pidfd does), whether or not the server has
+** closed its end yet.
+*/
 int mp_fs_read_status(int status_fd, int *wstatus) {
   fs_msg m;
   ssize_t n;
-  do n = recv(status_fd, &m, sizeof m, MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+  do n = recv(status_fd, &m, sizeof m, MSG_DONTWAIT | MSG_PEEK); while (n < 0 && errno == EINTR);
+  if (n > 0 && n < (ssize_t)sizeof m) return EAGAIN;   /* not whole yet */
   if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? EAGAIN : EPIPE;
   if (n == sizeof m && m.magic == FS_MAGIC && m.type == M_STATUS) {
     *wstatus = m.value;

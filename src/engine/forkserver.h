@@ -78,7 +78,8 @@ int mp_fs_read_request(int channel, char **payload, size_t *len, int **fds, size
 
 /*
 ** A client's control connection: connects and presents the key. 0, or
-** ECONNREFUSED / ENOENT when no server listens there, EACCES when it refused us.
+** ECONNREFUSED / ENOENT when no server listens there (or it hung up instead
+** of welcoming us: it died, or the key was wrong).
 */
 int mp_fs_connect(const mp_fs_addr *a, int *conn);
 

@@ -112,6 +112,14 @@ void mp_fork_keep_in_child(int fd) { fdset_remove(closing, &nclosing, fd); }
 int mp_fork_hide_from_server(int fd) { return fdset_add(&hidden, &nhidden, &cap_hidden, fd); }
 void mp_fork_show_to_server(int fd) { fdset_remove(hidden, &nhidden, fd); }
 
+/* mp.so unloaded (lua_close in a stock lua5.4): the lists would be lost with it. */
+__attribute__((destructor)) static void forget_fd_lists(void) {
+  free(closing);
+  free(hidden);
+  closing = hidden = NULL;
+  nclosing = cap_closing = nhidden = cap_hidden = 0;
+}
+
 /* In the new fork server: its copies of the hidden fds now read /dev/null. */
 static void hide_fds(void) {
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);

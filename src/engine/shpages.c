@@ -254,6 +254,17 @@ int mp_shm_import(int fd, size_t maplen, size_t offset, size_t size, void **out)
   return err;
 }
 
+/*
+** When mp.so is unloaded (a stock lua5.4 closing its state) the table would
+** be lost with the library's data: free it. The mappings stay as they are
+** (nothing can reach their objects any more).
+*/
+__attribute__((destructor)) static void forget_regions(void) {
+  free(regions);
+  regions = NULL;
+  nregions = cap_regions = 0;
+}
+
 void mp_shm_unimport(void *p) {
   pthread_mutex_lock(&heap_mutex);
   region *r = find_region(p);
