@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "fault.h"
 #include "forkserver.h"
 #include "identity.h"
 #include "proc.h"
@@ -199,6 +200,15 @@ static void reset_after_fork(void) {
   nclosing = 0;
   children = NULL;
   is_child = 1;
+  /*
+  ** Output the parent had buffered is the parent's: stdio was flushed just
+  ** before the fork, but in a host with threads another thread may have
+  ** written between that flush and the fork; written again by the child, it
+  ** would appear twice. (Streams other than stdout and stderr that threads
+  ** write while mp forks are the host's to handle: its fork hooks.)
+  */
+  __fpurge(stdout);
+  __fpurge(stderr);
   /* stdin: the child must not steal the parent's input (Python does the same). */
   int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
@@ -216,6 +226,7 @@ static void reset_after_fork(void) {
 static pid_t do_fork(int what, int sentinel[2]) {
   if (hooks.prepare) hooks.prepare(what, hooks.ud);
   fflush(NULL);
+  MP_FAULT("fork.flushed");          /* a window where another thread may write (specs) */
   pid_t pid = fork();
   int err = errno;
   if (pid == 0) {
