@@ -65,6 +65,17 @@ describe("libmplua in a host", function()
     end)
   end
 
+  it("runs the host's fork hooks around every fork: processes, the server, the server's children", function()
+    local r = H.run{ program = H.build .. "/states_host", args = { "hooks" }, env = asan_env() }
+    assert.equal(0, r.status, r.stderr)
+    local got = lines(r.stdout)
+    table.sort(got)
+    -- MPLUA_FORK_SERVER (2): prepare and parent here, child in the server; MPLUA_FORK_PROCESS (1):
+    -- a fork child; MPLUA_FORK_SERVED (3): prepare and parent in the server, child in its child
+    assert.same({ "child 1", "child 2", "child 3", "ok hooks", "parent 1", "parent 2", "parent 3",
+                  "prepare 1", "prepare 2", "prepare 3" }, got)
+  end)
+
   it("runs states in two threads at once", function()
     local r = H.run{ program = H.build .. "/states_host", args = { "threads" }, env = asan_env() }
     assert.equal(0, r.status, r.stderr)

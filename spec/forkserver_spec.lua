@@ -312,6 +312,32 @@ describe("mp objects through the fork server", function()
   end)
 end)
 
+describe("Manager{context = 'forkserver'}", function()
+  it("starts the manager's server through the fork server; proxies work from its children", function()
+    local out = run [[
+      local unistd = require "posix.unistd"
+      local srv = mp.forkserver_start()
+      local m <close> = mp.Manager{context = "forkserver"}
+      local parent = io.open("/proc/" .. m.pid .. "/stat"):read("a"):match("%) %a (%d+)")
+      local d, l = m:dict(), m:list()
+      d.x = 5
+      local p = mp.Process{target = function() d.y = d.x * 2; l:append("child") end}
+      p:start(); p:join(10)
+      local C = mp.BaseManager:extend("Counters")
+      C:register("Counter", function(n) return {n = n, inc = function(self, k) self.n = self.n + k; return self.n end} end)
+      local cm <close> = C{context = mp.get_context("forkserver")}
+      print(tonumber(parent) == srv, d.y, l[1], cm:Counter(10):inc(5))
+    ]]
+    assert.equal("true\t10\tchild\t15\n", out)
+  end)
+
+  it("checks the option as Process does, naming Manager", function()
+    local mp = require "mp"
+    assert.has_error(function() mp.Manager{ context = 5 } end,
+      "bad argument #1 to 'Manager' (context must be 'fork', 'forkserver' or a context from mp.get_context, got number)")
+  end)
+end)
+
 -- The mp objects a spec process made are unaffected by all this.
 describe("fork server bookkeeping", function()
   it("leaves this process without children", function()

@@ -4,7 +4,7 @@
 ** after lua_close, states in different threads, and a SIGCHLD that arrives
 ** after the state that installed a Lua handler for it is closed.
 **
-**   states_host two | reopen | threads | sigchld | stdio
+**   states_host two | reopen | threads | sigchld | stdio | hooks
 **
 ** Prints one line per step and "ok <scenario>"; exits 0, or 1 with the error.
 */
@@ -107,6 +107,15 @@ static void wake_writer(int what, void *ud) {
   pthread_mutex_unlock(&wmutex);
 }
 
+/* hooks: each hook says where it ran (every line flushed at once: processes share stdout). */
+static void say(const char *hook, int what) {
+  printf("%s %d\n", hook, what);
+  fflush(stdout);
+}
+static void hook_prepare(int what, void *ud) { (void)ud; say("prepare", what); }
+static void hook_parent(int what, void *ud) { (void)ud; say("parent", what); }
+static void hook_child(int what, void *ud) { (void)ud; say("child", what); }
+
 static void *thread_work(void *arg) {
   lua_State *L = open_state();
   for (int i = 0; i < 5; i++) work(L, (const char *)arg);
@@ -182,8 +191,16 @@ int main(int argc, char **argv) {
     run(L, "p = mp.Process{target = function() end}; p:start(); p:join(10); assert(p.exitcode == 0)");
     pthread_join(t, NULL);
     lua_close(L);
+  } else if (strcmp(what, "hooks") == 0) {
+    mplua_set_fork_hooks(hook_prepare, hook_parent, hook_child, NULL);
+    lua_State *L = open_state();
+    if (mplua_forkserver_start(L) != LUA_OK) { fprintf(stderr, "%s\n", lua_tostring(L, -1)); return 1; }
+    run(L, "for _, m in ipairs{'fork', 'forkserver'} do\n"
+           "  local p = mp.Process{target = function() end, context = m}; p:start(); p:join(10)\n"
+           "end");
+    lua_close(L);
   } else {
-    fprintf(stderr, "usage: states_host two|reopen|threads|sigchld|stdio\n");
+    fprintf(stderr, "usage: states_host two|reopen|threads|sigchld|stdio|hooks\n");
     return 1;
   }
   printf("ok %s\n", what);
