@@ -420,6 +420,25 @@ describe("examples", function()
     end
   end)
 
+  it("examples/README.md maps every example, and every file it links exists", function()
+    local readme = assert(H.read_file("examples/README.md"))
+    local linked = {}
+    for target in readme:gmatch("%]%(([%w_]+%.lua)%)") do linked[target] = true end
+    for _, name in ipairs(example_files()) do
+      assert(linked[name], "examples/" .. name .. " is not in examples/README.md")
+    end
+    for name in pairs(linked) do
+      assert(H.read_file("examples/" .. name), "examples/README.md links " .. name .. ", which does not exist")
+    end
+  end)
+
+  it("each example opens with a one-line comment naming what it shows and the tutorial program", function()
+    for _, name in ipairs(example_files()) do
+      local first = assert(H.read_file("examples/" .. name)):match("^[^\n]*")
+      assert(first:match("^%-%- .+ %(tutorial: .+%)%.$"), "examples/" .. name .. ": first line " .. first)
+    end
+  end)
+
   for _, name in ipairs(example_files()) do
     local entry = E[name]
     local path = "examples/" .. name
