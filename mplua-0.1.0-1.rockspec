@@ -32,8 +32,8 @@ dependencies = {
 
 build = {
   type = "cmake",
-  -- CMake finds Lua's headers and library with pkg-config (lua5.4: Debian's
-  -- liblua5.4-dev). The module and the Lua files go where LuaRocks deploys them;
+  -- CMake finds Lua 5.4 and nettle (the Manager's HMAC) with pkg-config: Debian's
+  -- liblua5.4-dev and nettle-dev. The module and the Lua files go where LuaRocks deploys them;
   -- the C library, header and pkg-config file stay in the rock's directory
   -- (LuaRocks would otherwise move everything under LIBDIR next to mp.so).
   variables = {

@@ -1,18 +1,43 @@
--- A Manager's server process holds a dict and a list that a child changes (tutorial: sharing state through a server process).
+-- A state manager: a custom Manager type holds the state in its server process; workers that connect() by name update it (tutorial: the state-manager demo).
+-- Workers update the state through its methods; the main process reads a
+-- snapshot. It is published by name, so a process that did not inherit anything
+-- (here: a connect() made in a worker) finds it.
 -- Run: mplua examples/manager_state.lua
-local function f(d, l)
-  d[1] = "1"
-  d["2"] = 2
-  d[0.25] = false                     -- Python stores None; in Lua, d[k] = nil deletes k
-  l:reverse()
+local StateManager = mp.BaseManager:extend("StateManager")
+StateManager:register("State", function()
+  return {
+    counts = {},
+    log = {},
+    update = function(self, who, key, delta)
+      self.counts[key] = (self.counts[key] or 0) + delta
+      self.log[#self.log + 1] = string.format("%s %s%+d", who, key, delta)
+      return self.counts[key]
+    end,
+    snapshot = function(self)
+      return { counts = self.counts, events = #self.log }
+    end,
+  }
+end)
+
+local mgr <close> = StateManager()
+local state = mgr:State()
+mgr:publish("state", state)
+
+local function worker(name, address, authkey)
+  local other = StateManager.connect(address, authkey)
+  local st = other:lookup("state")
+  for i = 1, 3 do st:update(name, "visits", 1) end
+  st:update(name, "errors", name == "w2" and 1 or 0)
 end
 
-local manager <close> = mp.Manager()  -- Python: with Manager() as manager:
-local d = manager:dict()
-local l = manager:list{ 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 }
-local p = mp.Process{ target = f, args = { d, l } }
-p:start()
-p:join()
+local procs = {}
+for i = 1, 4 do
+  procs[i] = mp.Process{ target = worker, args = { "w" .. i, mgr.address, mgr.authkey } }
+  procs[i]:start()
+end
+for _, p in ipairs(procs) do p:join() end
 
-print(string.format("d[1] = %q, d[\"2\"] = %s, d[0.25] = %s, #d = %d", d[1], d["2"], tostring(d[0.25]), #d))
-print("l = {" .. table.concat(l:copy(), ", ") .. "}")
+local snap = state:snapshot()
+print("visits: " .. snap.counts.visits)
+print("errors: " .. snap.counts.errors)
+print("events: " .. snap.events)

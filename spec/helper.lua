@@ -2,7 +2,7 @@
 Spec helper, loaded before every spec file (see .busted) and by `require "helper"`.
 
 It fails any test that leaves something behind: child processes (running or
-zombie), or new entries in /dev/shm. Leftover children are killed and reaped so
+zombie), new entries in /dev/shm, or a manager's socket directory. Leftover children are killed and reaped so
 the next test starts clean. The check uses luaposix and /proc, an independent
 view of the OS, not mp's own bookkeeping.
 
@@ -54,10 +54,41 @@ function H.children_of(ppid)
   return found
 end
 
+--[[
+Other test runs share this machine and its /dev/shm (other checkouts run their
+suites at the same time, Python's benchmark makes semaphores there): only
+entries this run could have made are looked at, those whose name holds this
+process's pid as a whole number. mplua names nothing in /dev/shm by itself;
+mp.SharedMemory's own names are "psm_<creator pid>_<hex>", and specs name
+their segments with H.shm_name, which puts the pid in. A segment created
+without a name by a spec's child process carries the child's pid: specs make
+those in the test process itself.
+]]
+local function ours(name, pid)
+  return name:find("%f[%d]" .. pid .. "%f[%D]") ~= nil
+end
+
 local function shm_entries()
   local set = {}
+  local pid = unistd.getpid()
   for _, name in ipairs(dirent.dir("/dev/shm") or {}) do
-    if name ~= "." and name ~= ".." then set[name] = true end
+    if name ~= "." and name ~= ".." and ours(name, pid) then set[name] = true end
+  end
+  return set
+end
+
+-- A /dev/shm name for a spec, which the leftover check knows as this run's.
+function H.shm_name(tag)
+  return string.format("mplua_spec_%d_%s", unistd.getpid(), tag or "shm")
+end
+
+-- The manager socket directories of this process (mplua-<pid>-XXXXXX in $TMPDIR or /tmp).
+local function tmp_dir() local t = os.getenv("TMPDIR"); return (t and t ~= "") and t or "/tmp" end
+function H.manager_dirs()
+  local set = {}
+  local prefix = "mplua-" .. unistd.getpid() .. "-"
+  for _, name in ipairs(dirent.dir(tmp_dir()) or {}) do
+    if name:sub(1, #prefix) == prefix then set[name] = true end
   end
   return set
 end
@@ -84,7 +115,7 @@ local function shm_in_use(name)
 end
 
 -- Kills and reaps what a test left behind; returns a description or nil.
-local function leftovers(shm_before)
+local function leftovers(shm_before, dirs_before)
   local problems = {}
   local me = unistd.getpid()
   local kids = H.children_of(me)
@@ -98,6 +129,14 @@ local function leftovers(shm_before)
     if not shm_before[name] and not shm_in_use(name) then
       problems[#problems + 1] = "/dev/shm/" .. name .. " left behind"
       os.remove("/dev/shm/" .. name)
+    end
+  end
+  for name in pairs(H.manager_dirs()) do
+    if not dirs_before[name] then
+      local path = tmp_dir() .. "/" .. name
+      problems[#problems + 1] = path .. " (a manager's socket directory) left behind"
+      os.remove(path .. "/listener")
+      os.remove(path)
     end
   end
   if #problems > 0 then return table.concat(problems, "; ") end
@@ -118,9 +157,9 @@ local function install_leftover_check()
     local run = element.run
     if type(run) ~= "function" then return nil, true end
     element.run = function(...)
-      local before = shm_entries()
+      local before, dirs = shm_entries(), H.manager_dirs()
       local ok_run, err = pcall(run, ...)
-      local problem = leftovers(before)
+      local problem = leftovers(before, dirs)
       if not ok_run then error(err, 0) end
       if problem then error("test left things behind: " .. problem, 0) end
     end

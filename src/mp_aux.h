@@ -145,5 +145,7 @@ void mp_serial_open(lua_State *L);    /* serial.h */
 void mp_queue_open(lua_State *L);
 void mp_pipe_open(lua_State *L);
 void mp_pool_open(lua_State *L);
+void mp_manager_open(lua_State *L);     /* lmanager.c: the Manager's transport */
+void mp_shm_open(lua_State *L);         /* lshm.c: mp.SharedMemory */
 
 #endif

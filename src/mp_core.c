@@ -22,6 +22,8 @@ static const subsystem_open subsystems[] = {
   mp_queue_open,     /* transport */
   mp_pipe_open,
   mp_pool_open,
+  mp_manager_open,
+  mp_shm_open,
   NULL
 };
 

@@ -13,8 +13,10 @@ local getinfo = debug.getinfo
 
 -- mp's own Lua files (embedded as mp/<name>.lua, or installed under .../mp/).
 local function in_library(info)
-  return info.what == "C" or info.source:find("^[@=].-mp/[%w_]+%.lua$") ~= nil
-    or info.source:find("^[@=]mp%.lua$") ~= nil
+  local src = info.source
+  -- "mp/" must be a whole directory name: a script in /tmp/ is the user's.
+  return info.what == "C" or src:find("^[@=]mp/[%w_]+%.lua$") ~= nil
+    or src:find("^@.*/mp/[%w_]+%.lua$") ~= nil or src:find("^[@=]mp%.lua$") ~= nil
 end
 
 --[[

@@ -1,5 +1,5 @@
 -- Pool tasks over eight named parameter ranges write a Manager dict under a Manager Lock, with timing (tutorial: apply_async with a Manager dict and Lock).
--- Run: mplua examples/manager_pool_dict.lua [scale]   (each range spans 25000 * scale numbers; default 1)
+-- Run: mplua examples/manager_pool_dict_lock.lua [scale]   (each range spans 25000 * scale numbers; default 1)
 local scale = tonumber(arg[1]) or 1
 local width = math.max(1, math.floor(25000 * scale))
 
