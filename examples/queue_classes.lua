@@ -28,15 +28,20 @@ end
 
 function Consumer:run()
   while true do
-    -- Done first, then empty: when both hold, every item was put before the
-    -- check and none is left. (The tutorial stops at the first empty() it sees,
-    -- which may come before the producer's first put.)
-    if self.done:is_set() and self.queue:empty() then
+    -- A get that waits at most 0.1 s: a blocking get could wait for an item that
+    -- never comes, if the producer's last item was already taken.
+    local ok, item = pcall(self.queue.get, self.queue, 0.1)
+    if ok then
+      print(string.format("Process Consumer : item %d popped by %s", item, self.name))
+    elseif not mp.Empty:is(item) then
+      error(item, 0)
+    -- Done first, then empty: when both hold, every item was put before the check
+    -- and none is left. (The tutorial stops at the first empty() it sees, which
+    -- may come before the producer's first put.)
+    elseif self.done:is_set() and self.queue:empty() then
       print("the queue is empty")
       break
     end
-    local item = self.queue:get()
-    print(string.format("Process Consumer : item %d popped by %s", item, self.name))
   end
 end
 
