@@ -15,7 +15,7 @@ description = {
   detailed = [[
 mp gives Lua 5.4 real parallelism through processes (fork), pools of worker
 processes, queues and pipes, process-shared locks, semaphores, conditions, events
-and barriers, and shared memory, with Python's multiprocessing names. The rock
+and barriers, shared memory and managers, with Python's multiprocessing names. The rock
 installs the C module (require "mp"), the mplua interpreter (Lua 5.4 with mp
 preloaded), mplua-busted (busted with spec files run in parallel) and the man page.
 Linux only (futex, pidfd, memfd, /proc).
