@@ -14,7 +14,9 @@ f:write([[
   print("the other process saw " .. table.concat(a:tolist(), " "))
 ]])
 f:close()
-local mplua = arg[-1] or "mplua"
+local first = -1                                 -- the interpreter is arg's lowest index
+while arg[first - 1] do first = first - 1 end
+local mplua = arg[first] or "mplua"
 local p = assert(io.popen(string.format("%q %q %q", mplua, script, sm.name)))
 io.write(p:read("a"))
 p:close()

@@ -451,13 +451,31 @@ describe("examples", function()
     local entry = E[name]
     local path = "examples/" .. name
     if entry then
-      it(path .. " prints what it should", function()
-        local args = { path }
+      it(path .. " prints what it should and leaves nothing behind", function()
+        -- The example's pid, written by a chunk that runs before the script.
+        local pidfile = os.tmpname()
+        finally(function() os.remove(pidfile) end)
+        local args = { "-e", string.format("local f = io.open(%q, 'w'); f:write(mp.getpid()); f:close()", pidfile), path }
         for _, a in ipairs(entry.args or {}) do args[#args + 1] = a end
         local r = H.run{ args = args, timeout = entry.timeout or 30 }
         assert.equal(0, r.status, "exit status " .. tostring(r.status) .. "; stderr:\n" .. tostring(r.stderr))
         assert.equal("", r.stderr)
         entry.check(r.stdout)
+        -- What an example makes in its main process carries its pid: /dev/shm
+        -- names and Manager socket directories must be gone once it has ended.
+        local pid = assert(tonumber(H.read_file(pidfile)), "no pid written")
+        local left = {}
+        for _, dir in ipairs { "/dev/shm", os.getenv("TMPDIR") or "/tmp" } do
+          local p = assert(io.popen("ls " .. H.quote(dir)))
+          for name in p:lines() do
+            if name:find("%f[%d]" .. pid .. "%f[%D]") and (name:find("^psm_") or name:find("^mplua%-")) then
+              left[#left + 1] = dir .. "/" .. name
+              os.execute("rm -rf " .. H.quote(dir .. "/" .. name))   -- the next test starts clean
+            end
+          end
+          p:close()
+        end
+        assert(#left == 0, path .. " left behind: " .. table.concat(left, ", "))
       end)
     end
   end
