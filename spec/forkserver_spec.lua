@@ -288,8 +288,8 @@ describe("mp objects through the fork server", function()
 
   it("refuses them inside a Queue item, a Pipe message or mp.dumps, saying what works", function()
     local msg = "an mp.Queue cannot travel inside a message (a Queue item, a Pipe message, mp.dumps): " ..
-                "pass it to the process as an argument of Process or of a pool task (or an upvalue of its target), " ..
-                "or create it before the process starts"
+                "pass it to the process as an argument of Process (or an upvalue of its target), " ..
+                "or create it before the process starts (a Pool's workers inherit what exists when it starts)"
     local mp = require "mp"
     local q = mp.Queue()
     assert.has_error(function() q:put({ inner = mp.Queue() }) end, "item.inner: " .. msg)

@@ -678,8 +678,8 @@ static void encode_object(enc *e, int idx, const mp_class *c, const mp_travel *t
   if (e->oob == NULL) {
     const char *msg = lua_pushfstring(L,
       "an %s cannot travel inside a message (a Queue item, a Pipe message, mp.dumps): "
-      "pass it to the process as an argument of Process or of a pool task (or an upvalue "
-      "of its target), or create it before the process starts", c->tname);
+      "pass it to the process as an argument of Process (or an upvalue of its target), "
+      "or create it before the process starts (a Pool's workers inherit what exists when it starts)", c->tname);
     enc_error(e, msg);
   }
   if (put_ref(e, idx)) return;
