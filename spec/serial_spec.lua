@@ -224,11 +224,20 @@ describe("mp.dumps/mp.loads functions", function()
     assert.equal("global", f())
   end)
 
-  it("rebinds even a custom _ENV to the receiver's globals", function()
-    local f = load("return x, math", "=sandbox", "t", { x = 42 })
-    local x, m = rt(f)()
-    assert.is_nil(x)
+  it("keeps a custom _ENV within one process", function()
+    local env = { x = 42, math = math }
+    local f = load("return x, math", "=sandbox", "t", env)
+    local g = rt(f)
+    local x, m = g()
+    assert.equal(42, x)
     assert.equal(math, m)
+    assert.equal(env, select(2, debug.getupvalue(g, 1)))
+  end)
+
+  it("sends a non-table _ENV as the receiver's globals", function()
+    local f = load("return math ~= nil", "=odd", "t", "not a table")
+    assert.is_false(f())                   -- indexes the string library here
+    assert.is_true(rt(f)())
   end)
 
   it("keeps line information for tracebacks", function()
@@ -310,6 +319,75 @@ describe("values that cannot be sent", function()
   end)
 end)
 
+describe("environments (_ENV) across processes", function()
+  -- Sends f to a child over a pipe; the child calls it and sends back what it returns.
+  local function run_in(p, parent, f)
+    parent:send(f)
+    assert.is_true(parent:poll(10), "no answer from the child")
+    return table.unpack(parent:recv())
+  end
+
+  local function server(child)
+    return function()
+      while true do
+        assert(child:poll(10), "no request from the parent")
+        local f = child:recv()
+        if f == "stop" then break end
+        child:send(table.pack(pcall(f)))
+      end
+    end
+  end
+
+  it("binds the child's copy of an environment that was on the stack at the fork", function()
+    local env = setmetatable({ x = 42 }, { __index = _G })
+    local parent, child = mp.Pipe()
+    local p = mp.Process{ target = server(child) }
+    -- start() runs in a function whose _ENV is env: env gets its id before the fork
+    load("local p = ... p:start()", "=starter", "t", env)(p)
+    env.x = 43                                -- after the fork: the child keeps its copy
+    local ok, x, same_table = run_in(p, parent,
+      load("return x, getmetatable(_ENV).__index == _G", "=task", "t", env))
+    parent:send("stop")
+    assert.equal(0, H.join(p))
+    assert.is_true(ok)
+    assert.equal(42, x)
+    assert.is_true(same_table)
+  end)
+
+  it("falls back to the child's globals for an environment made after the fork", function()
+    local parent, child = mp.Pipe()
+    local p = mp.Process{ target = server(child) }
+    p:start()
+    local env = setmetatable({ x = 42 }, { __index = _G })
+    local ok, x, has_math = run_in(p, parent, load("return x, math ~= nil", "=task", "t", env))
+    parent:send("stop")
+    assert.equal(0, H.join(p))
+    assert.is_true(ok)
+    assert.is_nil(x)
+    assert.is_true(has_math)
+  end)
+
+  it("binds the globals for an environment id it does not know, never another table", function()
+    local env = { x = 42 }
+    local m = mp.dumps(load("return x, math", "=task", "t", env))
+    -- the _ENV upvalue is the last value: tag 18 (T_ENV) and an 8-byte id
+    assert.equal(18, m:byte(#m - 8))
+    for _, id in ipairs { "\0\0\0\0\0\0\0\0", "\255\255\255\255\255\255\255\127", "\1\2\3\4\5\6\7\8" } do
+      local x, mth = mp.loads(m:sub(1, -9) .. id)()
+      assert.is_nil(x)
+      assert.equal(math, mth)
+    end
+    assert.equal(42, (mp.loads(m)()))
+  end)
+
+  it("accepts an environment id only as an upvalue", function()
+    assert.has_error(function() mp.loads("\2\1\18" .. string.rep("\0", 8)) end,
+      "mp.loads: corrupt message (bad tag 18 at byte 2)")
+    assert.has_error(function() mp.loads("\2\1\10\1\0\0\0\0\0\0\0\18" .. string.rep("\0", 8)) end,
+      "mp.loads: corrupt message (bad tag 18 at byte 11)")
+  end)
+end)
+
 describe("mp.loads on bad input", function()
   local function samples()
     local shared = { "s" }
@@ -332,18 +410,20 @@ describe("mp.loads on bad input", function()
 
   it("raises clear errors", function()
     assert.has_error(function() mp.loads("") end, "mp.loads: empty message")
-    assert.has_error(function() mp.loads("\2\0") end,
-      "mp.loads: unsupported message format version 2 (expected 1)")
-    assert.has_error(function() mp.loads("\1\1") end, "mp.loads: truncated message")
-    assert.has_error(function() mp.loads("\1\1\99") end,
+    assert.has_error(function() mp.loads("\1\0") end,
+      "mp.loads: unsupported message format version 1 (expected 2)")
+    assert.has_error(function() mp.loads("\3\0") end,
+      "mp.loads: unsupported message format version 3 (expected 2)")
+    assert.has_error(function() mp.loads("\2\1") end, "mp.loads: truncated message")
+    assert.has_error(function() mp.loads("\2\1\99") end,
       "mp.loads: corrupt message (bad tag 99 at byte 2)")
     assert.has_error(function() mp.loads(mp.dumps(1) .. "x") end,
       "mp.loads: trailing bytes after the message")
     -- a REF (tag 13) to offset 0, where no object is defined
-    assert.has_error(function() mp.loads("\1\1\13" .. string.rep("\0", 8)) end,
+    assert.has_error(function() mp.loads("\2\1\13" .. string.rep("\0", 8)) end,
       "mp.loads: reference to an undefined object")
     -- a table announcing more elements than the message holds
-    assert.has_error(function() mp.loads("\1\1\10\255\255\255\127\0\0\0\0") end,
+    assert.has_error(function() mp.loads("\2\1\10\255\255\255\127\0\0\0\0") end,
       "mp.loads: truncated message")
     assert.has_error(function() mp.loads({}) end)
   end)
@@ -383,7 +463,7 @@ describe("mp.loads on bad input", function()
     assert.is_table(mp.loads(m))
     -- T_MODULE "nosuchmod"
     local name = "nosuchmod"
-    local msg = "\1\1\16" .. string.pack("<I4", #name) .. name
+    local msg = "\2\1\16" .. string.pack("<I4", #name) .. name
     assert.has_error(function() mp.loads(msg) end,
       "mp.loads: module 'nosuchmod' is not loaded in this process")
   end)
