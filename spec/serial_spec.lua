@@ -248,6 +248,126 @@ describe("mp.dumps/mp.loads functions", function()
   end)
 end)
 
+describe("mp.dumps/mp.loads table layouts", function()
+  -- Deep equality that also compares integer/float subtypes and table-valued keys' contents.
+  local function same(a, b, seen)
+    if type(a) ~= type(b) then return false end
+    if type(a) ~= "table" then
+      if a ~= a then return b ~= b end
+      return a == b and math.type(a) == math.type(b)
+    end
+    seen = seen or {}
+    if seen[a] then return seen[a] == b end
+    seen[a] = b
+    local n = 0
+    for k, v in next, a do
+      n = n + 1
+      if type(k) == "table" then return false end
+      if not same(v, rawget(b, k), seen) then return false end
+    end
+    for _ in next, b do n = n - 1 end
+    return n == 0
+  end
+  local function check(t) assert.is_true(same(t, rt(t)), "round trip changed the table") end
+
+  it("sends sequences whose keys live in the hash part", function()
+    local t = { x = 1, y = 2, z = 3 }    -- a hash of four nodes, one free
+    t[1] = "a"                           -- key 1 goes to the free node
+    check(t)
+    for i = 2, 40 do t[i] = i end
+    check(t)
+  end)
+
+  it("sends tables whose integer keys were stored and removed (dead keys)", function()
+    local t = { x = 1, y = 2, z = 3 }
+    t[1] = "a"; t[2] = "b"; t[2] = nil   -- key 2 keeps its node, with a nil value
+    check(t)
+    local u = {}
+    for i = 1, 100 do u[i] = i end
+    for i = 100, 51, -1 do u[i] = nil end
+    u.k = "v"
+    check(u)
+    assert.equal(50, #rt(u))
+  end)
+
+  it("sends arrays with holes, entries past the border and a moved array limit", function()
+    check({ 1, 2, nil, 4 })
+    check({ nil, nil, 3 })
+    local t = {}
+    for i = 1, 7 do t[i] = i end
+    local _ = #t                        -- Lua 5.4 may now keep 7 as the array's limit
+    t[10] = 10
+    check(t)
+    local big = {}
+    for i = 1, 1000 do big[i] = i end
+    big[500] = nil
+    check(big)
+  end)
+
+  it("keeps every kind of plain value in an array", function()
+    local t = { 0, -1, 127, 128, -129, 2^31 | 0, math.maxinteger, math.mininteger,
+                0.5, -0.0, 1/0, -1/0, true, false, "", "x", string.rep("y", 41),
+                string.rep("z", 300), { 1 }, math.sqrt }
+    t[#t + 1] = 0/0
+    local u = rt(t)
+    assert.equal(#t, #u)
+    for i = 1, #t - 1 do
+      if type(t[i]) == "table" then assert.same(t[i], u[i])
+      else
+        assert.equal(t[i], u[i])
+        assert.equal(math.type(t[i]), math.type(u[i]))
+      end
+    end
+    assert.equal(-math.huge, 1 / u[10])
+    assert.is_true(u[#u] ~= u[#u])
+  end)
+
+  it("sends arrays of every size, nested, shared and with a class", function()
+    for _, n in ipairs { 1, 15, 16, 17, 1000, 65536, 65537, 200000 } do
+      local t = {}
+      for i = 1, n do t[i] = i * 3 end
+      local u = rt(t)
+      assert.equal(n, #u)
+      assert.equal(3, u[1])
+      assert.equal(n * 3, u[n])
+    end
+    local inner = {}
+    for i = 1, 20 do inner[i] = { i, { i } } end
+    check(inner)
+    local shared = {}
+    for i = 1, 20 do shared[i] = i end
+    shared[21] = shared                -- the array refers to itself
+    local u = rt({ shared, shared })
+    assert.equal(u[1], u[2])
+    assert.equal(u[1], u[1][21])
+    assert.equal(20, u[1][20])
+    local C = {}
+    mp.register_class("spec.Vector", C)
+    local v = setmetatable({}, C)
+    for i = 1, 30 do v[i] = i + 0.5 end
+    local w = rt(v)
+    assert.equal(C, getmetatable(w))
+    assert.equal(30.5, w[30])
+  end)
+
+  it("decodes string keys right whatever their length and however often they repeat", function()
+    local keys = { "a", "ab", "abcdefg", "abcdefgh", "abcdefghi", string.rep("k", 16), string.rep("k", 17),
+                   string.rep("q", 40), string.rep("q", 41), "a\0b", "\0" }
+    -- equal first and last 8 bytes, different middles: the cache must compare them all
+    keys[#keys + 1] = "AAAAAAAA" .. "x" .. "BBBBBBBB"
+    keys[#keys + 1] = "AAAAAAAA" .. "y" .. "BBBBBBBB"
+    keys[#keys + 1] = "AAAAAAAA" .. string.rep("m", 20) .. "BBBBBBBB"
+    keys[#keys + 1] = "AAAAAAAA" .. string.rep("n", 20) .. "BBBBBBBB"
+    local t = {}
+    for i, k in ipairs(keys) do t[k] = i end
+    for _ = 1, 3 do check(t) end
+    for _, k in ipairs(keys) do check({ [k] = true }) end   -- a key at the very end of a message
+    local many = {}
+    for i = 1, 500 do many["key" .. i] = i end               -- more keys than the cache holds
+    for _ = 1, 2 do check(many) end
+  end)
+end)
+
 describe("values that cannot be sent", function()
   local co = coroutine.create(function() end)
 

@@ -15,16 +15,17 @@
 ** scratch buffer, the bytecode MAC key, the encoder's object memo and the
 ** decoder's key cache in C, and, in its user values, the Lua-side caches.
 **
-** Speed. Most of the cost of a message is Lua API calls, so the hot paths are
-** written to make as few as possible per element:
-** - an array is read with one lua_rawgeti per element, when the table's
-**   layout allows it (in_array_part), instead of lua_next + key checks + pop;
+** Speed. Through the public API, a message costs a few Lua API calls per
+** element (lua_next, key checks, type tests, pops), more than pickle spends
+** per element. So:
+** - on Lua 5.4 the encoder reads tables straight from Lua's own structures,
+**   after a self-test of their layout (see "Tables: reading Lua 5.4's
+**   layout" below); elsewhere it walks them with lua_next;
 ** - the encoder's memo of objects already sent is a C hash map keyed by
 **   address (no Lua table insert and clear per message);
-** - an array is built by the decoder in one OP_SETLIST (build_array) instead
-**   of one lua_rawseti per element;
-** - string keys are pushed from a small cache of interned strings (push_key)
-**   instead of being hashed and interned again by lua_pushlstring.
+** - the decoder builds an array with one OP_SETLIST (build_array) instead of
+**   one lua_rawseti per element, and pushes string keys from a small cache of
+**   interned strings (key_at) instead of hashing and interning them again.
 ** bench/NOTES.md keeps the measurements behind each of these.
 */
 #include <limits.h>
@@ -85,7 +86,7 @@ enum {
   UV_NAMES,          /* value -> encoded T_MODULE/T_FIELD record */
   UV_CLASS_BY_MT,    /* metatable -> class name */
   UV_CLASS_BY_NAME,  /* class name -> metatable */
-  UV_KEYS,           /* KEY_CACHE strings, held for push_key */
+  UV_KEYS,           /* KEY_CACHE strings, held for key_at */
   UV_BUILD,          /* the thread build_array runs its constructor on */
   UV_ENV_IDS,        /* environment table -> id (weak keys) */
   UV_ENV_BY_ID,      /* id -> environment table (weak values) */
@@ -293,12 +294,12 @@ mp_wbuf *mp_serial_scratch(lua_State *L) {
 }
 
 /*
-** The helper threads. Code run on them (a lua_next that may raise, a table
-** constructor) must not run hooks: mp.signal's handlers and lua.c's Ctrl-C
-** are hooks set on the main thread, and a handler run in the middle of a
-** message could send a message of its own through the same scratch buffer.
-** Hooks are per thread, so a thread made here with its hook cleared never
-** runs one. The threads are private (held by the state's user values only).
+** A helper thread. Lua code run on it (build_array's table constructor) must
+** not run hooks: mp.signal's handlers and lua.c's Ctrl-C are hooks set on
+** the main thread, and a handler run in the middle of a message could use
+** the same queue or scratch buffer (a queue may decode in place while it owns
+** the slot). Hooks are per thread, so a thread made here with its hook
+** cleared never runs one. The thread is private (held by a user value only).
 */
 static lua_State *helper_thread(lua_State *L, int st, int uv, const char *code) {
   lua_State *co = lua_newthread(L);
@@ -742,39 +743,42 @@ static inline __attribute__((always_inline)) int put_scalar(enc *e, int idx, int
 }
 
 /*
-** Arrays: reading Lua 5.4's table layout.
+** Tables: reading Lua 5.4's layout.
 **
-** Through the public API, an array costs three calls per element in a
-** lua_next walk (lua_next, the key check, a pop) plus two or three to read
-** the value; that is most of the time of a 1000-integer message. Two facts
-** about a table decide whether that can be avoided, and the API gives neither:
+** Through the public API a table costs, per entry, a lua_next (which looks
+** the previous key up again), a key check, a pop, and two or three calls to
+** read the value: most of the time of a 1000-integer or a 10-field message.
+** Two facts about a table decide whether that can be avoided, and the API
+** gives neither:
 **
-** 1. Whether keys 1..n (n = #t) all live in the array part. Only then does a
-**    lua_next walk from key n meet every other key and none of 1..n again.
-**    (lua_next(t, n + 1) raises for a key beyond the array part that has no
-**    node, but an integer key once stored in the hash part and set to nil
-**    keeps its node, so that probe would succeed where the walk goes wrong.)
-** 2. What the array part holds: reading its slots directly costs a few
-**    instructions per number, against ~80 for lua_rawgeti, lua_isinteger and
-**    lua_tointeger.
+** 1. Whether keys 1..n (n = #t) all live in the array part, where they can be
+**    read in order. (lua_next(t, n + 1) raises for a key beyond the array
+**    part that has no node, but an integer key once stored in the hash part
+**    and set to nil keeps its node, so that probe succeeds where the walk
+**    would go wrong.)
+** 2. What the array and hash parts hold, which can be read in a few
+**    instructions per entry where the API takes ~100 to ~300.
 **
 ** So the encoder reads them from Lua 5.4's own structures (lobject.h, the
-** same in 5.4.0 to 5.4.7): struct Table starts with CommonHeader (a pointer
-** and two bytes), two more bytes, `unsigned int alimit` and `TValue *array`;
-** a TValue is an 8-byte Value followed by a tag byte. Lua keeps alimit <= the
-** array part's size, and after lua_rawlen, alimit >= #t whenever #t is inside
-** the array part (luaH_getn), so "alimit >= n after lua_rawlen" proves fact 1.
-** Only the tags of numbers, booleans and nil are read this way; any other
-** slot (a string, a table...) goes through lua_rawgeti.
+** same in 5.4.0 to 5.4.7): struct Table's alimit, flags, array and node;
+** TValue (an 8-byte Value and a tag byte); Node (a value, its tag, the key's
+** tag, a chain link, the key); TString (lengths and bytes). Lua keeps alimit
+** <= the array part's size, and after lua_rawlen, alimit >= #t whenever #t
+** is inside the array part (luaH_getn), so "alimit >= n after lua_rawlen"
+** proves fact 1. Numbers, booleans, nil and strings are read directly; any
+** other value (a table, a function...) is pushed with lua_rawgeti or
+** lua_rawget and encoded as usual; a table with a key that is not a plain
+** value is walked with lua_next, the only way to push such a key.
 **
-** This is guarded: it is compiled for Lua 5.4 only, and peek_selftest, run
+** This is guarded. It is compiled for Lua 5.4 only, and peek_selftest, run
 ** when the state is made, builds tables of known sizes and contents and
-** checks every field and tag read here; if anything differs (another Lua, a
-** changed layout), every table takes the lua_next walk, which needs nothing
-** but the API. The reads stay inside the live array (indexes below alimit,
-** re-read after anything that can run Lua code), so a wrong guess could
-** only produce a wrong message, never a crash; the self-test is what rules
-** that out. bench/NOTES.md has the measurements behind this choice.
+** checks every field and tag this code reads; if anything differs (another
+** Lua, another layout), every table takes the lua_next walk, which needs
+** nothing but the API. Reads stay within the live table: indexes below the
+** sizes just read, and after anything that can run Lua code (a nested encode
+** may run a finalizer) the sizes are read again, or the encode stops with an
+** error if the table was reshaped. bench/NOTES.md has the measurements that
+** justify depending on a layout the manual does not promise.
 */
 typedef union lua54_value {
   void *p;
@@ -1942,6 +1946,13 @@ static int decode_values(lua_State *L, serial_state *s, int st, int keys, const 
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   return decode_values(L, NULL, 0, 0, data, len);
+}
+
+int mp_serial_peek(lua_State *L, int on) {
+  serial_state *s = push_state(L);
+  if (on >= 0) s->peek = on && peek_selftest(L);
+  lua_pop(L, 1);
+  return s->peek;
 }
 
 /* ------------------------------------------------------------------------ */
