@@ -206,7 +206,8 @@ typedef struct serial_state {
   ptrmap memo;                 /* encoder: object address -> offset, upvalue id -> owner<<8|n */
   ptrmap named;                /* addresses of UV_NAMES's keys: a filter before the Lua lookup */
   int named_built;             /* `named` mirrors the UV_NAMES table */
-  int peek;                    /* table_alimit can be trusted (peek_selftest) */
+  int peek_ok;                 /* peek_selftest passed when the state was made */
+  int peek;                    /* read tables' layout (peek_ok, unless a test turned it off) */
   int build_busy;              /* the build thread is running (a finalizer may re-enter) */
   lua_State *build;            /* the UV_BUILD thread, once made */
   key_slot keys[KEY_CACHE];
@@ -261,7 +262,7 @@ static serial_state *push_state(lua_State *L) {
   lua_setmetatable(L, -2);
   int err = mp_random_bytes(s->key, sizeof s->key);
   if (err != 0) luaL_error(L, "mp: cannot get random bytes for the message key: %s", strerror(err));
-  s->peek = peek_selftest(L);
+  s->peek = s->peek_ok = peek_selftest(L);
   push_weak_table(L, "k");                /* functions are cached weakly */
   lua_setiuservalue(L, -2, UV_FCACHE);
   lua_newtable(L);
@@ -1950,7 +1951,7 @@ int mp_serial_decode(lua_State *L, const char *data, size_t len) {
 
 int mp_serial_peek(lua_State *L, int on) {
   serial_state *s = push_state(L);
-  if (on >= 0) s->peek = on && peek_selftest(L);
+  if (on >= 0) s->peek = on && s->peek_ok;
   lua_pop(L, 1);
   return s->peek;
 }
