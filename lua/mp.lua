@@ -50,4 +50,12 @@ local pool = require "mp.pool"
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
 
+-- Managers (lua/mp/manager.lua) and named shared memory (src/lshm.c)
+local manager = require "mp.manager"
+mp.Manager = manager.Manager
+mp.BaseManager = manager.BaseManager
+mp.SyncManager = manager.SyncManager
+mp.is_proxy = manager.is_proxy
+mp.SharedMemory = core.SharedMemory
+
 return mp

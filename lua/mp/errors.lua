@@ -46,6 +46,8 @@ define("RemoteError", ProcessError)
 define("WorkerLostError", ProcessError)
 define("AuthenticationError", ProcessError)
 define("BufferTooShort", ProcessError)
+-- A manager server that cannot be reached (gone, refused, closed the connection).
+define("ConnectionError", ProcessError)
 
 -- The factory the C core calls (mp_raise): kind name, message --> error object.
 function M.new(kind, message, fields)
