@@ -828,10 +828,6 @@ typedef struct lua54_string {              /* TString */
 #define V_LNGSTR 0x54
 #define BITRAS 0x80                        /* flags: alimit is not the array part's size */
 
-static inline unsigned table_alimit(const void *t) {
-  return ((const lua54_table_head *)t)->alimit;
-}
-
 /* luaH_realasize: the size of the array part. */
 static inline unsigned table_asize(const lua54_table_head *h) {
   unsigned a = h->alimit;
