@@ -1133,6 +1133,27 @@ static void encode_walk(enc *e, int t, uint64_t *narr, uint64_t *nhash) {
   lua_settop(L, base - 1);
 }
 
+/*
+** Writes the entries of table t (address h) from its layout: 1..#t as the
+** array part when they are all in Lua's array part, the rest as pairs.
+** Returns 0, having written nothing, when they are not (the caller walks t).
+*/
+static int encode_by_layout(enc *e, int t, const lua54_table_head *h, uint64_t *narr,
+                            uint64_t *nhash) {
+  lua_State *L = e->L;
+  lua_Unsigned n = h->alimit > 0 ? lua_rawlen(L, t) : 0;   /* a record skips lua_rawlen */
+  if (n > UINT32_MAX || h->alimit < n) return 0;
+  if (n > 0) encode_array(e, t, h, n);
+  *narr = n;
+  if (!encode_hash(e, t, h, n, nhash)) {
+    /* A key only lua_next can push: walk the rest, past n in the array part, then the hash. */
+    if (n > 0) lua_pushinteger(L, (lua_Integer)n);
+    else lua_pushnil(L);
+    encode_walk(e, t, NULL, nhash);
+  }
+  return 1;
+}
+
 static void encode_table(enc *e, int t, const void *p) {
   lua_State *L = e->L;
   enter(e);
@@ -1160,25 +1181,10 @@ static void encode_table(enc *e, int t, const void *p) {
   size_t counts_at = e->b->len;
   e->b->len += 8;
   uint64_t narr = 0, nhash = 0;
-  if (e->s->peek) {
-    /* A table with no array part (a record) skips lua_rawlen. */
-    const lua54_table_head *h = p;
-    lua_Unsigned n = h->alimit > 0 ? lua_rawlen(L, t) : 0;
-    if (n <= UINT32_MAX && h->alimit >= n) {
-      if (n > 0) encode_array(e, t, h, n);
-      narr = n;
-      if (!encode_hash(e, t, h, n, &nhash)) {
-        /* The rest: past n in the array part, then the hash part. */
-        if (n > 0) lua_pushinteger(L, (lua_Integer)n);
-        else lua_pushnil(L);
-        encode_walk(e, t, NULL, &nhash);
-      }
-      goto done;
-    }
+  if (!e->s->peek || !encode_by_layout(e, t, p, &narr, &nhash)) {
+    lua_pushnil(L);
+    encode_walk(e, t, &narr, &nhash);
   }
-  lua_pushnil(L);
-  encode_walk(e, t, &narr, &nhash);
-done:
   if (narr > UINT32_MAX || nhash > UINT32_MAX) enc_error(e, "table too large to send");
   unsigned char *counts = (unsigned char *)e->b->data + counts_at;
   put_raw(counts, narr, 4);
