@@ -206,6 +206,8 @@ static void start_server(lua_State *L, server_ud *s) {
   }
   s->owner = (pid_t)mp_self_pid();
   s->started = 1;
+  /* As core.spawn does: the server's copy binds the environments of the functions on the stack. */
+  mp_serial_before_fork(L);
   mp_child *svc = NULL;
   pid_t pid = mp_fork_service(&svc, life[1]);
   if (pid < 0) {
