@@ -4,7 +4,7 @@
 ** after lua_close, states in different threads, and a SIGCHLD that arrives
 ** after the state that installed a Lua handler for it is closed.
 **
-**   states_host two | reopen | threads | sigchld | stdio | hooks
+**   states_host two | reopen | threads | sigchld | stdio | hooks | release
 **
 ** Prints one line per step and "ok <scenario>"; exits 0, or 1 with the error.
 */
@@ -116,6 +116,22 @@ static void hook_prepare(int what, void *ud) { (void)ud; say("prepare", what); }
 static void hook_parent(int what, void *ud) { (void)ud; say("parent", what); }
 static void hook_child(int what, void *ud) { (void)ud; say("child", what); }
 
+/*
+** release: a state in another thread reaps (mp.active_children) while this
+** thread lets go of an ended child's handle; the test build's fault point
+** "proc.release" holds this thread inside the release. Both free the entry
+** if the release is not atomic with respect to the reap.
+*/
+static void *reaper(void *arg) {
+  (void)arg;
+  struct timespec tick = { 0, 1000 * 1000 };
+  for (int i = 0; i < 10000 && !in_nanosleep(main_tid); i++) nanosleep(&tick, NULL);
+  lua_State *L = open_state();
+  run(L, "mp.active_children()");
+  lua_close(L);
+  return NULL;
+}
+
 static void *thread_work(void *arg) {
   lua_State *L = open_state();
   for (int i = 0; i < 5; i++) work(L, (const char *)arg);
@@ -199,8 +215,18 @@ int main(int argc, char **argv) {
            "  local p = mp.Process{target = function() end, context = m}; p:start(); p:join(10)\n"
            "end");
     lua_close(L);
+  } else if (strcmp(what, "release") == 0) {
+    lua_State *L = open_state();
+    run(L, "local p = mp.Process{target = function() end}; p:start(); p:join(10)\n"
+           "handle = p._handle");
+    main_tid = (pid_t)syscall(SYS_gettid);
+    pthread_t t;
+    pthread_create(&t, NULL, reaper, NULL);
+    run(L, "handle:close()");                 /* mp_child_release, held in the fault point */
+    pthread_join(t, NULL);
+    lua_close(L);
   } else {
-    fprintf(stderr, "usage: states_host two|reopen|threads|sigchld|stdio|hooks\n");
+    fprintf(stderr, "usage: states_host two|reopen|threads|sigchld|stdio|hooks|release\n");
     return 1;
   }
   printf("ok %s\n", what);

@@ -27,6 +27,13 @@
 */
 static mp_child *children;
 static pthread_mutex_t list_mutex = PTHREAD_MUTEX_INITIALIZER;
+/*
+** Reaping an entry (waitpid, reading a remote status) and recording its status
+** is one step under poll_mutex: two threads polling the same child must not
+** both call waitpid, or the one that loses gets ECHILD and records 255. Taken
+** after list_mutex when both are held, never before it.
+*/
+static pthread_mutex_t poll_mutex = PTHREAD_MUTEX_INITIALIZER;
 static int is_child;
 static int atexit_registered;
 
@@ -195,6 +202,7 @@ static int register_atexit(void) {
 */
 static void reset_after_fork(void) {
   pthread_mutex_init(&list_mutex, NULL);
+  pthread_mutex_init(&poll_mutex, NULL);
   pthread_mutex_init(&closing_mutex, NULL);
   for (size_t i = 0; i < nclosing; i++) close(closing[i]);
   nclosing = 0;
@@ -316,23 +324,38 @@ int mp_child_adopt(mp_child **out, pid_t pid, int status_fd, int sigfd, int daem
   return 0;
 }
 
-static void record_status(mp_child *c, int status) {
-  c->done = 1;
-  if (WIFEXITED(status)) c->exitcode = WEXITSTATUS(status);
-  else if (WIFSIGNALED(status)) c->exitcode = -WTERMSIG(status);
-  else c->exitcode = 255;
+/* The exit code first, then `done` (read without a lock by mp_child_poll's fast path). */
+static void set_done(mp_child *c, int exitcode) {
+  c->exitcode = exitcode;
+  __atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
 }
 
+static void record_status(mp_child *c, int status) {
+  if (WIFEXITED(status)) set_done(c, WEXITSTATUS(status));
+  else if (WIFSIGNALED(status)) set_done(c, -WTERMSIG(status));
+  else set_done(c, 255);
+}
+
+static int poll_locked(mp_child *c);
+
 int mp_child_poll(mp_child *c) {
-  if (c->done) return 1;
+  if (__atomic_load_n(&c->done, __ATOMIC_ACQUIRE)) return 1;
   if (c->owner != (pid_t)mp_self_pid()) return 0;
+  pthread_mutex_lock(&poll_mutex);
+  int done = poll_locked(c);
+  pthread_mutex_unlock(&poll_mutex);
+  return done;
+}
+
+static int poll_locked(mp_child *c) {
+  if (c->done) return 1;
   int status;
   if (c->kind == MP_CHILD_REMOTE) {
     /* Not our child for the kernel: the fork server reports its status. */
     int rc = mp_fs_read_status(c->pidfd, &status);
     if (rc == 0) record_status(c, status);
     else if (rc == EAGAIN) return 0;
-    else c->done = 1, c->exitcode = 255;    /* the server is gone: the status is lost */
+    else set_done(c, 255);                  /* the server is gone: the status is lost */
     return 1;
   }
   pid_t r;
@@ -342,8 +365,7 @@ int mp_child_poll(mp_child *c) {
     return 1;
   }
   if (r < 0 && errno == ECHILD) {   /* reaped behind our back (SIGCHLD set to SIG_IGN) */
-    c->done = 1;
-    c->exitcode = 255;
+    set_done(c, 255);
     return 1;
   }
   return 0;
@@ -392,13 +414,14 @@ void mp_child_release(mp_child *c) {
     free_child(c);
     return;
   }
+  /* Under the list's lock: mp_children_reap in another thread frees released entries. */
+  lock_list();
   c->has_handle = 0;
-  if (mp_child_poll(c)) {
-    lock_list();
-    unlink_child(c);
-    unlock_list();
-    free_child(c);
-  }
+  MP_FAULT("proc.release");          /* another thread's reap must wait here (specs) */
+  int done = mp_child_poll(c);
+  if (done) unlink_child(c);
+  unlock_list();
+  if (done) free_child(c);
 }
 
 void mp_children_reap(void) {
@@ -416,23 +439,18 @@ void mp_children_reap(void) {
   unlock_list();
 }
 
+/* Waits for the child without a deadline (its polls take poll_mutex, as another thread's may). */
 static void wait_blocking(mp_child *c) {
-  if (c->kind == MP_CHILD_REMOTE) {
-    while (mp_child_wait(c, INFINITY) != 0) {}
-    return;
-  }
-  int status;
-  pid_t r;
-  do r = waitpid(c->pid, &status, 0); while (r < 0 && errno == EINTR);
-  if (r == c->pid) record_status(c, status);
-  else c->done = 1, c->exitcode = 255;
+  while (mp_child_wait(c, INFINITY) != 0) {}
 }
 
 void mp_children_at_exit(void) {
   /*
   ** The fork server comes last: a remote child's status travels through it,
-  ** and it ends (its lifeline closed) once its own children have.
+  ** and it ends (its lifeline closed) once its own children have. The list is
+  ** held meanwhile: a host thread that still starts processes waits.
   */
+  lock_list();
   for (mp_child *c = children; c != NULL; c = c->next) {
     if (c->kind != MP_CHILD_SERVICE && c->daemon && !mp_child_poll(c)) mp_child_signal(c, SIGTERM);
   }
@@ -445,6 +463,7 @@ void mp_children_at_exit(void) {
   for (mp_child *c = children; c != NULL; c = c->next) {
     if (!c->done) wait_blocking(c);
   }
+  unlock_list();
   /*
   ** Entries no handle refers to any more are freed now: in a stock lua5.4 this
   ** runs when lua_close unloads mp.so, and the list would be lost with it.
