@@ -96,9 +96,10 @@ describe("forkserver processes", function()
       main()
     ]]
     assert.equal("1\n", r.stdout)
-    assert.matches("^Process bad:\n[^\n]*: boom\nstack traceback:\n", r.stderr)
-    assert.is_nil(r.stderr:find("main chunk", 1, true), r.stderr)
-    assert.is_nil(r.stderr:find("forkserver_", 1, true), r.stderr)
+    local err = r.stderr:gsub("%-%-%d+%-%- [^\n]*\n", "")   -- a tool's own notes (MPLUA_SPEC_WRAPPER)
+    assert.matches("^Process bad:\n[^\n]*: boom\nstack traceback:\n", err)
+    assert.is_nil(err:find("main chunk", 1, true), err)
+    assert.is_nil(err:find("forkserver_", 1, true), err)
   end)
 
   it("start children of their own, through the same server; fork children use it too", function()
