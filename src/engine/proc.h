@@ -5,6 +5,9 @@
 ** Every process keeps a list of the children it started. Reaping only ever
 ** calls waitpid() on a pid from that list, never waitpid(-1), so the statuses
 ** of children made by io.popen/os.execute or by the host are never stolen.
+** (The fork server, forkserver.c, reaps with waitpid(-1): in its own process,
+** whose only children are those it forked.) The list is shared by the states
+** of a host that runs Lua in several threads: it has its own lock.
 **
 ** Three kinds of entries:
 **   local    forked by this process (fork start method, pool workers);
