@@ -204,6 +204,27 @@ describe("the fork server", function()
     assert.equal("0\ttrue\n", out)
   end)
 
+  it("when killed, leaves its running children joinable: they are watched through their pidfds", function()
+    local out = run [[
+      package.path = "spec/?.lua;" .. package.path
+      local waits = require "waits"
+      local srv = mp.forkserver_start()
+      local ev = mp.Event()
+      local p = mp.Process{target = function() ev:wait(30) end}
+      p:start()
+      mp.kill(srv, "SIGKILL")
+      waits.until_true(function()
+        local stat = io.open("/proc/" .. srv .. "/stat")
+        local st = stat and stat:read("a"):match("%) (%a)"); if stat then stat:close() end
+        return st == nil or st == "Z"
+      end, 10, "the server to die", mp.sleep, mp.time)
+      print(p:is_alive(), #mp.wait({p.sentinel}, 0))    -- still running: not ended with its server
+      ev:set(); p:join(10)
+      print(p.exitcode, p:is_alive(), #mp.wait({p.sentinel}, 0))   -- its status died with the server
+    ]]
+    assert.equal("true\t0\n255\tfalse\t1\n", out)
+  end)
+
   it("refuses a client that does not know the key", function()
     local out = run [[
       mp.forkserver_start()

@@ -30,8 +30,9 @@
 ** Deaths. The client dies: the child runs on; its status is written to a
 ** channel nobody reads. The child dies (any time, before reading its request
 ** too): the server reaps it and reports. The server dies: every channel reads
-** end-of-file, the clients report exit code 255 for children whose status
-** was lost, and the next spawn starts a new server. The owner dies: the
+** end-of-file; a client then watches each child through the pidfd it got
+** (proc.c puts it in the sentinel's place), reports exit code 255 once the
+** child has ended (its status was lost), and the next spawn starts a new server. The owner dies: the
 ** server stops listening, removes its socket and directory, and exits once
 ** its last child is reaped.
 */

@@ -352,10 +352,26 @@ static int poll_locked(mp_child *c) {
   int status;
   if (c->kind == MP_CHILD_REMOTE) {
     /* Not our child for the kernel: the fork server reports its status. */
+    if (c->lost) {
+      struct pollfd pfd = { c->pidfd, POLLIN, 0 };
+      if (poll(&pfd, 1, 0) <= 0) return 0;
+      set_done(c, 255);                     /* ended; its status died with the server */
+      return 1;
+    }
     int rc = mp_fs_read_status(c->pidfd, &status);
-    if (rc == 0) record_status(c, status);
-    else if (rc == EAGAIN) return 0;
-    else set_done(c, 255);                  /* the server is gone: the status is lost */
+    if (rc == 0) { record_status(c, status); return 1; }
+    if (rc == EAGAIN) return 0;
+    /*
+    ** The server died (killed) before reporting. The child may still run: from
+    ** now on it is watched through its pidfd, put in the sentinel's place
+    ** (same fd number, so a sentinel already handed out keeps working) and
+    ** polled readable when the child ends. Its exit status is lost (255).
+    */
+    if (c->sigfd >= 0 && dup3(c->sigfd, c->pidfd, O_CLOEXEC) >= 0) {
+      c->lost = 1;
+      return poll_locked(c);
+    }
+    set_done(c, 255);
     return 1;
   }
   pid_t r;

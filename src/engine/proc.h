@@ -39,6 +39,7 @@ typedef struct mp_child {
                              status socket (remote); -1 if none */
   int sigfd;              /* remote: a pidfd to signal it with, or -1 (then kill(pid)) */
   int lifeline;           /* service: the write end whose closing ends it, or -1 */
+  int lost;               /* remote: its server died; the sentinel is now its pidfd */
   int daemon;             /* terminated, not waited for, when the owner exits */
   int done;               /* reaped: exitcode is valid */
   int exitcode;           /* exit status, or -signum */
