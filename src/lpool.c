@@ -47,6 +47,7 @@
 #include "mp_aux.h"
 #include "serial.h"
 #include "engine/clock.h"
+#include "engine/fault.h"
 #include "engine/identity.h"
 
 #define CHAN_T "mp.PoolChannel"
@@ -74,6 +75,7 @@ typedef struct pool_slot {
   _Atomic uint64_t batch_first;  /* the batch it took: ids first .. first+count-1 */
   _Atomic uint32_t batch_count;
   _Atomic uint32_t committed;    /* journal bytes holding finished results */
+  _Atomic uint32_t taking;       /* 1 from before recvmsg until the batch is named */
 } pool_slot;
 
 typedef struct pbuf {
@@ -410,8 +412,9 @@ static int chan_watch(lua_State *L) {
 }
 
 /*
-** chan:slot(index) --> task, batch_first, batch_count of the (dead) worker in
-** slot index (task nil between tasks), and clears the slot for a successor.
+** chan:slot(index) --> task, batch_first, batch_count, taking of the (dead)
+** worker in slot index (task nil between tasks; taking true when it may have
+** taken a message it had not named yet), and clears the slot for a successor.
 */
 static int chan_slot(lua_State *L) {
   chan *c = checkchan(L);
@@ -422,11 +425,13 @@ static int chan_slot(lua_State *L) {
   if (t == 0) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)t);
   lua_pushinteger(L, (lua_Integer)atomic_load(&s->batch_first));
   lua_pushinteger(L, (lua_Integer)atomic_load(&s->batch_count));
+  lua_pushboolean(L, atomic_load(&s->taking) != 0);
+  atomic_store(&s->taking, 0);
   atomic_store(&s->task, 0);
   atomic_store(&s->batch_first, 0);
   atomic_store(&s->batch_count, 0);
   atomic_store(&s->committed, 0);
-  return 3;
+  return 4;
 }
 
 /* ---- parent: sending tasks -------------------------------------------- */
@@ -714,13 +719,14 @@ static int chan_idle(lua_State *L) {
   return 1;
 }
 
-/* chan:busy(index) --> true while the worker in slot index holds a batch or runs a task. */
+/* chan:busy(index) --> true while the worker in slot index takes or holds a batch, or runs a task. */
 static int chan_busy(lua_State *L) {
   chan *c = checkchan(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   luaL_argcheck(L, i >= 1 && i <= c->nslots, 2, "slot out of range");
   pool_slot *s = slot_at(c, (int)i - 1);
-  lua_pushboolean(L, atomic_load(&s->batch_count) != 0 || atomic_load(&s->task) != 0);
+  lua_pushboolean(L, atomic_load(&s->taking) != 0 || atomic_load(&s->batch_count) != 0 ||
+                     atomic_load(&s->task) != 0);
   return 1;
 }
 
@@ -1259,12 +1265,18 @@ unsendable:
 ** A worker never sleeps inside recvmsg: woken by a message, it would take it
 ** from the queue before dying of a SIGKILL sent meanwhile (the kernel finishes
 ** the call first), and the message would be lost with nobody's slot naming it.
-** It sleeps in poll instead and takes the message only while running, which
-** leaves a window of a few instructions before it claims the batch; the
-** parent's idle check (chan:idle) covers even that.
+** It sleeps in poll instead and takes the message only while running, with
+** the slot's `taking` flag raised from before recvmsg until the batch is named:
+** a message that left the socket is always held by a slot that says so.
 */
-static int recv_task(lua_State *L, chan *c, char *buf, const char **data, size_t *len) {
+static int recv_task(lua_State *L, chan *c, pool_slot *slot, char *buf, const char **data, size_t *len) {
   for (;;) {
+    /*
+    ** Raised before the message can leave the socket, lowered by the caller
+    ** once the batch is named: a worker in between is never idle to the
+    ** parent, however long it is delayed there.
+    */
+    atomic_store(&slot->taking, 1);
     struct iovec iov = { buf, SMALL_MAX };
     union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * 4)]; } ctl;
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
@@ -1272,6 +1284,7 @@ static int recv_task(lua_State *L, chan *c, char *buf, const char **data, size_t
     ssize_t n = recvmsg(c->task_r, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        atomic_store(&slot->taking, 0);
         struct pollfd pfd = { .fd = c->task_r, .events = POLLIN };
         if (poll(&pfd, 1, -1) < 0 && errno == EINTR) mp_check_interrupt(L);
         continue;
@@ -1279,7 +1292,7 @@ static int recv_task(lua_State *L, chan *c, char *buf, const char **data, size_t
       if (errno == EINTR) { mp_check_interrupt(L); continue; }
       mp_raise_errno(L, errno, "pool: receiving a task");
     }
-    if (n == 0) return -1;
+    if (n == 0) { atomic_store(&slot->taking, 0); return -1; }
     int err = open_msg(c, &m, buf, (size_t)n, data, len);
     if (err) mp_raise_errno(L, err, "pool: receiving a task");
     return 0;
@@ -1311,10 +1324,12 @@ static int core_pool_work(lua_State *L) {
     release_map(c);
     const char *m;
     size_t len;
-    if (recv_task(L, c, lua_touserdata(L, 2), &m, &len) < 0) break;
+    if (recv_task(L, c, slot, lua_touserdata(L, 2), &m, &len) < 0) break;
+    mp_fault("pool_take");       /* test builds: stall between taking and claiming */
     if (len < CHDR || m[0] != 'K') luaL_error(L, "pool: corrupt task message");
     atomic_store(&slot->batch_first, get_u64(m + 8));
     atomic_store(&slot->batch_count, get_u32(m + 4));
+    atomic_store(&slot->taking, 0);
     const char *q = m + CHDR, *end = m + len;
     while (end - q >= 4) {
       uint32_t n = get_u32(q);

@@ -490,7 +490,9 @@ local function check_workers(self)
       local code = p.exitcode
       if code ~= nil then
         take(self, self._chan.journal, index)
-        local task, first, count = self._chan:slot(index)
+        local task, first, count, taking = self._chan:slot(index)
+        -- It may have taken a message it had not named: see recover_lost.
+        if taking then self._lost = true end
         for id = first, first + count - 1 do
           local r = rget(self._records, id)
           if r ~= nil and id ~= task and not r.resending then
@@ -707,19 +709,24 @@ local function feed(self)
   end
 end
 
--- One round: send, collect results (waiting up to timeout), handle deaths.
 --[[
-Tasks nobody holds. A worker killed in the instant between taking a message
-and naming its batch in its slot leaves tasks that no slot names. They show
-as tasks in flight while every message has been taken and every live worker
-is idle, for a whole wait slice: those never started and are sent again.
+Tasks nobody holds. A worker raises its slot's `taking` flag before it takes a
+message and lowers it once the batch is named; a worker killed in between
+(self._lost) leaves tasks that no slot names and that never started. Once
+every message has been taken and every live worker is idle (not taking, no
+batch, no task), the tasks still in flight after draining the results are
+those, and are sent again. Until then the check is repeated at each round.
+A live worker is never suspected, however long it is delayed: nothing is
+resent on a timer, so a task never runs twice.
 ]]
 local function recover_lost(self)
   local chan = self._chan
-  if self._inflight == 0 or #self._resend > 0 or not chan:idle() then return end
+  if self._inflight == 0 then self._lost = nil; return end
+  if #self._resend > 0 or not chan:idle() then return end
   for index, p in pairs(self._workers) do
     if p.exitcode ~= nil or chan:busy(index) then return end
   end
+  self._lost = nil
   -- A worker sends its results before its slot shows idle: take those first.
   repeat local n = take(self, chan.pump, 0) until n == 0
   local records = self._records
@@ -732,13 +739,13 @@ local function recover_lost(self)
   end
 end
 
+-- One round: send, collect results (waiting up to timeout), handle deaths.
 function Pool:_pump(timeout)
   feed(self)
-  local t0 = (timeout == nil or timeout >= 0.1) and now()
   local n, died = take(self, self._chan.pump, timeout)
   if self._broken then return self:terminate() end
   if died then check_workers(self) end
-  if n == 0 and not died and t0 and now() - t0 >= 0.09 then recover_lost(self) end
+  if self._lost then recover_lost(self) end
   feed(self)
 end
 
