@@ -593,7 +593,7 @@ static int chan_add_run(lua_State *L) {
   lua_pushnil(L);
   lua_Integer added = 0;
   while (added < nchunks && i <= stop) {
-    lua_Integer j = i + cs - 1 < stop ? i + cs - 1 : stop;
+    lua_Integer j = stop - i < cs ? stop : i + cs - 1;     /* i + cs may overflow */
     if (add_task(L, c, t.kind, t.id + (uint64_t)added, t.fn_id, t.fn, t.fn_len, t.raw, i, j)) {
       lua_pushinteger(L, added);
       lua_insert(L, -2);

@@ -101,14 +101,19 @@ local function check_fn(fn, fname, level)
   if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn), level + 1) end
 end
 
+--[[
+A chunksize is a whole number of at least 1: a float is converted first (2.0
+is 2), so 0.0 and -1.0 get the same error as 0 and -1, and what has no
+integer value (NaN, infinities, 1e300, 2.5) is an error, never the default.
+]]
 local function check_chunksize(cs, n, fname, level)
   if cs == nil then return nil end
-  if math.type(cs) ~= "integer" then
-    if type(cs) == "number" and cs == math.floor(cs) then return math.tointeger(cs) end
+  local v = math.tointeger(cs)
+  if v == nil or type(cs) ~= "number" then
     argerror(n, fname, "chunksize must be an integer, got " .. (type(cs) == "number" and tostring(cs) or type(cs)), level + 1)
   end
-  if cs < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. cs, level + 1) end
-  return cs
+  if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v, level + 1) end
+  return v
 end
 
 -- Pools made by this process; a forked child drops their parent-side ends.
@@ -829,7 +834,8 @@ local function map_job(self, kind, fn, iterable, opts, fname, level)
   local list, n = as_list(iterable, fname, level + 1)
   local job = new_job(self, kind, fn, fname, level + 1)
   job.src, job.n = list, n
-  job.chunksize = o.chunksize or default_chunksize(self, n)
+  -- A chunk never exceeds the list: chunk ends are then computed without overflow.
+  job.chunksize = min(o.chunksize or default_chunksize(self, n), max(n, 1))
   job.results = core.newlist(n)
   job.results.n = n
   job.dest = job.results
@@ -990,7 +996,7 @@ local function imap_iter(self, fn, iterable, chunksize, fname, ordered)
   local job = new_job(self, "M", fn, fname, 3)
   if type(iterable) == "table" then
     job.src, job.n = iterable, #iterable
-    job.chunksize = opts.chunksize or default_chunksize(self, job.n)
+    job.chunksize = min(opts.chunksize or default_chunksize(self, job.n), max(job.n, 1))
     if job.n == 0 then job.exhausted = true end
   elseif type(iterable) == "function" then
     job.iter, job.buf = iterable, {}
