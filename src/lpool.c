@@ -335,8 +335,7 @@ static int open_msg(chan *c, struct msghdr *m, char *buf, size_t n, const char *
 
 /* ---- construction ----------------------------------------------------- */
 
-static int chan_close(lua_State *L) {
-  chan *c = mp_checkself(L, 1, &CHAN_C);
+static void chan_release(chan *c) {
   close_fd(&c->task_w); close_fd(&c->task_r);
   close_fd(&c->res_w); close_fd(&c->res_r);
   release_map(c);
@@ -348,6 +347,10 @@ static int chan_close(lua_State *L) {
   free(c->rbuf); c->rbuf = NULL;
   pbuf_free(&c->out);
   pbuf_free(&c->stall);
+}
+
+static int chan_close(lua_State *L) {
+  chan_release(mp_checkself(L, 1, &CHAN_C));
   return 0;
 }
 
@@ -362,24 +365,30 @@ static int core_pool_channel(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "number of workers out of range");
   chan *c = mp_newself(L, &CHAN_C, 0);
   c->task_w = c->task_r = c->res_w = c->res_r = -1;   /* safe empty state */
-  int sv[2], rv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-    return mp_raise_errno(L, errno, "pool: socketpair");
+  /* A failure releases what was made at once, not at the next collection. */
+  int sv[2], rv[2], err = 0;
+  const char *what = "pool: socketpair";
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) goto fail;
   c->task_w = sv[0]; c->task_r = sv[1];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rv) != 0)
-    return mp_raise_errno(L, errno, "pool: socketpair");
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rv) != 0) goto fail;
   c->res_r = rv[0]; c->res_w = rv[1];
   grow_sndbuf(c->task_w);
   grow_sndbuf(c->res_w);
   size_t len = SLOT_SIZE * (size_t)n;
+  what = "pool: mmap";
   void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) return mp_raise_errno(L, errno, "pool: mmap");
+  if (p == MAP_FAILED) goto fail;
   c->slots = p;
   c->nslots = (int)n;
+  what = "pool";
   c->pidfds = malloc(sizeof(int) * (size_t)n);
-  if (c->pidfds == NULL) return luaL_error(L, "not enough memory");
+  if (c->pidfds == NULL) { errno = ENOMEM; goto fail; }
   for (int i = 0; i < n; i++) c->pidfds[i] = -1;
   return 1;
+fail:
+  err = errno;
+  chan_release(c);
+  return mp_raise_errno(L, err, what);
 }
 
 /* chan:after_fork(mine): in a new child, drop the parent's ends (all of them unless mine). */

@@ -268,7 +268,17 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._nfn = 0
   self._chan = core.pool_channel(processes)
   live[self] = true
-  for i = 1, processes do spawn_worker(self, i) end
+  for i = 1, processes do
+    local ok, err = pcall(spawn_worker, self, i)
+    if not ok then
+      -- A pool that cannot be built leaves nothing behind, now (not at collection).
+      self._state = TERMINATE
+      for _, p in pairs(self._workers) do pcall(p.kill, p) end
+      self:_shutdown()
+      error(string.format("Pool: cannot start worker %d of %d: %s", i, processes,
+        (tostring(err):gsub("^[^:\n]+:%d+: ", ""))), level)
+    end
+  end
 end
 
 local function check_running(self, level)

@@ -1,0 +1,76 @@
+--[[
+Regression: `mp.Pool(64)` under `ulimit -n 64` failed with "sentinel: this
+process has no sentinel" (a worker was forked, but its pidfd could not be
+opened) and left 57 workers and 65 fds alive until garbage collection. A pool
+whose construction fails must say which resource ran out and leave no worker,
+fd or mapping behind, at once.
+]]
+local H = require "helper"
+
+-- Runs `source` with mplua under `ulimit -n limit`.
+local function run_limited(limit, source)
+  local path = os.tmpname() .. ".lua"
+  H.write_file(path, source)
+  local r = H.run { program = "sh", args = { "-c", "ulimit -n " .. limit .. " && exec \"$0\" \"$1\"", H.mplua, path } }
+  os.remove(path)
+  return r
+end
+
+-- What the script reports: open fds, children, mappings of the pool.
+local census = [[
+  -- Fails clearly when no fd is left to look with (what the old code left).
+  local function count(dir)
+    local p = assert(io.popen("ls " .. dir), "no fd left to count fds")
+    local n = 0
+    for _ in p:lines() do n = n + 1 end
+    p:close()
+    return n
+  end
+  local function census()
+    local maps = 0
+    local f = assert(io.open("/proc/self/maps"), "no fd left to read the mappings")
+    for l in f:lines() do
+      if l:find("zero %(deleted%)") then maps = maps + 1 end
+    end
+    f:close()
+    return count("/proc/" .. mp.getpid() .. "/fd"), #mp.active_children(), maps
+  end
+]]
+
+describe("regress: a pool that cannot be built", function()
+  it("names the resource and leaves no worker, fd or mapping (out of fds for sentinels)", function()
+    local r = run_limited(64, census .. [[
+      local fds0, kids0, maps0 = census()
+      local ok, err = pcall(mp.Pool, 64)
+      print(ok, (tostring(err):gsub("^[^:]*:%d+: ", "")))
+      local fds1, kids1, maps1 = census()
+      print("fds", fds1 - fds0, "children", kids1 - kids0, "maps", maps1 - maps0)
+      local pool <close> = mp.Pool(2)                -- still usable
+      print(pool:apply(function() return "ok" end))
+    ]])
+    assert.equal(0, r.status, r.stderr)
+    local first = r.stdout:match("^[^\n]*")
+    assert.matches("^false\tPool: cannot start worker %d+ of 64: cannot start process %(fork%): Too many open files$", first)
+    assert.matches("\nfds\t0\tchildren\t0\tmaps\t0\nok\n$", r.stdout)
+  end)
+
+  it("names the resource and leaves nothing behind (out of fds for the channel)", function()
+    local r = run_limited(64, census .. [[
+      local fds0, kids0, maps0 = census()
+      local hold = {}
+      while true do                                 -- use up the descriptors
+        local f = io.open("/dev/null")
+        if not f then break end
+        hold[#hold + 1] = f
+      end
+      for _ = 1, 3 do hold[#hold]:close(); hold[#hold] = nil end   -- room for one socket pair only
+      local ok, err = pcall(mp.Pool, 2)
+      for _, f in ipairs(hold) do f:close() end
+      print(ok, (tostring(err):gsub("^[^:]*:%d+: ", "")))
+      local fds1, kids1, maps1 = census()
+      print("fds", fds1 - fds0, "children", kids1 - kids0, "maps", maps1 - maps0)
+    ]])
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^false\t[^\n]*[Tt]oo many open files\nfds\t0\tchildren\t0\tmaps\t0\n$", r.stdout)
+  end)
+end)
