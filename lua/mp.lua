@@ -44,10 +44,13 @@ mp.Queue = core.Queue
 mp.SimpleQueue = core.SimpleQueue
 mp.JoinableQueue = core.JoinableQueue
 mp.Pipe = core.Pipe
-mp.wait = core.wait
 
+-- Pools and futures (lua/mp/pool.lua); mp.wait takes AsyncResults too.
 local pool = require "mp.pool"
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
+mp.as_completed = pool.as_completed
+mp.wait = pool.wait
+mp.FIRST_COMPLETED, mp.FIRST_EXCEPTION, mp.ALL_COMPLETED = "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"
 
 return mp

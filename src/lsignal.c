@@ -134,6 +134,7 @@ void mp_check_interrupt(lua_State *L) {
     if (hooked != L) lua_sethook(hooked, NULL, 0, 0);
     h(L, &ar);
   }
+  mp_run_pollers(L);
 }
 
 /* A handler value for Lua: the function, "default" or "ignore". */

@@ -46,6 +46,7 @@ define("RemoteError", ProcessError)
 define("WorkerLostError", ProcessError)
 define("AuthenticationError", ProcessError)
 define("BufferTooShort", ProcessError)
+define("CancelledError", Error)         -- concurrent.futures.CancelledError: AsyncResult:cancel()
 
 -- The factory the C core calls (mp_raise): kind name, message --> error object.
 function M.new(kind, message, fields)
