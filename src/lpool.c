@@ -396,10 +396,13 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
+    int simple = 1;             /* numbers, strings, booleans, nils cannot fail to encode */
     for (int q = 0; q < g; q++) {
-      if (raw) lua_rawgeti(L, src, k + q); else lua_geti(L, src, k + q);
+      int ty = raw ? lua_rawgeti(L, src, k + q) : lua_geti(L, src, k + q);
+      simple &= ty == LUA_TNUMBER || ty == LUA_TSTRING || ty == LUA_TBOOLEAN || ty == LUA_TNIL;
     }
-    if (protected_group(L, b, top + 1) != LUA_OK) {
+    if (simple) { add_group(L, b, top + 1, g); lua_settop(L, top); }
+    else if (protected_group(L, b, top + 1) != LUA_OK) {
       b->len = entry;                    /* drop this task from the batch */
       lua_settop(L, top);
       for (int q = 0; q < g; q++) {      /* name the first item that cannot be sent */
@@ -479,28 +482,32 @@ static int tr_add(lua_State *L) {
   return 1;
 }
 
-/* tr:apply(ar, fn_id, fn_bytes, args, n, timeout) --> true, or nil and a message. */
+/*
+** tr:apply(ar, off, fn_id, fn_bytes, args, n, timeout) --> true, or nil and a
+** message: one call of fn(args[1..n]) whose values go to ar[off + 1 ...].
+*/
 static int tr_apply(lua_State *L) {
   pool_tr *t = checkowner(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 3);
+  lua_Integer off = luaL_checkinteger(L, 3);
+  uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
   size_t fn_len;
-  const char *fn = luaL_checklstring(L, 4, &fn_len);
-  luaL_checktype(L, 5, LUA_TTABLE);
-  lua_Integer n = luaL_checkinteger(L, 6);
-  double limit = luaL_optnumber(L, 7, 0);
-  lua_settop(L, 7);
+  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_Integer n = luaL_checkinteger(L, 7);
+  double limit = luaL_optnumber(L, 8, 0);
+  lua_settop(L, 8);
   int jobs = uv(L, 1), dests = uv(L, 2);
   uint64_t id = t->next_id + 1;
   size_t at = t->out.len ? t->out.len : MP_PC_CHDR;
-  if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 5, 1, n)) {
+  if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 6, 1, n)) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
   }
   t->next_id = id;
   int h = job_new(L, t, jobs, dests, 2, 0, 0);
-  ptask *p = record(L, t, id, h, 0, 0);
+  ptask *p = record(L, t, id, h, off, 0);
   p->at = (uint32_t)at;
   if (limit > 0) { p->limit = (float)limit; t->ntimed++; }
   lua_pushboolean(L, 1);

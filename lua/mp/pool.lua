@@ -8,7 +8,7 @@ results straight into result tables and reports job-level events.
 
 The seam (docs/pool.md, "The transport seam"):
   tr:add(job, dest, kind, fn_id, fn, src, i, stop, cs, nchunks, off, stream)
-  tr:apply(ar, fn_id, fn, args, n, timeout)   tr:commit()   tr:seal(job)
+  tr:apply(ar, off, fn_id, fn, args, n, timeout)   tr:commit()   tr:seal(job)
   tr:pump(events, timeout) --> n, lost        tr:lost(events, index) --> n
   tr:started(index, sentinel)   tr:abandon(events)   tr:inflight()   tr:stalled()
 Events are triples (job, kind, x) in `events`, kinds as below.
@@ -127,15 +127,18 @@ process.at_fork(function()
 end)
 
 local seq = 0           -- completion order, for as_completed
-local function next_seq() seq = seq + 1; return seq end
 
 ---------------------------------------------------------------------------
--- AsyncResult: a plain object. An apply_async result holds its values in its
--- own array part (the transport writes them there); fields: _pool, _fn, _fb,
--- _args (the arguments; false once sent or cancelled), _ready (false, or the
--- completion's sequence number), _n (values), _o (false, or its options), and
--- _error, _values, _job when they apply.
-
+--[[
+AsyncResult: a plain object, laid out for the per-task path (fields set in
+the constructor only, so no table grows). Array: [1] the function's cache
+entry {id, bytes} (a map_async result: its job), [2] the arguments (false
+once sent or cancelled; true for a map_async result), [3..] the values (the
+transport writes them there; a map_async result: [3] the list). Hash: _pool,
+_ready (false, or the completion's sequence number, for as_completed), _n
+(the values' count; -1 when failed, with the error in [3]), _o (false, or
+the options: callback, error_callback, timeout).
+]]
 local AsyncResult = class.Object:extend("AsyncResult")
 M.AsyncResult = AsyncResult
 AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
@@ -162,11 +165,10 @@ function AsyncResult:get(timeout)
     self._pool:_wait(function() return self._ready end, timeout)
     if not self._ready then error(classes.TimeoutError("result not ready within the timeout"), 2) end
   end
-  local err = rawget(self, "_error")
-  if err ~= nil then error(err, 2) end
-  local v = rawget(self, "_values")
-  if v ~= nil then return v, self._n end
-  return unpack(self, 1, self._n)
+  local n = self._n
+  if n < 0 then error(self[3], 2) end
+  if self[2] == true then return self[3], n end
+  return unpack(self, 3, n + 2)
 end
 
 function AsyncResult:ready() check_ar(self, "ready"); return self._ready and true or false end
@@ -174,57 +176,62 @@ function AsyncResult:ready() check_ar(self, "ready"); return self._ready and tru
 function AsyncResult:successful()
   check_ar(self, "successful")
   if not self._ready then error("result is not ready", 2) end
-  return rawget(self, "_error") == nil
+  return self._n >= 0
 end
 
--- The exception (error object) of a finished task, or nil (concurrent.futures' exception()).
+-- The error of a finished task, or nil (concurrent.futures' exception()).
 function AsyncResult:exception(timeout)
   check_ar(self, "exception")
   if not self:wait(timeout) then error(classes.TimeoutError("result not ready within the timeout"), 2) end
-  return rawget(self, "_error")
+  if self._n < 0 then return self[3] end
+end
+
+local function failed(ar, err)
+  ar._n, ar[3] = -1, err
 end
 
 -- cancel() --> true when the task had not left the parent (get then raises CancelledError).
 function AsyncResult:cancel()
   check_ar(self, "cancel")
-  if rawget(self, "_error") ~= nil and classes.CancelledError:is(self._error) then return true end
-  if self._ready then return false end
-  local job = rawget(self, "_job")
-  if job ~= nil then
+  if self._ready then return self._n < 0 and classes.CancelledError:is(self[3]) end
+  if self[2] == true then
+    local job = self[1]
     if job.chunks_sent > 0 then return false end
     job.exhausted, job.cancelled = true, true
-  elseif self._args == false then
+  elseif self[2] == false then
     return false
   end
-  self._args = false
-  self._error = classes.CancelledError("the task was cancelled")
-  self._ready = next_seq()
+  self[2] = false
+  failed(self, classes.CancelledError("the task was cancelled"))
+  seq = seq + 1
+  self._ready = seq
   return true
 end
 
 function AsyncResult:cancelled()
   check_ar(self, "cancelled")
-  return self._ready and classes.CancelledError:is(rawget(self, "_error")) or false
+  return self._ready and self._n < 0 and classes.CancelledError:is(self[3]) or false
 end
 
 function AsyncResult:__tostring()
-  return string.format("<AsyncResult %s>", self._ready and (rawget(self, "_error") and "failed" or "ready") or "pending")
+  return string.format("<AsyncResult %s>", self._ready and (self._n < 0 and "failed" or "ready") or "pending")
 end
 
 -- Settles an AsyncResult (err nil: its values are in place); runs its callback.
 local function settle_ar(ar, err)
   if ar._ready then return end
-  ar._ready = next_seq()
+  seq = seq + 1
+  ar._ready = seq
+  if err ~= nil then failed(ar, err) end
   local o = ar._o
-  if err ~= nil then ar._error = err end
   if o then
     local cb = err ~= nil and o.error_callback or o.callback
     if cb ~= nil then
       local ok, cerr
       if err ~= nil then ok, cerr = pcall(cb, err)
-      elseif rawget(ar, "_values") ~= nil then ok, cerr = pcall(cb, ar._values, ar._n)
-      else ok, cerr = pcall(cb, unpack(ar, 1, ar._n)) end
-      if not ok then ar._error = cerr end        -- a callback that raises fails this result only
+      elseif ar[2] == true then ok, cerr = pcall(cb, ar[3], ar._n)
+      else ok, cerr = pcall(cb, unpack(ar, 3, ar._n + 2)) end
+      if not ok then failed(ar, cerr) end        -- a callback that raises fails this result only
     end
   end
 end
@@ -355,10 +362,10 @@ local function same_upvalues(fn, snap)
   return true
 end
 
--- fn --> its id and encoding; reused while its scalar upvalues are unchanged.
+-- fn --> its entry {id, bytes}; reused while its scalar upvalues are unchanged.
 local function fn_entry(self, fn)
   local e = self._fncache[fn]
-  if e and (e.snap == nil or same_upvalues(fn, e.snap)) then return e.id, e.bytes end
+  if e and (e.snap == nil or same_upvalues(fn, e.snap)) then return e end
   local bytes, why = core.pool_dumpfn(fn)
   if bytes == nil then return nil, why end
   local id = self._fnids[bytes]
@@ -385,14 +392,15 @@ local function fn_entry(self, fn)
     end
     if snap then snap.n = i - 1 end
   end
-  if cacheable then self._fncache[fn] = { id = id, bytes = bytes, snap = snap } end
-  return id, bytes
+  e = { id = id, bytes = bytes, snap = snap }
+  if cacheable then self._fncache[fn] = e end
+  return e
 end
 
 local function fn_of(self, fn, fname, level)
-  local id, bytes = fn_entry(self, fn)
-  if id == nil then argerror(1, fname, (tostring(bytes):gsub("^function: ", "")), level + 1) end
-  return id, bytes
+  local e, why = fn_entry(self, fn)
+  if e == nil then argerror(1, fname, (tostring(why):gsub("^function: ", "")), level + 1) end
+  return e
 end
 
 local function remote_error(x)
@@ -420,7 +428,7 @@ local function finish(self, job)
   if job.draw then job.draw(true); self._bars[job] = nil end
   local ar = job.ar
   if ar ~= nil then
-    if job.error == nil then ar._values, ar._n = job.dest, job.n end
+    if job.error == nil then ar[3], ar._n = job.dest, job.n end
     settle_ar(ar, job.error)
   end
 end
@@ -458,7 +466,7 @@ local function handle_events(self, ev, n, info)
     ev[3 * k + 1], ev[3 * k + 3] = nil, nil
     if kind == VALUES then
       job._n = x
-      settle_ar(job, nil)
+      if job._o then settle_ar(job, nil) else seq = seq + 1; job._ready = seq end
     elseif kind == CHUNK then
       local c = job.chunk_of[x]
       c.settled = true
@@ -604,11 +612,11 @@ local function feed(self)
     local added, k = 0, self._qh
     while added < limit and k <= self._qt do
       local job = queue[k]
-      local a = job and job._args
+      local a = job and job[2]
       if a then                                     -- an apply_async job, not sent yet
-        local o = job._o
-        local ok, emsg = tr:apply(job, job._fn, job._fb, a, a.n or #a, o and o.timeout or nil)
-        job._args = false
+        local e, o = job[1], job._o
+        local ok, emsg = tr:apply(job, 2, e.id, e.bytes, a, a.n or #a, o and o.timeout or nil)
+        job[2] = false
         if ok then added = added + 1 else settle_ar(job, emsg) end
         k = k + 1
       elseif a == false then                        -- sent, or cancelled
@@ -629,7 +637,7 @@ local function feed(self)
     while self._qh <= self._qt do
       local job = queue[self._qh]
       if job then
-        local a = job._args
+        local a = job[2]
         if a or (a == nil and not job.exhausted) then break end
       end
       queue[self._qh] = false
@@ -762,8 +770,8 @@ local function progress_bar(count, total)
 end
 
 local function new_job(self, kind, fn, iterable, o, fname, level, stream)
-  local fn_id, bytes = fn_of(self, fn, fname, level + 1)
-  local job = { kind = kind, fn_id = fn_id, fn = bytes, sent = 0, chunks_sent = 0, consumed = 0 }
+  local e = fn_of(self, fn, fname, level + 1)
+  local job = { kind = kind, fn_id = e.id, fn = e.bytes, sent = 0, chunks_sent = 0, consumed = 0 }
   if type(iterable) == "table" then
     job.src, job.n = iterable, #iterable
   elseif type(iterable) == "function" and stream then
@@ -841,7 +849,7 @@ function Pool:starmap(fn, iterable, opts)
 end
 
 local function async_job(self, job, o)
-  local ar = setmetatable({ _pool = self, _job = job, _ready = false, _n = 0, _o = o }, AsyncResult)
+  local ar = setmetatable({ job, true, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
   job.ar = ar
   if job.draw then self._bars[job] = job.draw end
   submit(self, job)
@@ -888,12 +896,10 @@ function Pool:apply_async(fn, args, opts, error_callback)
       argerror(3, "apply_async", "timeout must be a positive number", 2)
     end
   end
-  local fn_id, fn_bytes
   local e = self._fncache[fn]
-  if e and e.snap == nil then fn_id, fn_bytes = e.id, e.bytes else fn_id, fn_bytes = fn_of(self, fn, "apply_async", 2) end
-  -- [1] reserves the array part for the first value; every field is set here.
-  local ar = setmetatable({ false, _pool = self, _fn = fn_id, _fb = fn_bytes, _args = args, _ready = false,
-    _n = 0, _o = o }, AsyncResult)
+  if not e or e.snap ~= nil then e = fn_of(self, fn, "apply_async", 2) end
+  -- [3] reserves the array part for the first value; every field is set here.
+  local ar = setmetatable({ e, args, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
   local qt = self._qt + 1
   self._qt = qt
   self._queue[qt] = ar
@@ -916,8 +922,8 @@ function Pool:apply(fn, args)
   end
   local ar = self:apply_async(fn, args)
   ar:wait()
-  if rawget(ar, "_error") ~= nil then error(ar._error, 2) end
-  return unpack(ar, 1, ar._n)
+  if ar._n < 0 then error(ar[3], 2) end
+  return unpack(ar, 3, ar._n + 2)
 end
 
 --[[
@@ -1177,17 +1183,17 @@ function M.wait(sources, timeout, mode)
   while true do
     local ready = {}
     if #others > 0 then for _, s in ipairs(core.wait(others, 0)) do ready[s] = true end end
-    local nready, failed = 0, false
+    local nready, anyfailed = 0, false
     for i = 1, #sources do
       local s = sources[i]
       if is_ar(s) then
-        if s._ready then ready[s] = true; failed = failed or rawget(s, "_error") ~= nil end
+        if s._ready then ready[s] = true; anyfailed = anyfailed or s._n < 0 end
       end
       if ready[s] then nready = nready + 1 end
     end
     local all = nready == #sources
     if all or now() >= deadline or (mode == "FIRST_COMPLETED" and nready > 0)
-       or (mode == "FIRST_EXCEPTION" and failed) then
+       or (mode == "FIRST_EXCEPTION" and anyfailed) then
       local done, not_done = {}, {}
       for i = 1, #sources do
         local s = sources[i]
