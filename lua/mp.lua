@@ -49,8 +49,9 @@ mp.Pipe = core.Pipe
 local pool = require "mp.pool"
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
-mp.as_completed = pool.as_completed
-mp.wait = pool.wait
+local futures = require "mp.futures"
+mp.as_completed = futures.as_completed
+mp.wait = futures.wait
 mp.FIRST_COMPLETED, mp.FIRST_EXCEPTION, mp.ALL_COMPLETED = "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"
 
 return mp

@@ -33,68 +33,34 @@
 #include "engine/clock.h"
 #include "engine/identity.h"
 #include "engine/poolchan.h"
+#include "engine/pooltasks.h"
 
 #define GROUP 256
-#define HDR 24
+#define HDR MP_PT_HDR
 #define FN_CACHE_MAX 256
 
 /* Event kinds, as pool.lua names them: (job, kind, x) triples in the events table. */
 enum { EV_VALUES = 1, EV_CHUNK, EV_DONE, EV_ERROR, EV_LOST, EV_OVERDUE, EV_ABANDONED, EV_INIT };
 
-typedef struct batch { int refs; size_t len; char *data; } batch;
-
-typedef struct ptask {
-  uint64_t id;                  /* 0: a free entry */
-  int job;                      /* handle */
-  uint32_t count;               /* items of a map chunk */
-  lua_Integer off;              /* its values go to dest[off + 1 ...] */
-  batch *b;                     /* the message that carries it (NULL while in the open batch) */
-  uint32_t at;                  /* its entry's offset in b */
-  uint32_t fn_at;               /* the entry in b that carries its function's bytes */
-  float limit;                  /* seconds it may run (apply timeout), 0: none */
-  int overdue;
-} ptask;
-
-typedef struct pjob {
-  lua_Integer outstanding;      /* tasks in flight */
-  lua_Integer done;             /* items settled */
-  char used, stream, sealed, apply;
-} pjob;
-
 typedef struct pool_tr {
   const mp_class *cls;
-  const mp_pool_transport_ops *ops;
-  void *impl;
-  mp_poolchan local;
-  int foreign;                  /* a forked child's copy */
-  int nworkers;
-  mp_pc_buf out;                /* the open batch */
-  uint32_t batch_n, batch_fn;
-  uint64_t batch_first;
-  size_t batch_fn_at;           /* the open batch's last entry that carries function bytes */
-  ptask *tasks;                 /* ring, indexed by id & mask */
-  uint64_t mask, next_id;
-  lua_Integer inflight;
-  pjob *jobs;
-  int njobs, *freej, nfree;
-  uint64_t *resend;             /* tasks to send again, one per message */
-  size_t nresend, capresend;
-  int suspect, ntimed;
-  uint64_t *seen_id;            /* per slot: the timed task last seen running, and since when */
-  double *seen_at;
-  char *live;                   /* per slot: a worker is up */
+  const mp_pool_transport_ops *ops;   /* the transport seam */
+  void *impl;                         /* NULL when closed */
+  mp_poolchan local;                  /* the local transport */
+  mp_pt pt;                           /* the tasks in flight (engine/pooltasks.h) */
+  int foreign;                        /* a forked child's copy */
+  int nworkers, suspect;
+  char *live;                         /* per slot: a worker is up */
 } pool_tr;
 
 static const mp_class TR_C = { "mp.PoolTransport", sizeof(pool_tr), NULL };
 
-static void *xalloc(lua_State *L, void *p, size_t n) {
-  p = realloc(p, n);
-  if (p == NULL && n > 0) luaL_error(L, "not enough memory");
-  return p;
+static void check_mem(lua_State *L, int err) {
+  if (err) luaL_error(L, "not enough memory");
 }
 
 static void reserve(lua_State *L, mp_pc_buf *b, size_t extra) {
-  if (mp_pc_reserve(b, extra) != 0) luaL_error(L, "not enough memory");
+  check_mem(L, mp_pc_reserve(b, extra));
 }
 
 static pool_tr *checktr(lua_State *L) {
@@ -109,28 +75,13 @@ static pool_tr *checkowner(lua_State *L) {
   return t;
 }
 
-static void release_batch(batch *b) {
-  if (b != NULL && --b->refs == 0) { free(b->data); free(b); }
-}
-
-static void tr_release(pool_tr *t) {
-  if (t->tasks != NULL)
-    for (uint64_t i = 0; i <= t->mask; i++)
-      if (t->tasks[i].id != 0) release_batch(t->tasks[i].b);
-  free(t->tasks); t->tasks = NULL;
-  free(t->jobs); t->jobs = NULL;
-  free(t->freej); t->freej = NULL;
-  free(t->resend); t->resend = NULL;
-  free(t->seen_id); t->seen_id = NULL;
-  free(t->seen_at); t->seen_at = NULL;
-  free(t->live); t->live = NULL;
-  mp_pc_buf_free(&t->out);
-  mp_poolchan_close(&t->local);
-  t->impl = NULL;
-}
-
 static int tr_close(lua_State *L) {
-  tr_release(mp_checkself(L, 1, &TR_C));
+  pool_tr *t = mp_checkself(L, 1, &TR_C);
+  mp_pt_free(&t->pt);
+  mp_poolchan_close(&t->local);
+  free(t->live);
+  t->live = NULL;
+  t->impl = NULL;
   return 0;
 }
 
@@ -147,12 +98,11 @@ static int core_pool_transport(lua_State *L) {
   t->ops = &mp_poolchan_ops;
   t->impl = &t->local;
   t->nworkers = (int)n;
-  t->mask = 255;
-  t->tasks = calloc(t->mask + 1, sizeof(ptask));
-  t->seen_id = calloc((size_t)n, sizeof(uint64_t));
-  t->seen_at = calloc((size_t)n, sizeof(double));
-  t->live = calloc((size_t)n, 1);
-  if (!t->tasks || !t->seen_id || !t->seen_at || !t->live) { tr_release(t); return luaL_error(L, "not enough memory"); }
+  if (mp_pt_init(&t->pt, (int)n) != 0 || (t->live = calloc((size_t)n, 1)) == NULL) {
+    lua_replace(L, 1);                           /* the object, for tr_close */
+    tr_close(L);
+    return luaL_error(L, "not enough memory");
+  }
   return 1;
 }
 
@@ -165,7 +115,7 @@ static int tr_after_fork(lua_State *L) {
 
 static int tr_close_tasks(lua_State *L) { mp_poolchan_close_tasks(&checkowner(L)->local); return 0; }
 static int tr_fileno(lua_State *L) { lua_pushinteger(L, mp_poolchan_fd(&checkowner(L)->local)); return 1; }
-static int tr_inflight(lua_State *L) { lua_pushinteger(L, checkowner(L)->inflight); return 1; }
+static int tr_inflight(lua_State *L) { lua_pushinteger(L, checkowner(L)->pt.inflight); return 1; }
 
 static int check_index(lua_State *L, pool_tr *t, int arg) {
   lua_Integer i = luaL_checkinteger(L, arg);
@@ -178,7 +128,7 @@ static int tr_started(lua_State *L) {
   pool_tr *t = checkowner(L);
   int i = check_index(L, t, 2);
   t->ops->started(t->impl, i, (int)luaL_checkinteger(L, 3));
-  t->seen_id[i] = 0;
+  t->pt.seen_id[i] = 0;
   t->live[i] = 1;
   return 0;
 }
@@ -256,43 +206,15 @@ static int item_error(lua_State *L) {
   return 0;
 }
 
-/* ---- tasks in flight -------------------------------------------------- */
-
-static ptask *task_of(pool_tr *t, uint64_t id) {
-  ptask *p = &t->tasks[id & t->mask];
-  return p->id == id && id != 0 ? p : NULL;
-}
-
-/* A free entry for task id, growing the ring while an older task holds its place. */
-static ptask *task_new(lua_State *L, pool_tr *t, uint64_t id) {
-  while (t->tasks[id & t->mask].id != 0) {
-    uint64_t cap = (t->mask + 1) * 2;
-    ptask *n = calloc(cap, sizeof(ptask));
-    if (n == NULL) luaL_error(L, "not enough memory");
-    for (uint64_t i = 0; i <= t->mask; i++)
-      if (t->tasks[i].id != 0) n[t->tasks[i].id & (cap - 1)] = t->tasks[i];
-    free(t->tasks);
-    t->tasks = n;
-    t->mask = cap - 1;
-  }
-  return &t->tasks[id & t->mask];
-}
+/* ---- jobs and events --------------------------------------------------- */
 
 /* Pushes uservalue k of the transport at index 1. */
 static int uv(lua_State *L, int k) { lua_getiuservalue(L, 1, k); return lua_gettop(L); }
 
-/* A new handle for the job at `job` (and its dest at `dest`, 0 for an apply job: itself). */
+/* A new handle for the job at `job` (with its dest at `dest`; 0 for an apply job: itself). */
 static int job_new(lua_State *L, pool_tr *t, int jobs, int dests, int job, int dest, int stream) {
   int h;
-  if (t->nfree > 0) h = t->freej[--t->nfree];
-  else {
-    if (t->njobs % 64 == 0) {
-      t->jobs = xalloc(L, t->jobs, sizeof(pjob) * (size_t)(t->njobs + 64));
-      t->freej = xalloc(L, t->freej, sizeof(int) * (size_t)(t->njobs + 64));
-    }
-    h = ++t->njobs;
-  }
-  t->jobs[h - 1] = (pjob){ 0, 0, 1, (char)stream, 0, (char)(dest == 0) };
+  check_mem(L, mp_pt_job_new(&t->pt, stream, dest == 0, &h));
   lua_pushvalue(L, job);
   lua_rawseti(L, jobs, h);
   if (dest != 0) {
@@ -306,8 +228,7 @@ static int job_new(lua_State *L, pool_tr *t, int jobs, int dests, int job, int d
 }
 
 static void job_free(lua_State *L, pool_tr *t, int jobs, int dests, int h) {
-  pjob *j = &t->jobs[h - 1];
-  if (!j->apply) {
+  if (!t->pt.jobs[h - 1].apply) {
     lua_rawgeti(L, jobs, h);
     lua_pushnil(L);
     lua_rawset(L, jobs);
@@ -316,8 +237,7 @@ static void job_free(lua_State *L, pool_tr *t, int jobs, int dests, int h) {
   }
   lua_pushnil(L);
   lua_rawseti(L, jobs, h);
-  j->used = 0;
-  t->freej[t->nfree++] = h;
+  mp_pt_job_free(&t->pt, h);
 }
 
 typedef struct evs { int events, jobs, dests, n; } evs;
@@ -333,61 +253,26 @@ static void emit(lua_State *L, evs *e, int h, int kind) {
   e->n++;
 }
 
-/*
-** The task has settled: its entry is freed, and its job's count; a sealed map
-** job whose last task this was is done (EV_DONE), an apply job is freed.
-*/
-static void settle(lua_State *L, pool_tr *t, evs *e, ptask *p) {
+/* The task has settled; a sealed map job whose last task it was is done (EV_DONE). */
+static void settle(lua_State *L, pool_tr *t, evs *e, mp_pt_task *p) {
   int h = p->job;
-  pjob *j = &t->jobs[h - 1];
-  if (p->limit > 0) t->ntimed--;
-  release_batch(p->b);
-  p->id = 0;
-  p->b = NULL;
-  t->inflight--;
-  j->outstanding--;
-  if (j->apply) job_free(L, t, e->jobs, e->dests, h);
-  else if (j->sealed && j->outstanding == 0) {
-    lua_pushinteger(L, 0);
-    emit(L, e, h, EV_DONE);
-    job_free(L, t, e->jobs, e->dests, h);
-  }
+  if (!mp_pt_settle(&t->pt, p)) return;
+  if (!t->pt.jobs[h - 1].apply) { lua_pushinteger(L, 0); emit(L, e, h, EV_DONE); }
+  job_free(L, t, e->jobs, e->dests, h);
 }
 
 /* ---- parent: building batches ----------------------------------------- */
 
 /*
-** Appends one task to the open batch: fn and src[i..j] ('M', 'S'), or src[1..j]
-** as one call's arguments ('A'). The function's bytes are left out when the
-** previous task of the batch had the same function (the worker has just run
-** it). Returns 0, or 1 with a message on top when an item cannot be sent (the
-** task is then dropped from the batch).
+** Appends one task to the open batch: src[i..j] ('M', 'S'), or src[1..j] as
+** one call's arguments ('A'). Returns 0, or 1 with a message on top when an
+** item cannot be sent (the task is then dropped from the batch).
 */
 static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t fn_id,
-                     const char *fn, size_t fn_len, int src, lua_Integer i, lua_Integer j) {
-  mp_pc_buf *b = &t->out;
-  if (b->len == 0) {
-    reserve(L, b, MP_PC_CHDR);
-    memset(b->data, 0, MP_PC_CHDR);
-    b->data[0] = 'K';
-    b->len = MP_PC_CHDR;
-    t->batch_n = 0;
-    t->batch_first = id;
-  }
-  size_t entry = b->len;
+                     const char *fn, size_t fn_len, int src, lua_Integer i, lua_Integer j, size_t *entry) {
+  mp_pc_buf *b = &t->pt.out;
   lua_Integer count = j >= i ? j - i + 1 : 0;
-  if (t->batch_n > 0 && t->batch_fn == fn_id) fn_len = 0;
-  size_t carrier = fn_len > 0 ? entry : t->batch_fn_at;
-  reserve(L, b, 4 + HDR + fn_len);
-  char *p = b->data + entry;
-  memset(p, 0, 4 + HDR);
-  p[4] = (char)kind;
-  mp_pc_put32(p + 8, fn_id);
-  mp_pc_put64(p + 12, id);
-  mp_pc_put32(p + 20, (uint32_t)fn_len);
-  mp_pc_put32(p + 24, (uint32_t)count);
-  memcpy(p + 4 + HDR, fn, fn_len);
-  b->len += 4 + HDR + fn_len;
+  check_mem(L, mp_pt_entry_begin(&t->pt, kind, id, fn_id, fn, fn_len, (uint32_t)count, entry));
   int raw = !lua_getmetatable(L, src);
   if (!raw) lua_pop(L, 1);
   int top = lua_gettop(L);
@@ -403,7 +288,7 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
     }
     if (simple) { add_group(L, b, top + 1, g); lua_settop(L, top); }
     else if (protected_group(L, b, top + 1) != LUA_OK) {
-      b->len = entry;                    /* drop this task from the batch */
+      mp_pt_entry_drop(&t->pt, *entry);
       lua_settop(L, top);
       for (int q = 0; q < g; q++) {      /* name the first item that cannot be sent */
         codec_call cc = { NULL, NULL, 0, 0 };
@@ -414,27 +299,13 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
         if (codec_status(L, &cc, lua_pcall(L, 3, 0, 0)) != LUA_OK) break;
       }
       if (lua_gettop(L) == top) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
-      if (b->len == MP_PC_CHDR) b->len = 0;
       return 1;
     }
     k += g;
   }
   lua_settop(L, top);
-  mp_pc_put32(b->data + entry, (uint32_t)(b->len - entry - 4));
-  t->batch_n++;
-  t->batch_fn = fn_id;
-  t->batch_fn_at = carrier;
-  mp_pc_put32(b->data + 4, t->batch_n);
-  mp_pc_put64(b->data + 8, t->batch_first);
+  mp_pt_entry_end(&t->pt, *entry, fn_id);
   return 0;
-}
-
-static ptask *record(lua_State *L, pool_tr *t, uint64_t id, int h, lua_Integer off, uint32_t count) {
-  ptask *p = task_new(L, t, id);
-  *p = (ptask){ id, h, count, off, NULL, 0, (uint32_t)t->batch_fn_at, 0, 0 };
-  t->inflight++;
-  t->jobs[h - 1].outstanding++;
-  return p;
 }
 
 /*
@@ -466,15 +337,15 @@ static int tr_add(lua_State *L) {
   lua_Integer added = 0, base = i - 1;
   while (added < nchunks && i <= stop) {
     lua_Integer j = stop - i < cs ? stop : i + cs - 1;     /* i + cs may overflow */
-    uint64_t id = ++t->next_id;
-    size_t at = t->out.len ? t->out.len : MP_PC_CHDR;
-    if (add_entry(L, t, kind, id, fn_id, fn, fn_len, 7, i, j)) {
-      t->next_id--;
+    uint64_t id = t->pt.next_id + 1;
+    size_t at;
+    if (add_entry(L, t, kind, id, fn_id, fn, fn_len, 7, i, j, &at)) {
       lua_pushinteger(L, added);
       lua_insert(L, -2);
       return 2;
     }
-    record(L, t, id, h, off + (i - 1 - base), (uint32_t)(j - i + 1))->at = (uint32_t)at;
+    t->pt.next_id = id;
+    check_mem(L, mp_pt_record(&t->pt, id, h, off + (i - 1 - base), (uint32_t)(j - i + 1), at, 0));
     added++;
     i = j + 1;
   }
@@ -498,35 +369,36 @@ static int tr_apply(lua_State *L) {
   double limit = luaL_optnumber(L, 8, 0);
   lua_settop(L, 8);
   int jobs = uv(L, 1), dests = uv(L, 2);
-  uint64_t id = t->next_id + 1;
-  size_t at = t->out.len ? t->out.len : MP_PC_CHDR;
-  if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 6, 1, n)) {
+  uint64_t id = t->pt.next_id + 1;
+  size_t at;
+  if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 6, 1, n, &at)) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
   }
-  t->next_id = id;
+  t->pt.next_id = id;
   int h = job_new(L, t, jobs, dests, 2, 0, 0);
-  ptask *p = record(L, t, id, h, off, 0);
-  p->at = (uint32_t)at;
-  if (limit > 0) { p->limit = (float)limit; t->ntimed++; }
+  check_mem(L, mp_pt_record(&t->pt, id, h, off, 0, at, limit));
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* The handle of the job at index 2, or 0 when it has none. */
+static int handle_of(lua_State *L, int jobs) {
+  lua_pushvalue(L, 2);
+  int h = lua_rawget(L, jobs) == LUA_TNUMBER ? (int)lua_tointeger(L, -1) : 0;
+  lua_pop(L, 1);
+  return h;
 }
 
 /* tr:seal(job) --> true when the job has nothing in flight (it is done). */
 static int tr_seal(lua_State *L) {
   pool_tr *t = checkowner(L);
   lua_settop(L, 2);
-  int jobs = uv(L, 1);
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, jobs) != LUA_TNUMBER) { lua_pushboolean(L, 1); return 1; }
-  int h = (int)lua_tointeger(L, -1);
-  pjob *j = &t->jobs[h - 1];
-  j->sealed = 1;
-  if (j->outstanding > 0) { lua_pushboolean(L, 0); return 1; }
-  job_free(L, t, jobs, uv(L, 2), h);
-  lua_pushboolean(L, 1);
+  int jobs = uv(L, 1), h = handle_of(L, jobs);
+  int done = h == 0 || mp_pt_seal(&t->pt, h);
+  if (h != 0 && done) job_free(L, t, jobs, uv(L, 2), h);
+  lua_pushboolean(L, done);
   return 1;
 }
 
@@ -534,75 +406,40 @@ static int tr_seal(lua_State *L) {
 static int tr_settled(lua_State *L) {
   pool_tr *t = checkowner(L);
   lua_settop(L, 2);
-  int jobs = uv(L, 1);
-  lua_pushvalue(L, 2);
-  lua_Integer done = 0;
-  if (lua_rawget(L, jobs) == LUA_TNUMBER) done = t->jobs[lua_tointeger(L, -1) - 1].done;
-  lua_pushinteger(L, done);
+  int h = handle_of(L, uv(L, 1));
+  lua_pushinteger(L, h ? t->pt.jobs[h - 1].done : 0);
   return 1;
 }
-
-/* Sends the open batch as one message (kept by the transport when it has no room). */
-static void commit(lua_State *L, pool_tr *t) {
-  if (t->batch_n == 0) { t->out.len = 0; return; }
-  batch *b = malloc(sizeof *b);
-  if (b == NULL) luaL_error(L, "not enough memory");
-  *b = (batch){ (int)t->batch_n, t->out.len, t->out.data };
-  t->out = (mp_pc_buf){ NULL, 0, 0 };
-  for (uint32_t k = 0; k < t->batch_n; k++) task_of(t, t->batch_first + k)->b = b;
-  t->batch_n = 0;
-  int err = t->ops->send(t->impl, b->data, b->len);
-  if (err == EAGAIN) {             /* something else is kept: these go again, one by one */
-    for (uint32_t k = 0; k < (uint32_t)b->refs; k++) {
-      if (t->nresend == t->capresend) {
-        t->capresend = t->capresend ? 2 * t->capresend : 64;
-        t->resend = xalloc(L, t->resend, sizeof(uint64_t) * t->capresend);
-      }
-      t->resend[t->nresend++] = mp_pc_get64(b->data + 8) + k;
-    }
-  } else if (err) {
-    mp_raise_errno(L, err, "pool: sending a task");
-  }
-}
-
-static int tr_commit(lua_State *L) { commit(L, checkowner(L)); return 0; }
 
 /* Sends the queued resends while the transport takes them. 1 when none is left. */
 static int send_resends(lua_State *L, pool_tr *t) {
-  while (t->nresend > 0) {
+  while (t->pt.nresend > 0) {
     int err = t->ops->flush(t->impl);
     if (err == EAGAIN) return 0;
     if (err) mp_raise_errno(L, err, "pool: sending a task");
-    ptask *p = task_of(t, t->resend[--t->nresend]);
-    if (p == NULL || p->b == NULL) continue;         /* settled meanwhile */
-    /* Alone in its message, the task carries its function's bytes again. */
-    const char *e = p->b->data + p->at, *f = p->b->data + p->fn_at;
-    uint32_t len = mp_pc_get32(e), fn_len = mp_pc_get32(e + 4 + 16), add = 0;
-    if (fn_len == 0) add = mp_pc_get32(f + 4 + 16);
-    mp_pc_buf one = { NULL, 0, 0 };
-    reserve(L, &one, MP_PC_CHDR + 4 + len + add);
-    memset(one.data, 0, MP_PC_CHDR);
-    one.data[0] = 'K';
-    mp_pc_put32(one.data + 4, 1);
-    mp_pc_put64(one.data + 8, p->id);
-    char *q = one.data + MP_PC_CHDR;
-    mp_pc_put32(q, len + add);
-    memcpy(q + 4, e + 4, HDR);
-    mp_pc_put32(q + 4 + 16, fn_len + add);
-    memcpy(q + 4 + HDR, f + 4 + HDR, add);
-    memcpy(q + 4 + HDR + add, e + 4 + HDR, len - HDR);
-    len += add;
-    batch *b = malloc(sizeof *b);
-    if (b == NULL) { free(one.data); luaL_error(L, "not enough memory"); }
-    *b = (batch){ 1, MP_PC_CHDR + 4 + len, one.data };
-    release_batch(p->b);
-    p->b = b;
-    p->at = p->fn_at = MP_PC_CHDR;
-    err = t->ops->send(t->impl, b->data, b->len);
-    if (err == EAGAIN) { t->nresend++; return 0; }
+    mp_pt_task *p;
+    check_mem(L, mp_pt_next_resend(&t->pt, &p));
+    if (p == NULL) break;
+    err = t->ops->send(t->impl, p->b->data, p->b->len);
+    if (err == EAGAIN) { mp_pt_unqueue(&t->pt, p); return 0; }
     if (err) mp_raise_errno(L, err, "pool: sending a task");
   }
   return 1;
+}
+
+/* tr:commit(): hands the open batch to the transport (which keeps it when it has no room). */
+static int tr_commit(lua_State *L) {
+  pool_tr *t = checkowner(L);
+  uint32_t n = t->pt.batch_n;
+  uint64_t first = t->pt.batch_first;
+  mp_pt_batch *b;
+  check_mem(L, mp_pt_commit(&t->pt, &b));
+  if (b == NULL) return 0;
+  int err = t->ops->send(t->impl, b->data, b->len);
+  if (err == EAGAIN)               /* something else is kept: these go again, one by one */
+    for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
+  else if (err) mp_raise_errno(L, err, "pool: sending a task");
+  return 0;
 }
 
 /* tr:stalled() --> true while a batch waits for room in the transport. */
@@ -643,10 +480,10 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
   uint32_t count = mp_pc_get32(p + 16);
   const char *q = p + HDR, *end = p + len;
   if (kind == 'I') { push_error(L, q, end, 0); emit(L, e, 0, EV_INIT); return; }
-  ptask *tk = task_of(t, id);
+  mp_pt_task *tk = mp_pt_find(&t->pt, id);
   if (tk == NULL || tk->b == NULL) return;           /* settled already (a journal's copy) */
   int h = tk->job;
-  pjob *j = &t->jobs[h - 1];
+  mp_pt_job *j = &t->pt.jobs[h - 1];
   if (kind == 'E') {
     push_error(L, q, end, tk->off);
     emit(L, e, h, EV_ERROR);
@@ -719,42 +556,19 @@ static void drain(lua_State *L, pool_tr *t, evs *e) {
 ** suspected, however slow: nothing is resent on a timer.
 */
 static void recover(lua_State *L, pool_tr *t, evs *e) {
-  if (t->inflight == 0) { t->suspect = 0; return; }
-  if (t->nresend > 0 || !t->ops->idle(t->impl)) return;
+  if (t->pt.inflight == 0) { t->suspect = 0; return; }
+  if (t->pt.nresend > 0 || !t->ops->idle(t->impl)) return;
   for (int i = 0; i < t->nworkers; i++)
     if (t->live[i] && t->ops->busy(t->impl, i)) return;
   drain(L, t, e);
   t->suspect = 0;
-  for (uint64_t i = 0; i <= t->mask; i++) {
-    ptask *p = &t->tasks[i];
-    if (p->id == 0 || p->b == NULL) continue;
-    if (t->nresend == t->capresend) {
-      t->capresend = t->capresend ? 2 * t->capresend : 64;
-      t->resend = xalloc(L, t->resend, sizeof(uint64_t) * t->capresend);
-    }
-    t->resend[t->nresend++] = p->id;
-  }
-}
-
-/* Timed tasks that run over their limit: EV_OVERDUE names the worker to kill. */
-static void overdue(lua_State *L, pool_tr *t, evs *e) {
-  double now = mp_now();
-  for (int i = 0; i < t->nworkers; i++) {
-    if (!t->live[i]) continue;
-    ptask *p = task_of(t, t->ops->running(t->impl, i));
-    if (p == NULL || p->limit <= 0 || p->overdue) continue;
-    if (t->seen_id[i] != p->id) { t->seen_id[i] = p->id; t->seen_at[i] = now; continue; }
-    if (now - t->seen_at[i] >= p->limit) {
-      p->overdue = 1;
-      lua_pushinteger(L, i + 1);
-      emit(L, e, p->job, EV_OVERDUE);
-    }
-  }
+  check_mem(L, mp_pt_queue_all(&t->pt));
 }
 
 /*
 ** tr:pump(events, timeout) --> nevents, lost: sends what waits for room,
-** takes the results available (waiting up to timeout for news), and says
+** takes the results available (waiting up to timeout for news), reports timed
+** tasks over their limit (EV_OVERDUE: the caller kills that worker), and says
 ** whether a worker ended (the caller then calls tr:lost for it).
 */
 static int tr_pump(lua_State *L) {
@@ -769,7 +583,14 @@ static int tr_pump(lua_State *L) {
     if (err && err != EAGAIN) return mp_raise_errno(L, err, "pool: sending a task");
     send_resends(L, t);
     drain(L, t, &e);
-    if (t->ntimed > 0) overdue(L, t, &e);
+    for (int i = 0; t->pt.ntimed > 0 && i < t->nworkers; i++) {
+      if (!t->live[i]) continue;
+      uint64_t id = t->ops->running(t->impl, i);
+      if (mp_pt_overdue(&t->pt, i, id, mp_now())) {
+        lua_pushinteger(L, i + 1);
+        emit(L, &e, mp_pt_find(&t->pt, id)->job, EV_OVERDUE);
+      }
+    }
     if (t->suspect) recover(L, t, &e);
     if (e.n > 0 || lost) break;
     err = t->ops->wait(t->impl, deadline, &lost);
@@ -797,8 +618,10 @@ static int tr_lost(lua_State *L) {
   drain(L, t, &e);
   mp_pc_held held;
   t->ops->lost(t->impl, i, &held);
+  t->live[i] = 0;
+  t->pt.seen_id[i] = 0;
   take_container(L, t, &e, held.journal, held.journal_len);
-  ptask *p = task_of(t, held.task);
+  mp_pt_task *p = mp_pt_find(&t->pt, held.task);
   if (p != NULL && p->b != NULL) {
     lua_pushinteger(L, p->off);
     emit(L, &e, p->job, EV_LOST);
@@ -806,17 +629,9 @@ static int tr_lost(lua_State *L) {
   }
   for (uint32_t k = 0; k < held.batch_count; k++) {
     uint64_t id = held.batch_first + k;
-    if (id != held.task && task_of(t, id) != NULL) {
-      if (t->nresend == t->capresend) {
-        t->capresend = t->capresend ? 2 * t->capresend : 64;
-        t->resend = xalloc(L, t->resend, sizeof(uint64_t) * t->capresend);
-      }
-      t->resend[t->nresend++] = id;
-    }
+    if (id != held.task && mp_pt_find(&t->pt, id) != NULL) check_mem(L, mp_pt_queue(&t->pt, id));
   }
   if (held.taking) t->suspect = 1;
-  t->seen_id[i] = 0;
-  t->live[i] = 0;
   lua_pushinteger(L, e.n);
   return 1;
 }
@@ -827,19 +642,13 @@ static int tr_abandon(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   evs e = { 2, uv(L, 1), uv(L, 2), 0 };
-  for (uint64_t i = 0; i <= t->mask; i++)
-    if (t->tasks[i].id != 0) { release_batch(t->tasks[i].b); t->tasks[i] = (ptask){ 0 }; }
-  for (int h = 1; h <= t->njobs; h++) {
-    if (!t->jobs[h - 1].used) continue;
+  mp_pt_forget(&t->pt);
+  for (int h = 1; h <= t->pt.njobs; h++) {
+    if (!t->pt.jobs[h - 1].used) continue;
     lua_pushinteger(L, 0);
     emit(L, &e, h, EV_ABANDONED);
     job_free(L, t, e.jobs, e.dests, h);
   }
-  t->inflight = 0;
-  t->nresend = 0;
-  t->ntimed = 0;
-  t->batch_n = 0;
-  t->out.len = 0;
   lua_pushinteger(L, e.n);
   return 1;
 }
@@ -1003,7 +812,7 @@ static int core_pool_work(lua_State *L) {
   int index = check_index(L, t, 2);
   lua_Integer maxtasks = luaL_optinteger(L, 3, 0);
   lua_settop(L, 1);
-  mp_pc_buf *b = &t->out;
+  mp_pc_buf *b = &t->pt.out;
   lua_newtable(L);                                   /* 2: function cache */
   lua_Debug ar;
   int depth = 0;
@@ -1043,7 +852,7 @@ static int tr_send_init_error(lua_State *L) {
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, 2);
-  mp_pc_buf *b = &t->out;
+  mp_pc_buf *b = &t->pt.out;
   error_result(L, b, 0, 4, 'I');
   mp_pc_buf c = { NULL, 0, 0 };
   reserve(L, &c, MP_PC_CHDR + 4 + b->len);

@@ -35,58 +35,12 @@ local MAX_INFLIGHT = 65536          -- tasks sent and not settled, at most (boun
 local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
 
----------------------------------------------------------------------------
--- Arguments
-
-local function argerror(n, fname, msg, level)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
-end
-
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
-end
+local check = require "mp.check"
+local argerror, callable, typename, check_keys, check_timeout =
+  check.argerror, check.callable, check.typename, check.keys, check.timeout
 
 local function check_fn(fn, fname, level)
   if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn), level + 1) end
-end
-
-local function typename(v)
-  local mt = getmetatable(v)
-  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(v)
-end
-
--- The closest known key (edit distance at most 2), for "did you mean".
-local function suggest(key, known)
-  local best, bd = nil, 3
-  for _, k in ipairs(known) do
-    local a, b = key, k
-    local prev = {}
-    for j = 0, #b do prev[j] = j end
-    for i = 1, #a do
-      local cur = { [0] = i }
-      for j = 1, #b do
-        cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:byte(i) == b:byte(j) and 0 or 1))
-      end
-      prev = cur
-    end
-    if prev[#b] < bd then best, bd = k, prev[#b] end
-  end
-  return best
-end
-
--- Unknown keys of an options table are errors naming the key and the function.
-local function check_keys(opts, known, fname, level)
-  for k in pairs(opts) do
-    local ok = false
-    for _, name in ipairs(known) do if k == name then ok = true; break end end
-    if not ok then
-      local s = type(k) == "string" and suggest(k, known)
-      error(string.format("unknown option '%s' to '%s'%s", tostring(k), fname,
-        s and " (did you mean '" .. s .. "'?)" or ""), level + 1)
-    end
-  end
 end
 
 --[[
@@ -102,13 +56,6 @@ local function check_chunksize(cs, n, fname, level)
   end
   if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v, level + 1) end
   return v
-end
-
-local function check_timeout(t, n, fname, what, level)
-  if t ~= nil and (type(t) ~= "number" or t ~= t) then
-    argerror(n, fname, what .. " must be a number, got " .. (type(t) == "number" and "nan" or type(t)), level + 1)
-  end
-  return t
 end
 
 ---------------------------------------------------------------------------
@@ -1091,121 +1038,7 @@ function Pool:__tostring()
   return string.format("<Pool processes=%d state=%s>", self._processes, self._state)
 end
 
----------------------------------------------------------------------------
--- Futures across pools: as_completed and wait.
-
-local function is_ar(v) return getmetatable(v) == AsyncResult end
-
--- Runs the pools of the pending results until one more is ready or the deadline.
-local function wait_any(pending, deadline, others)
-  local pools = {}
-  for _, ar in ipairs(pending) do if not ar._ready then pools[ar._pool] = true end end
-  local one = next(pools)
-  if one ~= nil and next(pools, one) == nil and not others then
-    local left = deadline - now()
-    one:_wait(function()
-      for _, ar in ipairs(pending) do if ar._ready then return true end end
-    end, left < math.huge and max(left, 0) or nil)
-    return
-  end
-  -- Several pools, or other sources: wait on all their fds at once, then pump.
-  local fds = {}
-  for _, s in ipairs(others or {}) do fds[#fds + 1] = s end
-  for p in pairs(pools) do if p._tr then fds[#fds + 1] = p._tr:fileno() end end
-  local left = min(deadline - now(), 0.1)
-  if left > 0 then core.wait(fds, left) end
-  for p in pairs(pools) do if p._tr then p:_pump(0) end end
-end
-
-local function check_list(list, fname, what)
-  if type(list) ~= "table" then argerror(1, fname, "table expected, got " .. type(list), 3) end
-  for i = 1, #list do
-    if what == "ars" and not is_ar(list[i]) then
-      argerror(1, fname, "item " .. i .. ": AsyncResult expected, got " .. typename(list[i]), 3)
-    end
-  end
-end
-
---[[
-mp.as_completed(ars [, timeout]): an iterator over the results as they
-complete (those already complete first, in completion order). Raises
-TimeoutError when the timeout passes before all have completed.
-]]
-function M.as_completed(ars, timeout)
-  check_list(ars, "as_completed", "ars")
-  check_timeout(timeout, 2, "as_completed", "timeout", 2)
-  local deadline = timeout and now() + max(timeout, 0) or math.huge
-  local pending, ready = {}, {}
-  for i = 1, #ars do pending[i] = ars[i] end
-  return function()
-    while true do
-      if #ready == 0 then
-        local rest = {}
-        for _, ar in ipairs(pending) do
-          if ar._ready then ready[#ready + 1] = ar else rest[#rest + 1] = ar end
-        end
-        pending = rest
-        table.sort(ready, function(a, b) return a._ready > b._ready end)   -- popped from the end
-      end
-      if #ready > 0 then return table.remove(ready) end
-      if #pending == 0 then return nil end
-      if now() >= deadline then
-        error(classes.TimeoutError(string.format("%d of %d results not completed within the timeout", #pending, #ars)), 2)
-      end
-      wait_any(pending, deadline)
-    end
-  end
-end
-
-local MODES = { FIRST_COMPLETED = true, FIRST_EXCEPTION = true, ALL_COMPLETED = true }
-
---[[
-mp.wait(sources, timeout [, mode]) --> the ready sources (in the given order),
-and those not ready. Sources mix AsyncResults with what core.wait takes
-(connections, queues, sentinels, fds). Modes as concurrent.futures.wait;
-without AsyncResults, FIRST_COMPLETED is core.wait itself.
-]]
-function M.wait(sources, timeout, mode)
-  if type(sources) ~= "table" then argerror(1, "wait", "table expected, got " .. type(sources), 2) end
-  check_timeout(timeout, 2, "wait", "timeout", 2)
-  mode = mode or "FIRST_COMPLETED"
-  if not MODES[mode] then
-    local s = type(mode) == "string" and suggest(mode, { "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED" })
-    argerror(3, "wait", "unknown mode '" .. tostring(mode) .. "'" .. (s and " (did you mean '" .. s .. "'?)" or ""), 2)
-  end
-  local ars, others = {}, {}
-  for i = 1, #sources do
-    local s = sources[i]
-    if is_ar(s) then ars[#ars + 1] = s else others[#others + 1] = s end
-  end
-  if #ars == 0 and mode ~= "ALL_COMPLETED" then return core.wait(sources, timeout) end
-  local deadline = timeout and now() + max(timeout, 0) or math.huge
-  while true do
-    local ready = {}
-    if #others > 0 then for _, s in ipairs(core.wait(others, 0)) do ready[s] = true end end
-    local nready, anyfailed = 0, false
-    for i = 1, #sources do
-      local s = sources[i]
-      if is_ar(s) then
-        if s._ready then ready[s] = true; anyfailed = anyfailed or s._n < 0 end
-      end
-      if ready[s] then nready = nready + 1 end
-    end
-    local all = nready == #sources
-    if all or now() >= deadline or (mode == "FIRST_COMPLETED" and nready > 0)
-       or (mode == "FIRST_EXCEPTION" and anyfailed) then
-      local done, not_done = {}, {}
-      for i = 1, #sources do
-        local s = sources[i]
-        if ready[s] then done[#done + 1] = s else not_done[#not_done + 1] = s end
-      end
-      return done, not_done
-    end
-    local pend = {}
-    for _, ar in ipairs(ars) do if not ar._ready then pend[#pend + 1] = ar end end
-    if #pend == 0 then core.wait(others, min(deadline - now(), 0.1))
-    else wait_any(pend, min(deadline, now() + 0.1), #others > 0 and others or nil) end
-  end
-end
+-- For lua/mp/futures.lua.
+M.is_result = function(v) return getmetatable(v) == AsyncResult end
 
 return M
