@@ -18,6 +18,11 @@ local expected = {
   ["examples/pool_squares.lua"] = "squares: 1, 4, 9, 16, 25\n",
   ["examples/pool_apply_async.lua"] = "all tasks finished\n",
   ["examples/pool_cpu_bound.lua"] = "parallel: ",
+  ["examples/manager_pool_dict_lock.lua"] = "^alpha +%-0%.017453\n.*theta +%-0%.009500\n8 tasks done in [%d.]+ s\n$",
+  ["examples/manager_dict_processes.lua"] = "^entries: 10\n 1 %->   1\n.*\n10 %-> 100\n$",
+  ["examples/manager_condition.lua"] = "consumer got 50\ndone: {10, 20, 30, 40, 50}\n$",
+  ["examples/manager_state.lua"] = "^visits: 12\nerrors: 1\nevents: 16\n$",
+  ["examples/shared_memory.lua"] = "^the other process saw 101 202 303 404\nnow 101 202 303 404\n$",
 }
 
 describe("examples", function()

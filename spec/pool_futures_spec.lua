@@ -278,7 +278,7 @@ describe("terminate_workers and kill_workers", function()
     assert.has_error(function() pool.kill_workers({}) end,
       "bad argument #1 to 'kill_workers' (mp.Pool expected, got table)")
     local ar = pool:apply_async(print)
-    assert.has_error(function() ar.get(pool) end, "bad argument #1 to 'get' (AsyncResult expected, got Pool)")
+    assert.has_error(function() ar.get(pool) end, "bad argument #1 to 'get' (mp.AsyncResult expected, got mp.Pool)")
   end)
 end)
 

@@ -149,6 +149,7 @@ static int core_child_exit(lua_State *L) {
 }
 
 static int core_getpid(lua_State *L) {
+  mp_checknargs(L, 0);
   lua_pushinteger(L, mp_self_pid());
   return 1;
 }
@@ -159,6 +160,7 @@ static int core_getppid(lua_State *L) {
 }
 
 static int core_cpu_count(lua_State *L) {
+  mp_checknargs(L, 0);
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
   return 1;

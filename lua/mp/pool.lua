@@ -36,8 +36,20 @@ local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
 
 local check = require "mp.check"
-local argerror, callable, typename, check_keys, check_timeout =
-  check.argerror, check.callable, check.typename, check.keys, check.timeout
+local argerror, typename, check_keys = check.argerror, check.typename, check.options
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function check_timeout(t, n, fname, what)
+  if t ~= nil and (type(t) ~= "number" or t ~= t) then
+    argerror(n, fname, what .. " must be a number, got " .. (type(t) == "number" and "nan" or type(t)))
+  end
+  return t
+end
 
 local function check_fn(fn, fname, level)
   if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn), level + 1) end
@@ -91,9 +103,7 @@ M.AsyncResult = AsyncResult
 AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
 
 local function check_ar(self, fname)
-  if getmetatable(self) ~= AsyncResult then
-    argerror(1, fname, "AsyncResult expected, got " .. typename(self), 3)
-  end
+  if getmetatable(self) ~= AsyncResult then check.self(self, AsyncResult, fname) end
 end
 
 -- wait([timeout]) --> true once ready (runs the pool meanwhile).
@@ -191,7 +201,7 @@ M.Pool = Pool
 Pool.__index, Pool.__newindex = Pool, nil
 
 local function check_pool(self, fname)
-  if getmetatable(self) ~= Pool then argerror(1, fname, "mp.Pool expected, got " .. typename(self), 3) end
+  if getmetatable(self) ~= Pool then check.self(self, Pool, fname) end
 end
 
 local worker_counter = 0
@@ -242,7 +252,7 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   local level = 4                        -- user code -> __call -> new -> init
   if type(processes) == "table" then
     local o = processes
-    check_keys(o, { "processes", "initializer", "initargs", "maxtasksperchild" }, "Pool", level)
+    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild" })
     processes, initializer, initargs, maxtasksperchild = o.processes, o.initializer, o.initargs, o.maxtasksperchild
   end
   if processes == nil then processes = core.cpu_count() end
@@ -294,7 +304,7 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
 end
 
 local function check_running(self, fname, level)
-  if getmetatable(self) ~= Pool then argerror(1, fname, "mp.Pool expected, got " .. typename(self), level + 1) end
+  check_pool(self, fname)
   if self._owner ~= mypid then error("pool used from a process that did not create it", level + 1) end
   if self._broken then error(self._broken, level + 1) end
   if self._state ~= RUN then error("Pool not running", level + 1) end
@@ -679,7 +689,7 @@ local function map_options(opts, fname, known, level)
   if opts == nil then return {} end
   if type(opts) == "number" then return { chunksize = check_chunksize(opts, 3, fname, level + 1) } end
   if type(opts) ~= "table" then argerror(3, fname, "chunksize or options table expected, got " .. type(opts), level + 1) end
-  check_keys(opts, known, fname, level + 1)
+  check_keys(opts, fname, known)
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   o.chunksize = check_chunksize(opts.chunksize, 3, fname, level + 1)
@@ -830,7 +840,7 @@ function Pool:apply_async(fn, args, opts, error_callback)
   local o = false
   if opts ~= nil or error_callback ~= nil then
     if type(opts) == "table" and not callable(opts) then
-      check_keys(opts, APPLY_KEYS, "apply_async", 2)
+      check_keys(opts, "apply_async", APPLY_KEYS)
       o = { callback = opts.callback, error_callback = opts.error_callback, timeout = opts.timeout }
     else
       o = { callback = opts, error_callback = error_callback }
@@ -1040,5 +1050,6 @@ end
 
 -- For lua/mp/futures.lua.
 M.is_result = function(v) return getmetatable(v) == AsyncResult end
+M.check_timeout = check_timeout
 
 return M

@@ -392,7 +392,7 @@ static int pc_take(void *t, int index, const char **data, size_t *len) {
       return errno;
     }
     if (n == 0) { atomic_store(&s->taking, 0); return EPIPE; }
-    mp_fault("pool_take");       /* test builds: stall between taking and naming */
+    MP_FAULT("pool_take");       /* test builds: stall (or die) between taking and naming */
     mp_pc_msg msg;
     int err = open_msg(&m, c->rbuf, (size_t)n, &msg, &c->maps[0], &c->maplens[0]);
     if (err == 0 && msg.data[0] != 'K') err = EPROTO;
