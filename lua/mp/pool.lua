@@ -51,8 +51,8 @@ local function check_timeout(t, n, fname, what)
   return t
 end
 
-local function check_fn(fn, fname, level)
-  if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn), level + 1) end
+local function check_fn(fn, fname)
+  if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn)) end
 end
 
 --[[
@@ -60,13 +60,13 @@ A chunksize is a whole number of at least 1: a float is converted first (2.0
 is 2), so 0.0 and -1.0 get the same error as 0 and -1, and what has no
 integer value (NaN, infinities, 1e300, 2.5) is an error, never the default.
 ]]
-local function check_chunksize(cs, n, fname, level)
+local function check_chunksize(cs, n, fname)
   if cs == nil then return nil end
   local v = math.tointeger(cs)
   if v == nil or type(cs) ~= "number" then
-    argerror(n, fname, "chunksize must be an integer, got " .. (type(cs) == "number" and tostring(cs) or type(cs)), level + 1)
+    argerror(n, fname, "chunksize must be an integer, got " .. (type(cs) == "number" and tostring(cs) or type(cs)))
   end
-  if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v, level + 1) end
+  if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v) end
   return v
 end
 
@@ -109,7 +109,7 @@ end
 -- wait([timeout]) --> true once ready (runs the pool meanwhile).
 function AsyncResult:wait(timeout)
   check_ar(self, "wait")
-  check_timeout(timeout, 1, "wait", "timeout", 2)
+  check_timeout(timeout, 1, "wait", "timeout")
   if not self._ready then self._pool:_wait(function() return self._ready end, timeout) end
   return self._ready and true or false
 end
@@ -118,7 +118,7 @@ end
 function AsyncResult:get(timeout)
   if not self._ready then
     check_ar(self, "get")
-    check_timeout(timeout, 1, "get", "timeout", 2)
+    check_timeout(timeout, 1, "get", "timeout")
     self._pool:_wait(function() return self._ready end, timeout)
     if not self._ready then error(classes.TimeoutError("result not ready within the timeout"), 2) end
   end
@@ -249,7 +249,6 @@ Pool(processes, initializer, initargs, maxtasksperchild) or
 Pool{processes=, initializer=, initargs=, maxtasksperchild=}.
 ]]
 function Pool:init(processes, initializer, initargs, maxtasksperchild)
-  local level = 4                        -- user code -> __call -> new -> init
   if type(processes) == "table" then
     local o = processes
     check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild" })
@@ -258,18 +257,18 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   if processes == nil then processes = core.cpu_count() end
   if mtype(processes) ~= "integer" then
     local v = type(processes) == "number" and math.tointeger(processes)
-    if not v then argerror(1, "Pool", "processes must be an integer, got " .. type(processes), level) end
+    if not v then argerror(1, "Pool", "processes must be an integer, got " .. type(processes)) end
     processes = v
   end
-  if processes < 1 then argerror(1, "Pool", "processes must be at least 1", level) end
+  if processes < 1 then argerror(1, "Pool", "processes must be at least 1") end
   if initializer ~= nil and not callable(initializer) then
-    argerror(1, "Pool", "initializer must be callable, got " .. type(initializer), level)
+    argerror(1, "Pool", "initializer must be callable, got " .. type(initializer))
   end
   if initargs ~= nil and type(initargs) ~= "table" then
-    argerror(1, "Pool", "initargs must be a table, got " .. type(initargs), level)
+    argerror(1, "Pool", "initargs must be a table, got " .. type(initargs))
   end
   if maxtasksperchild ~= nil and (mtype(maxtasksperchild) ~= "integer" or maxtasksperchild < 1) then
-    argerror(1, "Pool", "maxtasksperchild must be a positive integer", level)
+    argerror(1, "Pool", "maxtasksperchild must be a positive integer")
   end
   self._owner = mypid
   self._processes = processes
@@ -297,17 +296,17 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
       self._state = TERMINATE
       for _, p in pairs(self._workers) do pcall(p.kill, p) end
       self:_shutdown()
-      error(string.format("Pool: cannot start worker %d of %d: %s", i, processes,
-        (tostring(err):gsub("^[^:\n]+:%d+: ", ""))), level)
+      check.error(string.format("Pool: cannot start worker %d of %d: %s", i, processes,
+        (tostring(err):gsub("^[^:\n]+:%d+: ", ""))))
     end
   end
 end
 
-local function check_running(self, fname, level)
+local function check_running(self, fname)
   check_pool(self, fname)
-  if self._owner ~= mypid then error("pool used from a process that did not create it", level + 1) end
-  if self._broken then error(self._broken, level + 1) end
-  if self._state ~= RUN then error("Pool not running", level + 1) end
+  if self._owner ~= mypid then check.error("pool used from a process that did not create it") end
+  if self._broken then error(self._broken, check.level()) end
+  if self._state ~= RUN then check.error("Pool not running") end
 end
 
 -- Upvalues that may change between calls make the cached encoding stale.
@@ -354,9 +353,9 @@ local function fn_entry(self, fn)
   return e
 end
 
-local function fn_of(self, fn, fname, level)
+local function fn_of(self, fn, fname)
   local e, why = fn_entry(self, fn)
-  if e == nil then argerror(1, fname, (tostring(why):gsub("^function: ", "")), level + 1) end
+  if e == nil then argerror(1, fname, (tostring(why):gsub("^function: ", ""))) end
   return e
 end
 
@@ -685,20 +684,20 @@ local MAP_KEYS = { "chunksize", "progress", "callback", "error_callback", "timeo
 local IMAP_KEYS = { "chunksize", "progress", "buffersize" }
 
 -- chunksize number or options table --> options.
-local function map_options(opts, fname, known, level)
+local function map_options(opts, fname, known)
   if opts == nil then return {} end
-  if type(opts) == "number" then return { chunksize = check_chunksize(opts, 3, fname, level + 1) } end
-  if type(opts) ~= "table" then argerror(3, fname, "chunksize or options table expected, got " .. type(opts), level + 1) end
+  if type(opts) == "number" then return { chunksize = check_chunksize(opts, 3, fname) } end
+  if type(opts) ~= "table" then argerror(3, fname, "chunksize or options table expected, got " .. type(opts)) end
   check_keys(opts, fname, known)
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
-  o.chunksize = check_chunksize(opts.chunksize, 3, fname, level + 1)
+  o.chunksize = check_chunksize(opts.chunksize, 3, fname)
   for _, k in ipairs { "callback", "error_callback" } do
-    if o[k] ~= nil and not callable(o[k]) then argerror(3, fname, k .. " must be callable", level + 1) end
+    if o[k] ~= nil and not callable(o[k]) then argerror(3, fname, k .. " must be callable") end
   end
-  check_timeout(o.timeout, 3, fname, "timeout", level + 1)
+  check_timeout(o.timeout, 3, fname, "timeout")
   if o.buffersize ~= nil and (mtype(o.buffersize) ~= "integer" or o.buffersize < 1) then
-    argerror(3, fname, "buffersize must be a positive integer", level + 1)
+    argerror(3, fname, "buffersize must be a positive integer")
   end
   return o
 end
@@ -726,8 +725,8 @@ local function progress_bar(count, total)
   end
 end
 
-local function new_job(self, kind, fn, iterable, o, fname, level, stream)
-  local e = fn_of(self, fn, fname, level + 1)
+local function new_job(self, kind, fn, iterable, o, fname, stream)
+  local e = fn_of(self, fn, fname)
   local job = { kind = kind, fn_id = e.id, fn = e.bytes, sent = 0, chunks_sent = 0, consumed = 0 }
   if type(iterable) == "table" then
     job.src, job.n = iterable, #iterable
@@ -738,7 +737,7 @@ local function new_job(self, kind, fn, iterable, o, fname, level, stream)
     for v in iterable do n = n + 1; list[n] = v end
     job.src, job.n = list, n
   else
-    argerror(2, fname, "table or iterator function expected, got " .. type(iterable), level + 1)
+    argerror(2, fname, "table or iterator function expected, got " .. type(iterable))
   end
   -- A chunk never exceeds the list: chunk ends are then computed without overflow.
   local cs = o.chunksize or (job.src and default_chunksize(self, job.n) or 1)
@@ -762,11 +761,11 @@ local function new_job(self, kind, fn, iterable, o, fname, level, stream)
   return job
 end
 
-local function map_job(self, kind, fn, iterable, opts, fname, level)
-  check_running(self, fname, level + 1)
-  check_fn(fn, fname, level + 1)
-  local o = map_options(opts, fname, MAP_KEYS, level + 1)
-  local job = new_job(self, kind, fn, iterable, o, fname, level + 1)
+local function map_job(self, kind, fn, iterable, opts, fname)
+  check_running(self, fname)
+  check_fn(fn, fname)
+  local o = map_options(opts, fname, MAP_KEYS)
+  local job = new_job(self, kind, fn, iterable, o, fname)
   job.timeout = o.timeout
   return job, o
 end
@@ -797,12 +796,12 @@ end
 
 -- pool:map(fn, list [, chunksize | {chunksize=, progress=, timeout=}]) --> results in order, n
 function Pool:map(fn, iterable, opts)
-  return run_map(self, map_job(self, "M", fn, iterable, opts, "map", 2))
+  return run_map(self, map_job(self, "M", fn, iterable, opts, "map"))
 end
 
 -- pool:starmap(fn, list_of_arg_tables [, chunksize | options]) --> fn(unpack(args)) for each, n
 function Pool:starmap(fn, iterable, opts)
-  return run_map(self, map_job(self, "S", fn, iterable, opts, "starmap", 2))
+  return run_map(self, map_job(self, "S", fn, iterable, opts, "starmap"))
 end
 
 local function async_job(self, job, o)
@@ -817,12 +816,12 @@ end
 
 function Pool:map_async(fn, iterable, opts, error_callback)
   if callable(opts) then opts = { callback = opts, error_callback = error_callback } end
-  return async_job(self, map_job(self, "M", fn, iterable, opts, "map_async", 2))
+  return async_job(self, map_job(self, "M", fn, iterable, opts, "map_async"))
 end
 
 function Pool:starmap_async(fn, iterable, opts, error_callback)
   if callable(opts) then opts = { callback = opts, error_callback = error_callback } end
-  return async_job(self, map_job(self, "S", fn, iterable, opts, "starmap_async", 2))
+  return async_job(self, map_job(self, "S", fn, iterable, opts, "starmap_async"))
 end
 
 local APPLY_KEYS = { "callback", "error_callback", "timeout" }
@@ -832,10 +831,10 @@ apply_async(fn, args [, {callback=, error_callback=, timeout=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
 ]]
 function Pool:apply_async(fn, args, opts, error_callback)
-  if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async", 2) end
-  if type(fn) ~= "function" then check_fn(fn, "apply_async", 2) end
+  if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async") end
+  if type(fn) ~= "function" then check_fn(fn, "apply_async") end
   if args == nil then args = {} elseif type(args) ~= "table" then
-    argerror(2, "apply_async", "table of arguments expected, got " .. type(args), 2)
+    argerror(2, "apply_async", "table of arguments expected, got " .. type(args))
   end
   local o = false
   if opts ~= nil or error_callback ~= nil then
@@ -845,16 +844,16 @@ function Pool:apply_async(fn, args, opts, error_callback)
     else
       o = { callback = opts, error_callback = error_callback }
     end
-    if o.callback ~= nil and not callable(o.callback) then argerror(3, "apply_async", "callback must be callable", 2) end
+    if o.callback ~= nil and not callable(o.callback) then argerror(3, "apply_async", "callback must be callable") end
     if o.error_callback ~= nil and not callable(o.error_callback) then
-      argerror(3, "apply_async", "error_callback must be callable", 2)
+      argerror(3, "apply_async", "error_callback must be callable")
     end
     if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout > 0)) then
-      argerror(3, "apply_async", "timeout must be a positive number", 2)
+      argerror(3, "apply_async", "timeout must be a positive number")
     end
   end
   local e = self._fncache[fn]
-  if not e or e.snap ~= nil then e = fn_of(self, fn, "apply_async", 2) end
+  if not e or e.snap ~= nil then e = fn_of(self, fn, "apply_async") end
   -- [3] reserves the array part for the first value; every field is set here.
   local ar = setmetatable({ e, args, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
   local qt = self._qt + 1
@@ -872,10 +871,10 @@ end
 
 -- apply(fn, args) --> fn's results (all of them)
 function Pool:apply(fn, args)
-  check_running(self, "apply", 2)
-  check_fn(fn, "apply", 2)
+  check_running(self, "apply")
+  check_fn(fn, "apply")
   if args ~= nil and type(args) ~= "table" then
-    argerror(2, "apply", "table of arguments expected, got " .. type(args), 2)
+    argerror(2, "apply", "table of arguments expected, got " .. type(args))
   end
   local ar = self:apply_async(fn, args)
   ar:wait()
@@ -890,9 +889,9 @@ few per worker), so a huge generator runs in flat memory. A nil result ends a
 generic `for` early, as with any Lua iterator.
 ]]
 local function imap_iter(self, fn, iterable, opts, fname, ordered)
-  check_running(self, fname, 3)
-  check_fn(fn, fname, 3)
-  local o = map_options(opts, fname, IMAP_KEYS, 3)
+  check_running(self, fname)
+  check_fn(fn, fname)
+  local o = map_options(opts, fname, IMAP_KEYS)
   local job = new_job(self, "M", fn, iterable, o, fname, 3, true)
   job.ordered = ordered
   submit(self, job)
