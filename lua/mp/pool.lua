@@ -36,7 +36,7 @@ local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
 
 local check = require "mp.check"
-local argerror, typename, check_keys = check.argerror, check.typename, check.options
+local argerror, check_keys = check.argerror, check.options
 
 local function callable(v)
   if type(v) == "function" then return true end
