@@ -1,5 +1,5 @@
 -- Best of five rounds of one pool workload in one process (bench/NOTES.md):
---   build/mplua bench/pool_rounds.lua map1e6 | cs1 | apply
+--   build/mplua bench/tools/pool_rounds.lua map1e6 | cs1 | apply
 local what = arg[1]
 local function range(n) local t = {} for i = 1, n do t[i] = i end return t end
 local function square(x) return x * x end
