@@ -703,10 +703,13 @@ static int tr_abandon(lua_State *L) {
 /* ---- worker ----------------------------------------------------------- */
 
 /*
-** Message handler for a task's error: {message, traceback, value}, the
+** Message handler for a task's error: {message, traceback, value, tostring(value)}, the
 ** traceback cut where the pool's own frames begin (upvalue 1: their depth).
 */
 static int task_msgh(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);                   /* 2: the raised value (lua_tostring converts a number at 1) */
+  int raised = lua_type(L, 1) != LUA_TSTRING;
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) msg = lua_tostring(L, -1);
@@ -731,7 +734,12 @@ static int task_msgh(lua_State *L) {
   lua_rawseti(L, -2, 1);
   lua_pushlstring(L, tb, len);
   lua_rawseti(L, -2, 2);
-  if (lua_type(L, 1) != LUA_TSTRING) { lua_pushvalue(L, 1); lua_rawseti(L, -2, 3); }
+  if (raised) {                          /* the raised value, and its tostring */
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 3);
+    luaL_tolstring(L, 2, NULL);
+    lua_rawseti(L, -2, 4);
+  }
   return 1;
 }
 
@@ -758,7 +766,7 @@ static void error_result(lua_State *L, mp_pc_buf *b, uint64_t id, int errv, char
     if (tab) { lua_rawgeti(L, errv, 1); lua_rawgeti(L, errv, 2); }
     else { const char *m = lua_tostring(L, errv); lua_pushstring(L, m ? m : "unknown error"); lua_pushnil(L); }
     lua_pushinteger(L, mp_self_pid());
-    if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 1); else lua_pushnil(L);
+    if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 4); else lua_pushnil(L);
     if (protected_group(L, b, top + 1) == LUA_OK) break;
     lua_settop(L, top);
     b->len = HDR;
