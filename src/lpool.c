@@ -898,27 +898,23 @@ static int core_pool_work(lua_State *L) {
   return 0;
 }
 
-/* tr:send_init_error(message, traceback): an initializer failed in this worker. */
+/*
+** tr:send_init_error(index, message, traceback): the initializer failed in
+** worker index; the error goes out as a batch's only result would.
+*/
 static int tr_send_init_error(lua_State *L) {
   pool_tr *t = checktr(L);
-  lua_settop(L, 3);
+  int index = check_index(L, t, 2);
+  lua_settop(L, 4);
   lua_createtable(L, 2, 0);
-  lua_pushvalue(L, 2);
-  lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 4);
   lua_rawseti(L, -2, 2);
   mp_pc_buf *b = &t->pt.out;
-  error_result(L, b, 0, 4, 'I');
-  mp_pc_buf c = { NULL, 0, 0 };
-  reserve(L, &c, MP_PC_CHDR + 4 + b->len);
-  memset(c.data, 0, MP_PC_CHDR);
-  c.data[0] = 'K';
-  mp_pc_put32(c.data + 4, 1);
-  mp_pc_put32(c.data + MP_PC_CHDR, (uint32_t)b->len);
-  memcpy(c.data + MP_PC_CHDR + 4, b->data, b->len);
-  int err = t->ops->send_result(t->impl, c.data, MP_PC_CHDR + 4 + b->len);
-  mp_pc_buf_free(&c);
-  check_io(L, err, "pool: sending a result");
+  error_result(L, b, 0, 5, 'I');
+  check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
+  check_io(L, t->ops->end(t->impl, index), "pool: sending a result");
   return 0;
 }
 

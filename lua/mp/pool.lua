@@ -220,7 +220,7 @@ local function worker_main(tr, index, initializer, initargs, maxtasks)
       return { msg, debug.traceback(nil, 2) }
     end, unpack(initargs, 1, initargs.n or #initargs))
     if not ok then
-      tr:send_init_error("initializer failed: " .. tostring(err[1]), err[2])
+      tr:send_init_error(index, "initializer failed: " .. tostring(err[1]), err[2])
       core.child_exit(1)
     end
   end

@@ -471,11 +471,7 @@ static int pc_end(void *t, int index) {
   return err;
 }
 
-static int pc_send_result(void *t, const char *msg, size_t len) {
-  return send_all(t, msg, len);
-}
-
 const mp_pool_transport_ops mp_poolchan_ops = {
   "local", pc_send, pc_flush, pc_recv, pc_wait, pc_started, pc_lost, pc_idle, pc_busy,
-  pc_running, pc_take, pc_begin, pc_keep, pc_end, pc_send_result,
+  pc_running, pc_take, pc_begin, pc_keep, pc_end,
 };

@@ -138,7 +138,6 @@ typedef struct mp_pool_transport_ops {
   void (*begin)(void *t, int index, uint64_t id);
   int (*keep)(void *t, int index, const char *result, size_t len);
   int (*end)(void *t, int index);
-  int (*send_result)(void *t, const char *msg, size_t len);      /* outside a batch */
 } mp_pool_transport_ops;
 
 extern const mp_pool_transport_ops mp_poolchan_ops;
