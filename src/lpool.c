@@ -110,7 +110,10 @@ static int core_pool_transport(lua_State *L) {
 static int tr_after_fork(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   t->foreign = 1;
-  if (t->impl != NULL) mp_poolchan_after_fork(&t->local, lua_toboolean(L, 2));
+  if (t->impl != NULL) {
+    mp_poolchan_after_fork(&t->local, lua_toboolean(L, 2));
+    mp_pt_drop_fds(&t->pt);
+  }
   return 0;
 }
 
@@ -450,9 +453,11 @@ static int send_resends(lua_State *L, pool_tr *t) {
     mp_pt_task *p;
     check_mem(L, mp_pt_next_resend(&t->pt, &p));
     if (p == NULL) break;
-    err = t->ops->send(t->impl, p->b->data, p->b->len);
+    int keep;
+    err = t->ops->send(t->impl, p->b->data, p->b->len, &keep);
     if (err == EAGAIN) { mp_pt_unqueue(&t->pt, p); return 0; }
     if (err) mp_raise_errno(L, err, "pool: sending a task");
+    mp_pt_kept(&t->pt, p->b, keep);
   }
   return 1;
 }
@@ -465,8 +470,10 @@ static int tr_commit(lua_State *L) {
   mp_pt_batch *b;
   check_mem(L, mp_pt_commit(&t->pt, &b));
   if (b == NULL) return 0;
-  int err = t->ops->send(t->impl, b->data, b->len);
-  if (err == EAGAIN)               /* something else is kept: these go again, one by one */
+  int keep;
+  int err = t->ops->send(t->impl, b->data, b->len, &keep);
+  if (err == 0) mp_pt_kept(&t->pt, b, keep);
+  else if (err == EAGAIN)          /* something else is kept: these go again, one by one */
     for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
   else if (err) mp_raise_errno(L, err, "pool: sending a task");
   return 0;

@@ -22,7 +22,10 @@
 ** messages, and tells which worker holds which batch when one is lost.
 **
 **   parent: send(batch)      hand one batch to some idle worker (never blocks:
-**                            EAGAIN keeps it, flush retries it)
+**                            EAGAIN keeps it, flush retries it); a transport
+**                            that holds the bytes in a file of its own (the
+**                            local one: a big batch's memfd) may hand that fd
+**                            to the caller to keep instead of the bytes
 **           recv(msgs)       the result messages available now
 **           wait(deadline)   sleep until results, a lost worker, room to send,
 **                            or a wait slice (EINTR)
@@ -125,7 +128,7 @@ int mp_poolchan_fd(const mp_poolchan *c);
 /* The transport seam (see above). `t` is the implementation's state. */
 typedef struct mp_pool_transport_ops {
   const char *name;
-  int (*send)(void *t, const char *batch, size_t len);          /* 0, EAGAIN (kept), errno */
+  int (*send)(void *t, const char *batch, size_t len, int *keep); /* 0, EAGAIN, errno; *keep: fd or -1 */
   int (*flush)(void *t);                                         /* 0 when nothing is kept */
   int (*recv)(void *t, mp_pc_msg *out, int max, int *n);
   int (*wait)(void *t, double deadline, int *lost);              /* 0, ETIMEDOUT, EINTR */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/pooltasks.h"
 
@@ -19,11 +20,40 @@ int mp_pt_init(mp_pt *p, int nslots) {
   return 0;
 }
 
+static void spare(mp_pt *p, char *data, size_t cap) {
+  if (data == NULL) return;
+  if (p->nspare < MP_PT_SPARES) p->spare[p->nspare++] = (mp_pc_buf){ data, 0, cap };
+  else free(data);
+}
+
 static void release(mp_pt *p, mp_pt_batch *b) {
   if (b == NULL || --b->refs > 0) return;
-  if (p->nspare < MP_PT_SPARES) p->spare[p->nspare++] = (mp_pc_buf){ b->data, 0, b->cap };
-  else free(b->data);
+  if (b->fd >= 0) { close(b->fd); p->nfds--; }
+  spare(p, b->data, b->cap);
   free(b);
+}
+
+void mp_pt_kept(mp_pt *p, mp_pt_batch *b, int fd) {
+  if (fd < 0) return;
+  if (p->nfds >= MP_PT_FDS) { close(fd); return; }
+  b->fd = fd;
+  p->nfds++;
+  spare(p, b->data, b->cap);      /* the next batch is built in the same memory */
+  b->data = NULL;
+}
+
+const char *mp_pt_bytes(mp_pt_batch *b, char **tmp) {
+  *tmp = NULL;
+  if (b->data != NULL) return b->data;
+  char *d = malloc(b->len);
+  if (d == NULL) return NULL;
+  for (size_t off = 0; off < b->len; ) {
+    ssize_t n = pread(b->fd, d + off, b->len - off, (off_t)off);
+    if (n <= 0) { if (n < 0 && errno == EINTR) continue; free(d); return NULL; }
+    off += (size_t)n;
+  }
+  *tmp = d;
+  return d;
 }
 
 void mp_pt_forget(mp_pt *p) {
@@ -38,6 +68,14 @@ void mp_pt_forget(mp_pt *p) {
   for (int i = 0; p->seen_id != NULL && i < p->nslots; i++) p->seen_id[i] = 0;
   p->batch_n = 0;
   p->out.len = 0;
+}
+
+void mp_pt_drop_fds(mp_pt *p) {
+  for (uint64_t id = p->low; p->tasks != NULL && id <= p->next_id; id++) {
+    mp_pt_task *t = mp_pt_find(p, id);
+    if (t != NULL && t->b != NULL && t->b->fd >= 0) { close(t->b->fd); t->b->fd = -1; }
+  }
+  p->nfds = 0;
 }
 
 void mp_pt_free(mp_pt *p) {
@@ -101,7 +139,7 @@ int mp_pt_commit(mp_pt *p, mp_pt_batch **out) {
   if (p->batch_n == 0) { p->out.len = 0; return 0; }
   mp_pt_batch *b = malloc(sizeof *b);
   if (b == NULL) return ENOMEM;
-  *b = (mp_pt_batch){ (int)p->batch_n, p->out.len, p->out.cap, p->out.data };
+  *b = (mp_pt_batch){ (int)p->batch_n, p->out.len, p->out.cap, p->out.data, -1 };
   p->out = (mp_pc_buf){ NULL, 0, 0 };
   for (uint32_t k = 0; k < p->batch_n; k++) mp_pt_find(p, p->batch_first + k)->b = b;
   p->batch_n = 0;
@@ -148,7 +186,10 @@ int mp_pt_record(mp_pt *p, uint64_t id, int h, int64_t off, size_t at, double li
 }
 
 uint32_t mp_pt_count(const mp_pt_task *t) {
-  return t->b != NULL ? mp_pc_get32(t->b->data + t->at + 4 + 20) : 0;
+  char c[4];
+  if (t->b == NULL) return 0;
+  if (t->b->data != NULL) return mp_pc_get32(t->b->data + t->at + 4 + 20);
+  return pread(t->b->fd, c, 4, (off_t)(t->at + 4 + 20)) == 4 ? mp_pc_get32(c) : 0;
 }
 
 static mp_pt_timed *timed_of(mp_pt *p, uint64_t id) {
@@ -236,17 +277,20 @@ int mp_pt_next_resend(mp_pt *p, mp_pt_task **out) {
     mp_pt_task *t = mp_pt_find(p, p->resend[--p->nresend]);
     if (t == NULL || t->b == NULL) continue;         /* settled meanwhile */
     /* The entry that carries its function: itself, or the last earlier one that did. */
-    const char *e = t->b->data + t->at, *f = e;
+    char *tmp;
+    const char *data = mp_pt_bytes(t->b, &tmp);
+    if (data == NULL) { p->nresend++; return ENOMEM; }
+    const char *e = data + t->at, *f = e;
     uint32_t len = mp_pc_get32(e), fn_len = mp_pc_get32(e + 20), add = 0;
     if (fn_len == 0) {
-      for (const char *q = t->b->data + MP_PC_CHDR; q < e; q += 4 + mp_pc_get32(q))
+      for (const char *q = data + MP_PC_CHDR; q < e; q += 4 + mp_pc_get32(q))
         if (mp_pc_get32(q + 20) > 0) f = q;
       add = mp_pc_get32(f + 20);
     }
     size_t total = MP_PC_CHDR + 4 + len + add;
     mp_pt_batch *b = malloc(sizeof *b);
     char *d = malloc(total);
-    if (b == NULL || d == NULL) { free(b); free(d); p->nresend++; return ENOMEM; }
+    if (b == NULL || d == NULL) { free(b); free(d); free(tmp); p->nresend++; return ENOMEM; }
     memset(d, 0, MP_PC_CHDR);
     d[0] = 'K';
     mp_pc_put32(d + 4, 1);
@@ -257,7 +301,8 @@ int mp_pt_next_resend(mp_pt *p, mp_pt_task **out) {
     mp_pc_put32(q + 20, fn_len + add);
     memcpy(q + 4 + MP_PT_HDR, f + 4 + MP_PT_HDR, add);
     memcpy(q + 4 + MP_PT_HDR + add, e + 4 + MP_PT_HDR, len - MP_PT_HDR);
-    *b = (mp_pt_batch){ 1, total, total, d };
+    *b = (mp_pt_batch){ 1, total, total, d, -1 };
+    free(tmp);
     release(p, t->b);
     t->b = b;
     t->at = MP_PC_CHDR;

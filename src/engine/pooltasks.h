@@ -37,8 +37,10 @@
 #define MP_PT_HDR 24                 /* entry header, after the entry's length */
 #define MP_PT_RING0 65536            /* the task ring's first size (a power of two) */
 #define MP_PT_SPARES 8
+#define MP_PT_FDS 64                 /* batches kept as fds at most (the rest in memory) */
 
-typedef struct mp_pt_batch { int refs; size_t len, cap; char *data; } mp_pt_batch;
+/* A sent batch: its bytes in memory (data), or in a file the transport handed over (fd). */
+typedef struct mp_pt_batch { int refs; size_t len, cap; char *data; int fd; } mp_pt_batch;
 
 typedef struct mp_pt_task {
   uint64_t id;                       /* 0: a free entry */
@@ -69,7 +71,7 @@ typedef struct mp_pt {
   uint64_t *resend;
   size_t nresend, capresend;
   mp_pc_buf spare[MP_PT_SPARES];
-  int nspare;
+  int nspare, nfds;
   mp_pt_timed *timed;
   int ntimed, captimed, nslots;
   uint64_t *seen_id;
@@ -94,8 +96,12 @@ int mp_pt_grow(mp_pt *p);
 int mp_pt_record(mp_pt *p, uint64_t id, int h, int64_t off, size_t at, double limit);
 /* The items of a task (a map chunk's count). */
 uint32_t mp_pt_count(const mp_pt_task *t);
+/* The bytes of batch b (read back from its fd into *tmp, to free, when kept there). */
+const char *mp_pt_bytes(mp_pt_batch *b, char **tmp);
 /* The open batch as a message (*b, NULL when empty), its tasks attached to it. */
 int mp_pt_commit(mp_pt *p, mp_pt_batch **b);
+/* The transport keeps batch b's bytes in fd (or -1): its memory is reused. */
+void mp_pt_kept(mp_pt *p, mp_pt_batch *b, int fd);
 
 mp_pt_task *mp_pt_find(mp_pt *p, uint64_t id);
 /* Settles a task: 1 when its (map) job is now done: it was sealed and this was its last task. */
@@ -109,12 +115,14 @@ int mp_pt_seal(mp_pt *p, int h);
 int mp_pt_queue(mp_pt *p, uint64_t id);        /* to be sent again */
 /* Queues every task sent and not settled (tasks nobody holds: see lpool.c). */
 int mp_pt_queue_all(mp_pt *p);
-/* The next queued task as a message of its own (*t NULL when none is left). */
+/* The next queued task as a message of its own (*t NULL when none is left); its bytes in t->b->data. */
 int mp_pt_next_resend(mp_pt *p, mp_pt_task **t);
 void mp_pt_unqueue(mp_pt *p, mp_pt_task *t);   /* put it back: the transport had no room */
 
 /* 1 once the timed task `running` in slot i has run over its limit (reported once). */
 int mp_pt_overdue(mp_pt *p, int i, uint64_t running, double now);
+/* In a forked child: closes the inherited fds of kept batches (their pages must not live on). */
+void mp_pt_drop_fds(mp_pt *p);
 /* Forgets every task (the pool is terminated); jobs stay for the caller to report. */
 void mp_pt_forget(mp_pt *p);
 
