@@ -1,33 +1,31 @@
--- A Condition over a Manager list: a producer appends items and notifies, a
--- consumer waits for each one. Bounded: it ends after five items.
--- Run: mplua examples/manager_condition.lua
+-- A producer and a consumer share a Manager list guarded by a Condition, bounded so it ends (tutorial: Condition producer/consumer over a manager list).
+-- Run: mplua examples/manager_condition.lua [items]   (default 10)
+local items = math.tointeger(tonumber(arg[1])) or 10
+
+local function producer(cond, shared)
+  for i = 1, items do
+    local _ <close> = cond:hold()
+    shared:append(i)
+    print("producer appended " .. i .. " (list length " .. #shared .. ")")
+    cond:notify()                     -- wake the consumer if it waits
+  end
+end
+
+local function consumer(cond, shared)
+  -- The tutorial's consumer loops forever; this one stops after `items` items.
+  for _ = 1, items do
+    local _ <close> = cond:hold()
+    cond:wait_for(function() return #shared > 0 end)   -- releases the lock while waiting
+    local item = shared:pop(1)        -- the oldest item (Python: pop(0))
+    print("consumer took " .. item)
+  end
+end
+
 local mgr <close> = mp.Manager()
-local cond = mgr:Condition()
-local items = mgr:list()
-local N = 5
-
-local function consumer()
-  for n = 1, N do
-    local _ <close> = cond:hold()
-    cond:wait_for(function() return #items >= n end, 10)
-    print("consumer got " .. items[n])
-    io.stdout:flush()
-  end
-end
-
-local function producer()
-  for n = 1, N do
-    mp.sleep(0.01)
-    local _ <close> = cond:hold()
-    items:append(n * 10)
-    print("producer made " .. n * 10)
-    io.stdout:flush()
-    cond:notify()
-  end
-end
-
-local c = mp.Process{ target = consumer }
-local p = mp.Process{ target = producer }
+local shared = mgr:list()
+local cond = mp.Condition()
+local c = mp.Process{ target = consumer, args = { cond, shared } }
+local p = mp.Process{ target = producer, args = { cond, shared } }
 c:start(); p:start()
 c:join(); p:join()
-print("done: " .. tostring(items))
+print("left in the list: " .. #shared)

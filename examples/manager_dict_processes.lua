@@ -1,18 +1,23 @@
--- Ten processes write into one Manager dict; the parent reads it back.
+-- Ten processes each write one key of a Manager dict (tutorial: managing state with mgr.dict() and ten workers).
 -- Run: mplua examples/manager_dict_processes.lua
+local function worker(dictionary, key, item)
+  dictionary[key] = item
+  print(string.format("key = %d value = %d", key, item))
+end
+
 local mgr <close> = mp.Manager()
-local d = mgr:dict()
-
-local function worker(i, shared)
-  shared[i] = { pid = mp.getpid(), square = i * i }
+local dictionary = mgr:dict()
+local jobs = {}
+for i = 0, 9 do
+  jobs[#jobs + 1] = mp.Process{ target = worker, args = { dictionary, i, i * 2 } }
 end
+for _, j in ipairs(jobs) do j:start() end
+for _, j in ipairs(jobs) do j:join() end
 
-local procs = {}
-for i = 1, 10 do
-  procs[i] = mp.Process{ target = worker, args = { i, d } }
-  procs[i]:start()
-end
-for _, p in ipairs(procs) do p:join() end
-
-print("entries: " .. #d)
-for i = 1, 10 do print(string.format("%2d -> %3d", i, d[i].square)) end
+-- A dict has no order (it is a Lua table): list the keys sorted.
+local keys = {}
+for k in pairs(dictionary) do keys[#keys + 1] = k end
+table.sort(keys)
+local parts = {}
+for _, k in ipairs(keys) do parts[#parts + 1] = k .. ": " .. dictionary[k] end
+print("Results: {" .. table.concat(parts, ", ") .. "}")

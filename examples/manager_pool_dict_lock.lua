@@ -1,35 +1,43 @@
--- Pool tasks write their results into a Manager dict, under a Manager Lock:
--- eight named parameter ranges, each summed by a task, with timing.
--- (The tutorial's apply_async example, with the results shared through a Manager.)
--- Run: mplua examples/manager_pool_dict_lock.lua [scale]
-local scale = tonumber(arg and arg[1]) or 1
+-- Pool tasks over eight named parameter ranges write a Manager dict under a Manager Lock, with timing (tutorial: apply_async with a Manager dict and Lock).
+-- Run: mplua examples/manager_pool_dict_lock.lua [scale]   (each range spans 25000 * scale numbers; default 1)
+local scale = tonumber(arg[1]) or 1
+local width = math.max(1, math.floor(25000 * scale))
 
-local function work(name, first, last, results, lock)
-  local s = 0.0
-  for i = first, last do s = s + math.sin(i) * math.cos(i) end
-  local _ <close> = lock:hold()          -- one writer at a time, across processes
-  results[name] = string.format("%.6f", s)
-  results.done = (results.done or 0) + 1
+-- Counts the primes in first..last and records the count in the shared dict.
+local function count_primes(results, lock, name, first, last)
+  local count = 0
+  for n = math.max(first, 2), last do
+    local prime = true
+    for d = 2, math.floor(math.sqrt(n)) do
+      if n % d == 0 then prime = false; break end
+    end
+    if prime then count = count + 1 end
+  end
+  local _ <close> = lock:hold()        -- Python: with lock:
+  results[name] = count                -- one write: safe without the lock
+  -- A read-modify-write: without the lock two tasks could read the same old value.
+  results.tasks_done = (results.tasks_done or 0) + 1
 end
 
-local ranges = {
-  { "alpha", 1, 100000 }, { "beta", 100001, 200000 }, { "gamma", 200001, 300000 },
-  { "delta", 300001, 400000 }, { "epsilon", 400001, 500000 }, { "zeta", 500001, 600000 },
-  { "eta", 600001, 700000 }, { "theta", 700001, 800000 },
-}
-
-local mgr <close> = mp.Manager()
-local results, lock = mgr:dict(), mgr:Lock()
-local pool <close> = mp.Pool(4)
+local names = { "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta" }
 local t0 = mp.time()
+local mgr <close> = mp.Manager()       -- a server process that owns the dict and the lock
+local results, lock = mgr:dict(), mgr:Lock()
+local pool <close> = mp.Pool()
+-- Proxies travel to pool workers as arguments (mp.Lock and mp.Value cannot:
+-- they are inherited at fork, and the workers were forked before them).
 local pending = {}
-for i, r in ipairs(ranges) do
-  pending[i] = pool:apply_async(work, { r[1], r[2] * scale, r[3] * scale, results, lock })
+for i, name in ipairs(names) do
+  pending[i] = pool:apply_async(count_primes, { results, lock, name, (i - 1) * width + 1, i * width })
 end
-for _, ar in ipairs(pending) do ar:get(120) end
-local elapsed = mp.time() - t0
+for _, ar in ipairs(pending) do ar:get() end   -- raises if a task failed
 pool:close()
 pool:join()
 
-for _, r in ipairs(ranges) do print(string.format("%-8s %s", r[1], results[r[1]])) end
-print(string.format("%d tasks done in %.2f s", results.done, elapsed))
+local total = 0
+for i, name in ipairs(names) do
+  total = total + results[name]
+  print(string.format("%-8s %7d..%-7d %6d primes", name, (i - 1) * width + 1, i * width, results[name]))
+end
+print(string.format("tasks done: %d", results.tasks_done))
+print(string.format("%d primes below %d, in %.2f s", total, #names * width + 1, mp.time() - t0))

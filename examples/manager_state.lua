@@ -1,7 +1,7 @@
--- A state manager: a custom Manager type holds an application's state in the
--- server process; workers update it through its methods, the main process
--- reads a snapshot. It is also published by name, so a process that did not
--- inherit anything (here: a connect() made in a worker) finds it.
+-- A state manager: a custom Manager type holds the state in its server process; workers that connect() by name update it (tutorial: the state-manager demo).
+-- Workers update the state through its methods; the main process reads a
+-- snapshot. It is published by name, so a process that did not inherit anything
+-- (here: a connect() made in a worker) finds it.
 -- Run: mplua examples/manager_state.lua
 local StateManager = mp.BaseManager:extend("StateManager")
 StateManager:register("State", function()

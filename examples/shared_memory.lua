@@ -1,5 +1,5 @@
--- Named shared memory: any process can attach by name, including one that
--- was not forked from this one (here a second mplua started with io.popen).
+-- Named shared memory that a process which was not forked from this one attaches by name (beyond the tutorials: Python 3.8's shared_memory).
+-- Here the other process is a second mplua started with io.popen.
 -- Run: mplua examples/shared_memory.lua
 local sm <close> = mp.SharedMemory{ create = true, size = 4 * 8 }
 local a = mp.Array("q", 4, { shm = sm })        -- a typed view of the segment
@@ -14,7 +14,9 @@ f:write([[
   print("the other process saw " .. table.concat(a:tolist(), " "))
 ]])
 f:close()
-local mplua = arg[-1] or "mplua"
+local first = -1                                 -- the interpreter is arg's lowest index
+while arg[first - 1] do first = first - 1 end
+local mplua = arg[first] or "mplua"
 local p = assert(io.popen(string.format("%q %q %q", mplua, script, sm.name)))
 io.write(p:read("a"))
 p:close()
