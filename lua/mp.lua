@@ -44,11 +44,15 @@ mp.Queue = core.Queue
 mp.SimpleQueue = core.SimpleQueue
 mp.JoinableQueue = core.JoinableQueue
 mp.Pipe = core.Pipe
-mp.wait = core.wait
 
+-- Pools and futures (lua/mp/pool.lua); mp.wait takes AsyncResults too.
 local pool = require "mp.pool"
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
+local futures = require "mp.futures"
+mp.as_completed = futures.as_completed
+mp.wait = futures.wait
+mp.FIRST_COMPLETED, mp.FIRST_EXCEPTION, mp.ALL_COMPLETED = "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"
 
 -- Managers (lua/mp/manager.lua) and named shared memory (src/lshm.c)
 local manager = require "mp.manager"

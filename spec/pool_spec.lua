@@ -21,6 +21,15 @@ local function list(r)
   return { table.unpack(r, 1, r.n or #r) }
 end
 
+-- The live pool workers among this process's children (public: mp.active_children).
+local function workers()
+  local list = {}
+  for _, p in ipairs(mp.active_children()) do
+    if p.name:match("^PoolWorker%-") and p:is_alive() then list[#list + 1] = p end
+  end
+  return list
+end
+
 local function range(n)
   local t = {}
   for i = 1, n do t[i] = i end
@@ -30,11 +39,11 @@ end
 describe("mp.Pool construction", function()
   it("takes a size or an options table, and defaults to cpu_count", function()
     local pool <close> = mp.Pool(2)
-    assert.equal(2, pool._processes)
+    assert.equal(2, #workers())
     local p2 <close> = mp.Pool{ processes = 1 }
-    assert.equal(1, p2._processes)
+    assert.equal(3, #workers())
     local p3 <close> = mp.Pool()
-    assert.equal(mp.cpu_count(), p3._processes)
+    assert.equal(3 + mp.cpu_count(), #workers())
   end)
 
   it("rejects bad arguments with errors naming them", function()
@@ -100,8 +109,9 @@ describe("mp.Pool:map", function()
   end)
 
   it("keeps each call's first result, nils included (n gives the length)", function()
-    local r = pool:map(function(x) if x % 2 == 0 then return nil, "x" end return x, "y" end, range(6))
-    assert.equal(6, r.n)
+    local r, n = pool:map(function(x) if x % 2 == 0 then return nil, "x" end return x, "y" end, range(6))
+    assert.equal(6, n)
+    assert.is_nil(r.n)                 -- a plain sequence: the count is the second result
     assert.same({ 1, nil, 3, nil, 5, nil }, { r[1], r[2], r[3], r[4], r[5], r[6] })
     pool:terminate()
   end)
@@ -154,18 +164,20 @@ describe("mp.Pool:map", function()
   end)
 
   it("uses Python's default chunksize", function()
-    local sizes = {}
     local ids = pool:map(function(x) return x end, range(100))
     assert.equal(100, #ids)
-    -- ceil(100 / (4 * 2)) = 13 items per task: 8 tasks
-    local before = pool._next_id
-    pool:map(function(x) return x end, range(100))
-    assert.equal(8, pool._next_id - before)
-    before = pool._next_id
-    pool:map(function(x) return x end, range(9))
-    assert.equal(5, pool._next_id - before)    -- ceil(9/8) = 2 per task
-    sizes = nil
     pool:terminate()
+    -- One task per worker process (maxtasksperchild = 1): distinct pids count the tasks.
+    local function tasks(n)
+      local p <close> = mp.Pool{ processes = 2, maxtasksperchild = 1 }
+      local seen, count = {}, 0
+      for _, pid in ipairs(p:map(function() return mp.getpid() end, range(n))) do
+        if not seen[pid] then seen[pid], count = true, count + 1 end
+      end
+      return count
+    end
+    assert.equal(8, tasks(100))     -- ceil(100 / (4 * 2)) = 13 items per task
+    assert.equal(5, tasks(9))       -- ceil(9 / 8) = 2 per task
   end)
 end)
 
@@ -368,7 +380,7 @@ describe("mp.Pool errors", function()
     assert.matches("signal 9", err.message)
     for i = 1, 20 do assert.equal(i * 2, others[i]:get(10)) end
     assert.same({ 1, 4, 9 }, list(pool:map(function(x) return x * x end, { 1, 2, 3 })))
-    assert.equal(2, #pool._workers)
+    assert.equal(2, #workers())
     unistd.close(r); unistd.close(w)
   end)
 
@@ -430,13 +442,48 @@ describe("mp.Pool errors", function()
     unistd.close(r); unistd.close(w); unistd.close(dr); unistd.close(dw)
   end)
 
+  it("a worker killed holding a big batch (sent in a memfd) loses only its running task", function()
+    local r, w = unistd.pipe()
+    local dr, dw = unistd.pipe()
+    local pool <close> = mp.Pool(2)
+    local pad = ("p"):rep(2000)           -- 64 tasks of 2 KB: batches above 32 KB
+    local xs = {}
+    for i = 1, 400 do xs[i] = { i, pad } end
+    local ar = pool:map_async(function(t)
+      if t[1] == 150 then
+        unistd.write(w, mp.getpid() .. "\n")
+        mp.sleep(60)
+      end
+      unistd.write(dw, t[1] .. "\n")
+      return t[1] * 3
+    end, xs, { chunksize = 1 })
+    local pid = tonumber(read_line(r))
+    signal.kill(pid, signal.SIGKILL)
+    local err = H.raises(mp.WorkerLostError, ar.get, ar, 20)
+    assert.matches("signal 9", err.message)
+    -- Every other task ran, the unstarted ones of the dead worker's batch sent again.
+    local got, seen = "", {}
+    local deadline = mp.time() + 10
+    while select(2, got:gsub("\n", "")) < 399 and mp.time() < deadline do
+      if poll.rpoll(dr, 100) == 1 then got = got .. assert(unistd.read(dr, 4096))
+      else pool:apply(function() end) end
+    end
+    for x in got:gmatch("(%d+)\n") do seen[tonumber(x)] = true end
+    for i = 1, 400 do assert.equal(i ~= 150, seen[i] == true, "item " .. i) end
+    unistd.close(dr); unistd.close(dw)
+    local res, n = pool:map(function(t) return t[1] * 3 end, xs, 1)
+    assert.equal(400, n)
+    for i = 1, 400 do assert.equal(i * 3, res[i]) end
+    unistd.close(r); unistd.close(w)
+  end)
+
   it("survives workers killed at random moments: every task completes or is the one lost", function()
     local pool <close> = mp.Pool(2)
     local ars, kills = {}, 0
     for i = 1, 1500 do
       ars[i] = pool:apply_async(function(x) local s = 0 for k = 1, 2000 do s = s + k end return x * 2 end, { i })
       if i % 100 == 0 then
-        local w = pool._workers[(i // 100) % 2 + 1]
+        local w = workers()[(i // 100) % 2 + 1]
         if w and w.exitcode == nil then signal.kill(w.pid, signal.SIGKILL); kills = kills + 1 end
       end
     end

@@ -175,6 +175,7 @@ void mp_check_interrupt(lua_State *L) {
       lua_error(L);
     }
   }
+  mp_run_pollers(L);
 }
 
 /* A handler value for Lua: the function, "default" or "ignore". */

@@ -2,6 +2,7 @@
 ** Binding helpers: userdata classes, error objects, timeouts.
 */
 #include <errno.h>
+#include <poll.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -185,14 +186,138 @@ static int core_time(lua_State *L) {
   return 1;
 }
 
+/* ---- pollers (see mp_aux.h) -------------------------------------------- */
+
+#define MP_POLL_SLICE 0.01
+static const char pollers_key = 0;      /* registry: key --> {fn, fd} */
+static const char running_key = 0;      /* registry: true while pollers run */
+
+static int pollers(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pollers_key) == LUA_TTABLE) return lua_gettop(L);
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* core.poller(key, fn | nil [, fd]) */
+static int core_poller(lua_State *L) {
+  luaL_checkany(L, 1);
+  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_Integer fd = luaL_optinteger(L, 3, -1);
+  lua_settop(L, 2);
+  int t = pollers(L);
+  if (t == 0) {
+    if (lua_isnil(L, 2)) return 0;
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pollers_key);
+    t = lua_gettop(L);
+  }
+  lua_pushvalue(L, 1);
+  if (lua_isnil(L, 2)) lua_pushnil(L);
+  else {
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, fd);
+    lua_rawseti(L, -2, 2);
+  }
+  lua_rawset(L, t);
+  /*
+  ** While pollers exist, waits slice at 10 ms instead of 100: a callback runs
+  ** within 10 ms in a call that sleeps on a futex (q:get, lock:acquire...).
+  */
+  lua_pushnil(L);
+  int any = lua_next(L, t);
+  mp_set_wait_slice(any ? MP_POLL_SLICE : 0);
+  return 0;
+}
+
+static int call_pollers(lua_State *L) {
+  int n = lua_gettop(L);
+  for (int i = 1; i <= n; i += 2) {
+    lua_pushvalue(L, i);
+    lua_pushvalue(L, i + 1);
+    lua_call(L, 1, 0);
+  }
+  return 0;
+}
+
+void mp_run_pollers(lua_State *L) {
+  int t = pollers(L);
+  if (t == 0) return;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &running_key) != LUA_TNIL) { lua_settop(L, t - 1); return; }
+  lua_pop(L, 1);
+  /* Their functions first: a poller may remove itself (or others) while they run. */
+  lua_pushcfunction(L, call_pollers);
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_rawgeti(L, -1, 1);                /* fn */
+      lua_pushvalue(L, -3);                 /* its key, as the argument */
+      luaL_checkstack(L, 4, NULL);
+      lua_rotate(L, -4, 2);                 /* ..., fn, key, key, entry */
+      lua_pop(L, 1);
+      n++;
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  if (n == 0) { lua_settop(L, t - 1); return; }
+  lua_pushboolean(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &running_key);
+  int status = lua_pcall(L, 2 * n, 0, 0);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &running_key);
+  if (status != LUA_OK) lua_error(L);       /* a poller's error propagates, as a handler's */
+  lua_settop(L, t - 1);
+}
+
+int mp_poller_fds(lua_State *L, int *fds, int max) {
+  int t = pollers(L), n = 0;
+  if (t == 0) return 0;
+  lua_pushnil(L);
+  while (n < max && lua_next(L, t)) {
+    if (lua_type(L, -1) == LUA_TTABLE && lua_rawgeti(L, -1, 2) == LUA_TNUMBER && lua_tointeger(L, -1) >= 0)
+      fds[n++] = (int)lua_tointeger(L, -1);
+    lua_settop(L, t + 1);
+  }
+  lua_settop(L, t - 1);
+  return n;
+}
+
+/*
+** mp.sleep(s). With pollers that have an fd, it polls them and runs the
+** pollers as soon as one is readable (a pool's result of an instant task fires
+** its callback now, not at the slice's end). An fd still readable after its
+** poller ran (its pool was busy in an outer call) is not polled again until
+** the slice ends, so the sleep never spins.
+*/
 static int core_sleep(lua_State *L) {
   mp_checknargs(L, 1);
   lua_Number secs = luaL_checknumber(L, 1);
   luaL_argcheck(L, secs == secs, 1, "NaN");
   double deadline = mp_now() + (secs > 0 ? secs : 0);
-  while (mp_sleep_until(deadline) == EINTR)
-    mp_check_interrupt(L);
-  return 0;
+  for (;;) {
+    int fds[16];
+    int n = mp_poller_fds(L, fds, 16);
+    if (n == 0) {
+      if (mp_sleep_until(deadline) != EINTR) return 0;
+      mp_check_interrupt(L);
+      continue;
+    }
+    double now = mp_now();
+    if (now >= deadline) return 0;
+    int sliced;
+    double until = mp_slice_end(deadline, &sliced);
+    struct pollfd p[16];
+    for (int i = 0; i < n; i++) p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+    int r = poll(p, (nfds_t)n, (int)((until - now) * 1000.0 + 0.999));
+    if (r == 0 && !sliced) continue;
+    mp_check_interrupt(L);                  /* runs the pollers */
+    if (r > 0 && poll(p, (nfds_t)n, 0) > 0 && mp_sleep_until(until) == EINTR)
+      mp_check_interrupt(L);
+  }
 }
 
 /*
@@ -241,6 +366,7 @@ void mp_time_open(lua_State *L) {
     {"option_error", core_option_error},
     {"time", core_time},
     {"sleep", core_sleep},
+    {"poller", core_poller},
     {NULL, NULL}
   };
   luaL_setfuncs(L, funcs, 0);

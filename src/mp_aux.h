@@ -134,6 +134,20 @@ double mp_optdeadline(lua_State *L, int arg);
 */
 void mp_check_interrupt(lua_State *L);
 
+/*
+** Pollers: Lua functions that every blocking mp call runs at its safe points
+** (mp_check_interrupt: after a signal, at each wait slice's end), so that work
+** owned by a library object -- a pool's callbacks -- goes on while the program
+** blocks elsewhere. core.poller(key, fn [, fd]) registers fn under key (nil
+** removes it); fd, when given, polls readable when the poller has work, and
+** waits that can poll it (mp.sleep) wake on it instead of at the slice's end.
+** While any poller exists, wait slices are 10 ms instead of MP_WAIT_SLICE.
+** Per state (a registry table); a poller never runs inside another.
+*/
+void mp_run_pollers(lua_State *L);
+/* The pollers' fds, up to max of them, into fds; returns how many. */
+int mp_poller_fds(lua_State *L, int *fds, int max);
+
 /* The `mp.core` table is built by one open function per subsystem. */
 void mp_time_open(lua_State *L);
 void mp_process_open(lua_State *L);

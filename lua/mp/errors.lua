@@ -46,6 +46,7 @@ define("RemoteError", ProcessError)
 define("WorkerLostError", ProcessError)
 define("AuthenticationError", ProcessError)
 define("BufferTooShort", ProcessError)
+define("CancelledError", Error)         -- concurrent.futures.CancelledError: AsyncResult:cancel()
 -- A manager server that cannot be reached (gone, refused, closed the connection).
 define("ConnectionError", ProcessError)
 

@@ -270,8 +270,19 @@ static pid_t fork_entry(mp_child *c, int what, mp_child **out) {
   if (sentinel[0] >= 0) {
     close(sentinel[1]);
     c->pidfd = sentinel[0];
-  } else {
-    c->pidfd = open_pidfd(pid);
+  } else if ((c->pidfd = open_pidfd(pid)) < 0) {
+    /*
+    ** No fd for the sentinel (EMFILE): a child nobody could wait for is not
+    ** started at all. It has not run a line of the caller's code yet that
+    ** matters (it only just returned from fork), so it is killed and reaped
+    ** here, and the caller gets the errno.
+    */
+    int err = errno;
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+      ;
+    free(c);
+    return -err;
   }
   link_entry(c, pid);
   *out = c;
