@@ -277,12 +277,11 @@ static pid_t fork_entry(mp_child *c, int what, mp_child **out) {
     ** matters (it only just returned from fork), so it is killed and reaped
     ** here, and the caller gets the errno.
     */
-    int err = errno;
+    err = errno;
     kill(pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
       ;
-    free(c);
-    return -err;
+    return -err;                        /* the caller frees the entry */
   }
   link_entry(c, pid);
   *out = c;
