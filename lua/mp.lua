@@ -69,11 +69,20 @@ mp.get_start_method = context.get_start_method
 mp.get_all_start_methods = context.get_all_start_methods
 mp.get_context = context.get_context
 mp.forkserver_start = process.forkserver_start
-context.build(mp, function(method, ...)
-  if method ~= "fork" then
-    error("Pool: the forkserver start method is not available for pools yet", 3)
+-- A context's Pool: Pool{..., context = method} (positional arguments become options).
+context.build(mp, function(method, processes, ...)
+  local opts = processes
+  if type(processes) ~= "table" then
+    local initializer, initargs, maxtasksperchild = ...
+    opts = { processes = processes, initializer = initializer, initargs = initargs,
+             maxtasksperchild = maxtasksperchild }
+  else
+    local copy = {}
+    for k, v in pairs(opts) do copy[k] = v end
+    opts = copy
   end
-  return pool.Pool(...)
+  if opts.context == nil then opts.context = method end
+  return pool.Pool(opts)
 end)
 
 return mp

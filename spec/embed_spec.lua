@@ -28,13 +28,13 @@ local function frames(out)
 end
 
 describe("the embedding example (a host with a main loop and a thread)", function()
-  it("starts workers through the fork server while its thread holds the host's mutex", function()
+  it("starts a Pool and a process through the fork server while its thread holds the host's mutex", function()
     local r = H.run{ program = H.build .. "/embed_host", args = { EXAMPLE .. "/game.lua" }, env = asan_env() }
     assert.equal(0, r.status, r.stderr)
-    assert.same({ "frame 1: 23 (forkserver)", "frame 2: 43 (forkserver)", "frame 3: 63 (forkserver)" }, frames(r.stdout))
-    -- the child hook ran in each worker, forked by the server
+    assert.same({ "frame 1: 33 (forkserver)", "frame 2: 63 (forkserver)", "frame 3: 93 (forkserver)" }, frames(r.stdout))
+    -- the child hook ran in each process and pool worker (their tasks log), forked by the server
     local _, served = r.stdout:gsub("%(forked as served%)", "")
-    assert.equal(6, served, r.stdout)
+    assert.equal(9, served, r.stdout)
   end)
 
   it("deadlocks with plain fork, where a child needs the mutex the thread held (bounded by the script's timeout)", function()
@@ -134,7 +134,7 @@ describe("the installed tree", function()
     local env = asan_env{ LD_LIBRARY_PATH = dest .. "/lib" }
     local r = H.run{ program = host, args = { EXAMPLE .. "/game.lua" }, env = env }
     assert.equal(0, r.status, r.stderr)
-    assert.same({ "frame 1: 23 (forkserver)", "frame 2: 43 (forkserver)", "frame 3: 63 (forkserver)" }, frames(r.stdout))
+    assert.same({ "frame 1: 33 (forkserver)", "frame 2: 63 (forkserver)", "frame 3: 93 (forkserver)" }, frames(r.stdout))
     r = H.run{ program = host, args = { "--fork", "--frames", "1", EXAMPLE .. "/game.lua" }, env = env }
     assert.equal(2, r.status, r.stderr)
     assert.matches("stuck on the host's mutex", r.stderr)

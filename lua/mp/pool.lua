@@ -234,6 +234,7 @@ local function spawn_worker(self, index)
     args = { self._tr, index, self._initializer, self._initargs, self._maxtasks, n = 5 },
     name = "PoolWorker-" .. worker_counter,
     daemon = true,
+    context = self._method,
   }
   p._pool_worker = true
   spawning = self
@@ -251,8 +252,10 @@ Pool{processes=, initializer=, initargs=, maxtasksperchild=}.
 function Pool:init(processes, initializer, initargs, maxtasksperchild)
   if type(processes) == "table" then
     local o = processes
-    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild" })
+    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild", "context" })
     processes, initializer, initargs, maxtasksperchild = o.processes, o.initializer, o.initargs, o.maxtasksperchild
+    -- the workers' start method (docs/processes.md): the transport travels to fork-server workers
+    if o.context ~= nil then self._method = process.context_method(o.context, "Pool") end
   end
   if processes == nil then processes = core.cpu_count() end
   if mtype(processes) ~= "integer" then
