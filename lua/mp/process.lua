@@ -199,6 +199,9 @@ function Process:start(...)
   end
   reap()
   local method = self._method or self._start_method or M.default_method(true)
+  -- A pool's transport cannot reach a worker that did not inherit it yet: its
+  -- workers are forked whatever the default method (docs/processes.md, Pools).
+  if rawget(self, "_pool_worker") then method = "fork" end
   local handle
   if method == "forkserver" then
     M.forkserver_start()
