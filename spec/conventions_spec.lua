@@ -227,3 +227,15 @@ describe("a number in the block position", function()
     assert.has_error(function() mp.Lock():acquire(false, 1) end)
   end)
 end)
+
+describe("an error raised inside mp's own Lua code and caught by its loops", function()
+  it("is given the position of the first caller outside mp", function()
+    local check = require "mp.check"
+    local line = debug.getinfo(1, "l").currentline + 1
+    local msg = check.relocate("mp/pool.lua:462: interrupted!")
+    assert.equal("spec/conventions_spec.lua:" .. line .. ": interrupted!", msg)
+    assert.equal("/tmp/x/mplua.lua:3: mine", check.relocate("/tmp/x/mplua.lua:3: mine"))
+    local t = {}
+    assert.equal(t, check.relocate(t))
+  end)
+end)

@@ -641,7 +641,7 @@ function Pool:_wait(done, timeout, tick)
   end)
   if not ok then
     self:terminate()
-    error(err, 0)
+    error(check.relocate(err), 0)
   end
   return done()
 end
@@ -780,7 +780,7 @@ local function run_map(self, job)
   end)
   if not okw then
     self:terminate()
-    error(ok, 0)
+    error(check.relocate(ok), 0)
   end
   if not ok then
     if job.timeout and self._tr ~= nil then
