@@ -299,22 +299,7 @@ function condition_methods.wait(self, timeout, ...)
   check.nargs("wait", 1, select("#", ...) + 1, (...))
   return wcall(self, timeout, "wait", timeout)
 end
-function condition_methods.wait_for(self, predicate, timeout)
-  local r = predicate()
-  if r then return r end
-  local deadline = timeout and core.time() + timeout
-  while not r do
-    if deadline then
-      local left = deadline - core.time()
-      if left <= 0 then break end
-      self:wait(left)
-    else
-      self:wait()
-    end
-    r = predicate()
-  end
-  return r
-end
+condition_methods.wait_for = require("mp.sync").wait_for
 method_class("ConditionProxy", { "Condition" }, condition_methods)
 
 local event_methods = callers { "set", "clear", "is_set" }

@@ -115,9 +115,10 @@ function AsyncResult:wait(timeout)
 end
 
 -- get([timeout]) --> the results; raises the task's error, or TimeoutError.
-function AsyncResult:get(timeout)
+function AsyncResult:get(timeout, surplus)
+  check_ar(self, "get")
+  if surplus ~= nil then check.nargs("get", 1, 2, surplus) end
   if not self._ready then
-    check_ar(self, "get")
     check_timeout(timeout, 1, "get", "timeout")
     self._pool:_wait(function() return self._ready end, timeout)
     if not self._ready then error(classes.TimeoutError("result not ready within the timeout"), 2) end
@@ -643,7 +644,7 @@ function Pool:_wait(done, timeout, tick)
   end)
   if not ok then
     self:terminate()
-    error(err, 0)
+    error(check.relocate(err), 0)
   end
   return done()
 end
@@ -782,7 +783,7 @@ local function run_map(self, job)
   end)
   if not okw then
     self:terminate()
-    error(ok, 0)
+    error(check.relocate(ok), 0)
   end
   if not ok then
     if job.timeout and self._tr ~= nil then
@@ -833,7 +834,10 @@ local APPLY_KEYS = { "callback", "error_callback", "timeout" }
 apply_async(fn, args [, {callback=, error_callback=, timeout=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
 ]]
-function Pool:apply_async(fn, args, opts, error_callback)
+function Pool:apply_async(fn, args, opts, error_callback, surplus)
+  -- The per-task path tests inline: self, a surplus argument, a running pool.
+  if getmetatable(self) ~= Pool then check.self(self, Pool, "apply_async") end
+  if surplus ~= nil then check.nargs("apply_async", 4, 5, surplus) end
   if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async") end
   if type(fn) ~= "function" then check_fn(fn, "apply_async") end
   if args == nil then args = {} elseif type(args) ~= "table" then
@@ -1053,5 +1057,26 @@ end
 -- For lua/mp/futures.lua.
 M.is_result = function(v) return getmetatable(v) == AsyncResult end
 M.check_timeout = check_timeout
+
+--[[
+Every other public method checks, before anything else, that it was called
+with `:` on an object of its class and that no surplus argument was passed
+(mp.check: errors at the caller's line). The wrapper ends in a tail call, so
+the method's own errors still count levels from the caller.
+]]
+local function guard(cls, methods)
+  for name, max in pairs(methods) do
+    local f = cls[name]
+    cls[name] = function(self, ...)
+      if getmetatable(self) ~= cls then check.self(self, cls, name) end
+      local n = select("#", ...)
+      if n > max then check.nargs(name, max, n, (select(max + 1, ...))) end
+      return f(self, ...)
+    end
+  end
+end
+guard(Pool, { map = 3, starmap = 3, imap = 3, imap_unordered = 3, map_async = 4, starmap_async = 4,
+              apply = 2, close = 0, join = 0, terminate = 0, terminate_workers = 0, kill_workers = 0 })
+guard(AsyncResult, { wait = 1, ready = 0, successful = 0, exception = 1, cancel = 0, cancelled = 0 })
 
 return M

@@ -62,7 +62,7 @@ local function lock_helpers(mt)
   return hold, with
 end
 
--- cond:wait_for(predicate, timeout) --> the predicate's last result
+-- cond:wait_for(predicate, timeout) --> the predicate's last result (any object with wait(timeout))
 local function wait_for(self, predicate, timeout)
   local result = predicate()
   if result then return result end
@@ -242,5 +242,7 @@ function Barrier:__tostring()
   return string.format("Barrier(parties=%d, n_waiting=%d, broken=%s)",
     self.parties, self.n_waiting, tostring(self.broken))
 end
+
+M.wait_for = wait_for   -- the algorithm, for other Condition-like objects (manager proxies)
 
 return M
