@@ -115,9 +115,15 @@ void mp_signal_dispatch(lua_State *L) {
   }
 }
 
+/*
+** Only the flags that are set are written: a page the child writes is a page
+** the kernel copies, and at most process starts none is set.
+*/
 void mp_signal_after_fork(void) {
-  for (int s = 1; s < NSIG; s++) pending[s] = 0;
-  pending_any = 0;
+  for (int s = 1; s < NSIG; s++) {
+    if (pending[s]) pending[s] = 0;
+  }
+  if (pending_any) pending_any = 0;
 }
 
 

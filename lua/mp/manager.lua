@@ -30,6 +30,8 @@ local type, rawget, select, error, setmetatable = type, rawget, select, error, s
 local conns = {}
 process.at_fork(function()
   -- The parent's connections are not ours: close our copies of their descriptors.
+  -- (Only when there are any: a page the child writes is a page copied for it.)
+  if next(conns) == nil then return end
   for _, c in pairs(conns) do c.client:close() end
   conns = {}
 end)

@@ -27,10 +27,15 @@ local getters, setters = Process.__getters, Process.__setters
 -- What this process knows of itself. A forked child resets it in bootstrap().
 local state = {
   counter = 0,      -- Process objects made here so far: names Process-1, Process-2...
-  identity = {},    -- place in the process tree: {} in the main process, {1, 3} in Process-1:3
+  identity = {},    -- place in the process tree: {} in the main process, {1, 3} in Process-1:3;
+                    -- nil in a child until it makes a Process (see own_identity)
+  identity_up = nil, -- in a child until then: its parent's identity and its own number
+  identity_n = nil,
   children = {},    -- started Process objects not yet seen to end (Python's _children)
   current = nil,    -- this process's object
-  parent = nil,     -- the parent's object, nil in the main process
+  parent = nil,     -- the parent's object once made (see parent_process); nil in the main process
+  parent_name = nil, -- in a child: the parent's name and pid, which parent_process() shows
+  parent_pid = nil,
 }
 local after_fork = {}   -- functions other modules run in every new child
 
@@ -61,22 +66,54 @@ end
 
 -- Forget children that have ended, and reap those whose objects were collected.
 local function reap()
-  for p in pairs(state.children) do
-    if p._handle:poll() ~= nil then state.children[p] = nil end
+  local children = state.children
+  if next(children) ~= nil then
+    for p in pairs(children) do
+      if rawget(p, "_handle"):poll() ~= nil then children[p] = nil end
+    end
   end
   core.reap()
 end
 
--- Default fields for every new Process, before init runs.
+-- This process's identity table, made when first needed in a child (see enter).
+local function own_identity()
+  local identity = state.identity
+  if identity == nil then
+    identity = { table.unpack(state.identity_up) }
+    identity[#identity + 1] = state.identity_n
+    state.identity = identity
+  end
+  return identity
+end
+
+-- Arguments of a process given none: shared, so read-only.
+local NO_ARGS = setmetatable({}, {
+  __newindex = function() error("the arguments of a process given none are read-only", 2) end,
+  __metatable = false,
+})
+
+--[[
+Default fields for every new Process, before init runs. The constructor names
+every field the object will ever hold, so that its table is made once at its
+final size: a table that grows allocates a new node array, and after a fork
+every page written is a page the kernel copies (bench/NOTES.md, "Process
+start").
+]]
 function Process.new(cls, ...)
-  state.counter = state.counter + 1
-  local identity = { table.unpack(state.identity) }
-  identity[#identity + 1] = state.counter
+  local n = state.counter + 1
+  state.counter = n
+  local up = state.identity or own_identity()
+  -- The object keeps its parent's identity table (shared, never changed) and its
+  -- number: the child makes its own identity table only if it makes a Process.
   local self = setmetatable({
-    _identity = identity,
-    _name = cls.__name .. "-" .. table.concat(identity, ":"),
+    _up = up, _n = n,
+    _name = up[1] == nil and string.format("%s-%d", cls.__name, n)
+      or string.format("%s-%s:%d", cls.__name, table.concat(up, ":"), n),
     _daemon = state.current._daemon,
     _creator = getpid(),
+    _target = nil, _args = nil, _method = nil,   -- init's
+    _handle = nil, _pid = nil, _closed = nil,    -- start's and close's
+    _is_current = nil,                           -- the child's own copy
   }, cls)
   cls.init(self, ...)
   return self
@@ -103,15 +140,16 @@ M.context_method = context_method
 
 function Process:init(target, args, name, daemon, ...)
   local fname = getmetatable(self).__name
-  check.nargs(fname, 4, select("#", ...) + 4, (...))
+  local extra = select("#", ...)
+  if extra > 0 then check.nargs(fname, 4, extra + 4, (...)) end
   if type(target) == "table" and not callable(target) and args == nil then
     local opts = target
     check.options(opts, fname, OPTIONS)
     target, args, name, daemon = opts.target, opts.args, opts.name, opts.daemon
     if opts.group ~= nil then argerror(1, fname, "group must be nil") end
-    if opts.context ~= nil then self._method = context_method(opts.context, fname) end
+    if opts.context ~= nil then rawset(self, "_method", context_method(opts.context, fname)) end
   end
-  if target ~= nil and not callable(target) then
+  if target ~= nil and type(target) ~= "function" and not callable(target) then
     argerror(1, fname, "target must be callable, got " .. type(target))
   end
   if args ~= nil and type(args) ~= "table" then
@@ -120,31 +158,43 @@ function Process:init(target, args, name, daemon, ...)
   if name ~= nil and type(name) ~= "string" then
     argerror(1, fname, "name must be a string, got " .. type(name))
   end
-  self._target = target
-  self._args = args or {}
-  if name ~= nil then self._name = name end
-  if daemon ~= nil then self._daemon = not not daemon end
+  -- (rawset: the class's __newindex would only look for setters these fields do not have)
+  rawset(self, "_target", target)
+  rawset(self, "_args", args or NO_ARGS)
+  if name ~= nil then rawset(self, "_name", name) end
+  if daemon ~= nil then rawset(self, "_daemon", not not daemon) end
 end
 
--- A new child becomes `self`: module state resets, then run.
-local function enter(self, parent)
-  state.parent = parent
+local child_exit = core.child_exit
+
+--[[
+A new child becomes `self`: module state resets, then run. What a child
+writes, the kernel copies for it page by page (a few microseconds a page,
+more than all the Lua here): so the child writes only the state table and
+its own object, and makes its parent_process() object when it is asked for.
+]]
+local function enter(self, parent_name, parent_pid)
+  state.parent = nil
+  state.parent_name = parent_name
+  state.parent_pid = parent_pid
   state.current = self
   state.counter = 0
-  state.identity = self._identity
+  state.identity = nil                         -- made by own_identity() when needed
+  state.identity_up, state.identity_n = self._up, self._n
   state.children = {}
   rawset(self, "_handle", nil)
   rawset(self, "_is_current", true)
   -- os.exit in a child ends the child cleanly: children handled, buffers flushed,
   -- no finalizer of the parent's objects run.
-  os.exit = core.child_exit
-  for _, f in ipairs(after_fork) do f() end
+  if os.exit ~= child_exit then os.exit = child_exit end
+  for i = 1, #after_fork do after_fork[i]() end
   self:run()
 end
 
--- The child's entry point, called by core.spawn in the new process.
+-- The child's entry point, called by core.spawn in the new process. Its parent
+-- is the process that created and started it (start checks that they are one).
 local function bootstrap(self)
-  enter(self, M.ParentProcess(state.current._name, core.getppid()))
+  enter(self, state.current._name, self._creator)
 end
 
 --[[
@@ -156,7 +206,7 @@ server started); they get their metatables back, parents first.
 local function fs_bootstrap(self, chain, base, parent_name, parent_pid)
   for i = #chain, 1, -1 do class.restore(chain[i]) end
   setmetatable(self, chain[1] or base)
-  enter(self, M.ParentProcess(parent_name, parent_pid))
+  enter(self, parent_name, parent_pid)
 end
 
 -- The fork server, right after it is forked: what any child does to shared state.
@@ -186,10 +236,13 @@ function Process:run()
 end
 
 function Process:start(...)
-  check.self(self, Process, "start")
-  check.nargs("start", 0, select("#", ...), (...))
+  if getmetatable(self) ~= Process then check.self(self, Process, "start") end
+  local extra = select("#", ...)
+  if extra > 0 then check.nargs("start", 0, extra, (...)) end
   check_closed(self)
-  if self._handle ~= nil or self._is_current then check.error("cannot start a process twice") end
+  if rawget(self, "_handle") ~= nil or rawget(self, "_is_current") then
+    check.error("cannot start a process twice")
+  end
   if self._creator ~= getpid() then
     check.error("can only start a process object created by the current process")
   end
@@ -207,8 +260,8 @@ function Process:start(...)
   else
     handle = spawn(self._name, self._daemon, bootstrap, self)
   end
-  self._handle = handle
-  self._pid = handle:pid()
+  rawset(self, "_handle", handle)
+  rawset(self, "_pid", handle:pid())
   state.children[self] = true
 end
 
@@ -221,13 +274,18 @@ end
 
 -- join([timeout]): waits until the process ends or the timeout (seconds) passes.
 function Process:join(timeout, ...)
-  check.self(self, Process, "join")
-  check.nargs("join", 1, select("#", ...) + 1, (...))
+  if getmetatable(self) ~= Process then check.self(self, Process, "join") end
+  local extra = select("#", ...)
+  if extra > 0 then check.nargs("join", 1, extra + 1, (...)) end
   if timeout ~= nil and type(timeout) ~= "number" then
     argerror(1, "join", "number expected, got " .. type(timeout))
   end
-  check_child(self, "join")
-  if self._handle:wait(timeout) ~= nil then state.children[self] = nil end
+  local handle = rawget(self, "_handle")
+  if handle == nil or rawget(self, "_closed") or rawget(self, "_is_current")
+     or self._creator ~= getpid() then
+    check_child(self, "join")
+  end
+  if handle:wait(timeout) ~= nil then state.children[self] = nil end
 end
 
 function Process:is_alive(...)
@@ -270,7 +328,7 @@ function Process:close(...)
     handle:close()
   end
   state.children[self] = nil
-  self._closed = true
+  rawset(self, "_closed", true)
 end
 
 function getters.name(self) return self._name end
@@ -361,7 +419,7 @@ known_classes[M.ForkServerProcess] = true
 
 -- The main process: Python's _MainProcess.
 state.current = setmetatable({
-  _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
+  _name = "MainProcess", _daemon = false, _is_current = true, _creator = getpid(),
 }, Process)
 
 --[[
@@ -373,14 +431,16 @@ so (lua/mp/busted.lua). Only in a forked child that has started no process yet:
 its exit stays a child's (core.child_exit), which joins what it starts.
 ]]
 function M.become_main()
-  if state.parent == nil then error("become_main: already the main process", 2) end
+  if state.parent_name == nil then error("become_main: already the main process", 2) end
   if next(state.children) ~= nil then error("become_main: this process has children", 2) end
   state.current = setmetatable({
-    _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
+    _name = "MainProcess", _daemon = false, _is_current = true, _creator = getpid(),
   }, Process)
   state.parent = nil
+  state.parent_name, state.parent_pid = nil, nil
   state.counter = 0
   state.identity = {}
+  state.identity_up, state.identity_n = nil, nil
   default_method = nil              -- a main process chooses its own start method
 end
 
@@ -390,7 +450,12 @@ function M.current_process(...)
 end
 function M.parent_process(...)
   check.nargs("parent_process", 0, select("#", ...), (...))
-  return state.parent
+  local parent = state.parent
+  if parent == nil and state.parent_name ~= nil then
+    parent = M.ParentProcess(state.parent_name, state.parent_pid)
+    state.parent = parent
+  end
+  return parent
 end
 
 -- mp.active_children(): the children of this process still running (also reaps).

@@ -53,15 +53,19 @@ static void register_fork_handler(void) {
   pthread_atfork(NULL, NULL, forget_identity);
 }
 
-void mp_identity_load(void) {
+void mp_identity_load_pid(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, register_fork_handler);
-  uint32_t pid = (uint32_t)getpid();
+  mp_identity_pid = (uint32_t)getpid();
+}
+
+/* Never 0 once loaded: the pid's bits are in it, and a pid is never 0. */
+void mp_identity_load_tag(void) {
+  uint32_t pid = mp_self_pid();
   char state;
   uint64_t start = 0;
   if (proc_stat(pid, &state, &start) != 0) start = 0;
   mp_identity_tag = (uint64_t)(pid & MP_PID_MASK) | (start << MP_PID_BITS);
-  mp_identity_pid = pid;
 }
 
 int mp_owner_dead(uint32_t pid, uint64_t tag) {

@@ -14,17 +14,23 @@
 #define MP_PID_BITS 22
 #define MP_PID_MASK ((1u << MP_PID_BITS) - 1)
 
+/*
+** The pid and the tag are loaded separately: the tag reads /proc (an open, a
+** read and a close, and a page or two of stack and code), which a forked child
+** that never takes a lock would pay for nothing at every process start.
+*/
 extern uint32_t mp_identity_pid;   /* 0 until computed in this process */
-extern uint64_t mp_identity_tag;
-void mp_identity_load(void);
+extern uint64_t mp_identity_tag;   /* 0 until computed in this process */
+void mp_identity_load_pid(void);
+void mp_identity_load_tag(void);
 
 static inline uint32_t mp_self_pid(void) {
-  if (__builtin_expect(mp_identity_pid == 0, 0)) mp_identity_load();
+  if (__builtin_expect(mp_identity_pid == 0, 0)) mp_identity_load_pid();
   return mp_identity_pid;
 }
 
 static inline uint64_t mp_self_tag(void) {
-  if (__builtin_expect(mp_identity_pid == 0, 0)) mp_identity_load();
+  if (__builtin_expect(mp_identity_tag == 0, 0)) mp_identity_load_tag();
   return mp_identity_tag;
 }
 

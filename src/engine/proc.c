@@ -195,6 +195,22 @@ static int register_atexit(void) {
 }
 
 /*
+** Whether a read stream holds buffered input (or pushed-back characters). The
+** tests before each purge are reads: every page a new child writes is a page
+** the kernel copies for it (about 3 us here), and stdio's FILE structures are
+** in libc's data pages. Without glibc's layout, assume there is input.
+*/
+static int has_input(FILE *f) {
+#ifdef __GLIBC__
+  return f->_IO_read_ptr != f->_IO_read_end || f->_IO_save_base != NULL ||
+         f->_IO_backup_base != NULL;
+#else
+  (void)f;
+  return 1;
+#endif
+}
+
+/*
 ** In a new child: the parent's children are not ours. Their entries may still
 ** be referenced by inherited binding objects, which free them (see release);
 ** the fds no child may keep are closed now (a fork server's lifeline, whose
@@ -215,14 +231,14 @@ static void reset_after_fork(void) {
   ** would appear twice. (Streams other than stdout and stderr that threads
   ** write while mp forks are the host's to handle: its fork hooks.)
   */
-  __fpurge(stdout);
-  __fpurge(stderr);
+  if (__fpending(stdout) != 0) __fpurge(stdout);
+  if (__fpending(stderr) != 0) __fpurge(stderr);
   /* stdin: the child must not steal the parent's input (Python does the same). */
   int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
     if (fd != STDIN_FILENO) { dup2(fd, STDIN_FILENO); close(fd); }
-    __fpurge(stdin);
-    clearerr(stdin);
+    if (has_input(stdin)) __fpurge(stdin);
+    if (ferror_unlocked(stdin) || feof_unlocked(stdin)) clearerr_unlocked(stdin);
   }
 }
 
@@ -239,8 +255,10 @@ static pid_t do_fork(int what, int sentinel[2]) {
   int err = errno;
   if (pid == 0) {
     /* Our parent's sentinel must not wait for us as well. */
-    if (own_sentinel_wfd >= 0) close(own_sentinel_wfd);
-    own_sentinel_wfd = -1;
+    if (own_sentinel_wfd >= 0) {
+      close(own_sentinel_wfd);
+      own_sentinel_wfd = -1;
+    }
     if (sentinel != NULL && sentinel[0] >= 0) {
       close(sentinel[0]);
       own_sentinel_wfd = sentinel[1];
@@ -250,7 +268,7 @@ static pid_t do_fork(int what, int sentinel[2]) {
     return 0;
   }
   if (hooks.parent) hooks.parent(what, hooks.ud);
-  errno = err;
+  if (pid < 0) errno = err;            /* (not written otherwise: errno's page is copied once written) */
   return pid;
 }
 
