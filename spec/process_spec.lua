@@ -186,6 +186,44 @@ describe("mp.Process lifecycle", function()
     assert.same({}, H.children_of(unistd.getpid()))
   end)
 
+  it("keeps an ended process's status and sentinel after later starts have reaped it", function()
+    -- Each start reaps, and takes ended children out of the C list of children
+    -- (src/engine/proc.c, mp_children_reap) while their objects still use them.
+    local ended = mp.Process{ target = function() os.exit(7) end }
+    ended:start()
+    readable(ended.sentinel)
+    for _ = 1, 3 do
+      local p = mp.Process{ target = function() end }
+      p:start()
+      H.join(p)
+    end
+    assert.equal(7, ended.exitcode)
+    assert.is_false(ended:is_alive())
+    assert.equal(1, #mp.wait({ ended.sentinel }, 0))
+    H.join(ended)
+    assert.equal(7, ended.exitcode)
+    ended:close()
+    assert.same({}, H.children_of(unistd.getpid()))
+  end)
+
+  it("runs a target given no arguments with none, and a subclass's own run", function()
+    local r, w = unistd.pipe()
+    local p = mp.Process{ target = function(...) unistd.write(w, select("#", ...) .. "\n") end }
+    p:start(); H.join(p)
+    local Sub = mp.Process:extend("Sub")
+    function Sub:run() unistd.write(w, "run " .. self.name:match("^Sub%-") .. "\n") end
+    local q = Sub()
+    q:start(); H.join(q)
+    local o = mp.Process()
+    o.run = function() unistd.write(w, "own\n") end
+    o:start(); H.join(o)
+    readable(r)
+    local out = ""
+    while select(2, out:gsub("\n", "")) < 3 do out = out .. unistd.read(r, 100) end
+    assert.equal("0\nrun Sub-\nown\n", out)
+    unistd.close(r); unistd.close(w)
+  end)
+
   it("closes a finished process and refuses to use it afterwards", function()
     local p = mp.Process{ target = function() end }
     p:start()

@@ -73,6 +73,14 @@ void mp_process_run_child(lua_State *L, int nargs, const char *name, size_t name
   lua_insert(L, base);                            /* below the function */
   int status = lua_pcall(L, nargs, 0, base);
   if (status != LUA_OK) {
+    if (name == NULL) {                           /* ask the function at index 1 */
+      lua_pushvalue(L, 1);
+      if (lua_pcall(L, 0, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+        name = lua_tolstring(L, -1, &namelen);
+      else
+        name = "?", namelen = 1;
+      lua_insert(L, -2);                          /* the message on top */
+    }
     fflush(stdout);
     fprintf(stderr, "Process %.*s:\n%s\n", (int)namelen, name, lua_tostring(L, -1));
   }
@@ -83,11 +91,14 @@ void mp_process_run_child(lua_State *L, int nargs, const char *name, size_t name
 ** core.spawn(name, daemon, bootstrap, ...) forks. The child calls
 ** bootstrap(...) under lua_pcall and never returns into the caller: it prints
 ** "Process <name>:" and the traceback on error, then flushes and _exits with 0 or 1.
+** `name` may be a function that returns the name, called in the child only
+** if it fails (a default name is made only when asked for: process.lua).
 ** The parent gets a child handle.
 */
 static int core_spawn(lua_State *L) {
-  size_t namelen;
-  const char *name = luaL_checklstring(L, 1, &namelen);
+  size_t namelen = 0;
+  const char *name = NULL;
+  if (lua_type(L, 1) != LUA_TFUNCTION) name = luaL_checklstring(L, 1, &namelen);
   int daemon = lua_toboolean(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 3;

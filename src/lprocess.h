@@ -19,7 +19,8 @@ mp_child **mp_process_new_handle(lua_State *L);
 /*
 ** In a new child: calls the function below the `nargs` values on top under
 ** lua_pcall; on error prints "Process <name>:" and the traceback (frames of
-** the parent's script cut) to stderr. Then flushes, handles its own children
+** the parent's script cut) to stderr (name NULL: the name is what the
+** function at stack index 1 returns). Then flushes, handles its own children
 ** and _exits with 0 or 1. Never returns.
 */
 void mp_process_run_child(lua_State *L, int nargs, const char *name, size_t namelen)

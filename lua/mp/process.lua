@@ -31,11 +31,12 @@ local state = {
                     -- nil in a child until it makes a Process (see own_identity)
   identity_up = nil, -- in a child until then: its parent's identity and its own number
   identity_n = nil,
-  children = {},    -- started Process objects not yet seen to end (Python's _children)
-  current = nil,    -- this process's object
+  children = {},    -- started Process objects not yet seen to end (Python's _children);
+                    -- false in a child until it starts one
+  current = nil,    -- this process's object (the one object for which is_current() is true)
   parent = nil,     -- the parent's object once made (see parent_process); nil in the main process
-  parent_name = nil, -- in a child: the parent's name and pid, which parent_process() shows
-  parent_pid = nil,
+  parent_name = nil, -- in a child: the parent's name (or its object, see name_of) and pid,
+  parent_pid = nil,  -- which parent_process() shows
 }
 local after_fork = {}   -- functions other modules run in every new child
 
@@ -64,15 +65,46 @@ local function check_closed(self)
   if rawget(self, "_closed") then check.error("process object is closed") end
 end
 
+local function is_current(self) return self == state.current end
+
 -- Forget children that have ended, and reap those whose objects were collected.
 local function reap()
   local children = state.children
-  if next(children) ~= nil then
+  if children and next(children) ~= nil then
     for p in pairs(children) do
       if rawget(p, "_handle"):poll() ~= nil then children[p] = nil end
     end
   end
   core.reap()
+end
+
+--[[
+A process's name. The default one ("Process-1:3") is made when it is first
+asked for: a string made for every object was a page or two written, so
+copied, at every start (bench/NOTES.md, "Process start").
+]]
+local function name_of(self)
+  local name = rawget(self, "_name")
+  if name == nil then
+    local up, n = rawget(self, "_up"), rawget(self, "_n")
+    if up[1] == nil then
+      name = string.format("%s-%d", getmetatable(self).__name, n)
+    else
+      name = string.format("%s-%s:%d", getmetatable(self).__name, table.concat(up, ":"), n)
+    end
+    rawset(self, "_name", name)
+  end
+  return name
+end
+M.name_of = name_of
+
+-- A child's own name, for its error message (core.spawn calls it only then).
+local function current_name() return name_of(state.current) end
+
+-- A child seen to end (or closed) leaves the list of children.
+local function forget(self)
+  local children = state.children
+  if children then children[self] = nil end
 end
 
 -- This process's identity table, made when first needed in a child (see enter).
@@ -107,13 +139,11 @@ function Process.new(cls, ...)
   -- number: the child makes its own identity table only if it makes a Process.
   local self = setmetatable({
     _up = up, _n = n,
-    _name = up[1] == nil and string.format("%s-%d", cls.__name, n)
-      or string.format("%s-%s:%d", cls.__name, table.concat(up, ":"), n),
+    _name = nil,                                 -- the default one made by name_of
     _daemon = state.current._daemon,
     _creator = getpid(),
     _target = nil, _args = nil, _method = nil,   -- init's
     _handle = nil, _pid = nil, _closed = nil,    -- start's and close's
-    _is_current = nil,                           -- the child's own copy
   }, cls)
   cls.init(self, ...)
   return self
@@ -167,34 +197,41 @@ end
 
 local child_exit = core.child_exit
 
+local Process_run     -- Process.run, defined below
+
 --[[
 A new child becomes `self`: module state resets, then run. What a child
-writes, the kernel copies for it page by page (a few microseconds a page,
-more than all the Lua here): so the child writes only the state table and
-its own object, and makes its parent_process() object when it is asked for.
+writes, the kernel copies for it page by page (about 3 us a page here, more
+than all the Lua below): so the child writes the state table and nothing
+else it can avoid (no table made, not even its own object written), makes
+its parent_process() object and its identity table when they are asked for,
+and calls its target without the extra level of Process.run.
 ]]
-local function enter(self, parent_name, parent_pid)
+local function enter(self, parent, parent_pid)
   state.parent = nil
-  state.parent_name = parent_name
+  state.parent_name = parent
   state.parent_pid = parent_pid
   state.current = self
   state.counter = 0
   state.identity = nil                         -- made by own_identity() when needed
   state.identity_up, state.identity_n = self._up, self._n
-  state.children = {}
-  rawset(self, "_handle", nil)
-  rawset(self, "_is_current", true)
+  state.children = false                       -- made by start when needed
   -- os.exit in a child ends the child cleanly: children handled, buffers flushed,
   -- no finalizer of the parent's objects run.
   if os.exit ~= child_exit then os.exit = child_exit end
   for i = 1, #after_fork do after_fork[i]() end
-  self:run()
+  local run = rawget(self, "run") or getmetatable(self).run
+  if run ~= Process_run then return run(self) end
+  local target, args = self._target, self._args
+  if target == nil then return end
+  if args == NO_ARGS then return target() end  -- (no table.unpack: one more page of code to map)
+  return target(table.unpack(args, 1, args.n or #args))
 end
 
 -- The child's entry point, called by core.spawn in the new process. Its parent
 -- is the process that created and started it (start checks that they are one).
 local function bootstrap(self)
-  enter(self, state.current._name, self._creator)
+  return enter(self, state.current, self._creator)
 end
 
 --[[
@@ -206,7 +243,7 @@ server started); they get their metatables back, parents first.
 local function fs_bootstrap(self, chain, base, parent_name, parent_pid)
   for i = #chain, 1, -1 do class.restore(chain[i]) end
   setmetatable(self, chain[1] or base)
-  enter(self, parent_name, parent_pid)
+  return enter(self, parent_name, parent_pid)
 end
 
 -- The fork server, right after it is forked: what any child does to shared state.
@@ -234,13 +271,14 @@ function Process:run()
     target(table.unpack(args, 1, args.n or #args))
   end
 end
+Process_run = Process.run
 
 function Process:start(...)
   if getmetatable(self) ~= Process then check.self(self, Process, "start") end
   local extra = select("#", ...)
   if extra > 0 then check.nargs("start", 0, extra, (...)) end
   check_closed(self)
-  if rawget(self, "_handle") ~= nil or rawget(self, "_is_current") then
+  if rawget(self, "_handle") ~= nil or is_current(self) then
     check.error("cannot start a process twice")
   end
   if self._creator ~= getpid() then
@@ -256,18 +294,23 @@ function Process:start(...)
   if method == "forkserver" then
     M.forkserver_start()
     local chain, base = class_chain(self)
-    handle = fs_spawn(self._daemon, self._name, self, chain, base, state.current._name, getpid())
+    handle = fs_spawn(self._daemon, name_of(self), self, chain, base, name_of(state.current), getpid())
   else
-    handle = spawn(self._name, self._daemon, bootstrap, self)
+    handle = spawn(current_name, self._daemon, bootstrap, self)
   end
   rawset(self, "_handle", handle)
   rawset(self, "_pid", handle:pid())
-  state.children[self] = true
+  local children = state.children
+  if not children then
+    children = {}
+    state.children = children
+  end
+  children[self] = true
 end
 
 local function check_child(self, what)
   check_closed(self)
-  if self._is_current then check.error("cannot " .. what .. " the current process") end
+  if is_current(self) then check.error("cannot " .. what .. " the current process") end
   if self._handle == nil then check.error("can only " .. what .. " a started process") end
   if self._creator ~= getpid() then check.error("can only " .. what .. " a child process") end
 end
@@ -281,22 +324,21 @@ function Process:join(timeout, ...)
     argerror(1, "join", "number expected, got " .. type(timeout))
   end
   local handle = rawget(self, "_handle")
-  if handle == nil or rawget(self, "_closed") or rawget(self, "_is_current")
-     or self._creator ~= getpid() then
+  if handle == nil or rawget(self, "_closed") or is_current(self) or self._creator ~= getpid() then
     check_child(self, "join")
   end
-  if handle:wait(timeout) ~= nil then state.children[self] = nil end
+  if handle:wait(timeout) ~= nil then forget(self) end
 end
 
 function Process:is_alive(...)
   check.self(self, Process, "is_alive")
   check.nargs("is_alive", 0, select("#", ...), (...))
-  if self._is_current then return true end
+  if is_current(self) then return true end
   check_closed(self)
   if self._handle == nil then return false end
   if self._creator ~= getpid() then check.error("can only test a child process") end
   if self._handle:poll() == nil then return true end
-  state.children[self] = nil
+  forget(self)
   return false
 end
 
@@ -327,11 +369,11 @@ function Process:close(...)
     end
     handle:close()
   end
-  state.children[self] = nil
+  forget(self)
   rawset(self, "_closed", true)
 end
 
-function getters.name(self) return self._name end
+function getters.name(self) return name_of(self) end
 function setters.name(self, v)
   if type(v) ~= "string" then check.error("name must be a string, got " .. type(v)) end
   self._name = v
@@ -339,12 +381,12 @@ end
 
 function getters.daemon(self) return self._daemon end
 function setters.daemon(self, v)
-  if self._handle ~= nil or self._is_current then check.error("process has already started") end
+  if self._handle ~= nil or is_current(self) then check.error("process has already started") end
   self._daemon = not not v
 end
 
 function getters.pid(self)
-  if self._is_current then return getpid() end
+  if is_current(self) then return getpid() end
   return self._pid
 end
 getters.ident = getters.pid
@@ -364,13 +406,13 @@ end
 function Process:__tostring()
   local status
   if rawget(self, "_closed") then status = "closed"
-  elseif self._is_current then status = "started"
+  elseif is_current(self) then status = "started"
   elseif self._handle == nil then status = "initial"
   else
     local code = self._handle:poll()
     status = code == nil and "started" or ("stopped exitcode=" .. code)
   end
-  local parts = { string.format("<%s name='%s'", getmetatable(self).__name, self._name) }
+  local parts = { string.format("<%s name='%s'", getmetatable(self).__name, name_of(self)) }
   if self.pid then parts[#parts + 1] = "pid=" .. self.pid end
   parts[#parts + 1] = status
   if self._daemon then parts[#parts + 1] = "daemon" end
@@ -419,7 +461,7 @@ known_classes[M.ForkServerProcess] = true
 
 -- The main process: Python's _MainProcess.
 state.current = setmetatable({
-  _name = "MainProcess", _daemon = false, _is_current = true, _creator = getpid(),
+  _name = "MainProcess", _daemon = false, _creator = getpid(),
 }, Process)
 
 --[[
@@ -432,9 +474,11 @@ its exit stays a child's (core.child_exit), which joins what it starts.
 ]]
 function M.become_main()
   if state.parent_name == nil then error("become_main: already the main process", 2) end
-  if next(state.children) ~= nil then error("become_main: this process has children", 2) end
+  if state.children and next(state.children) ~= nil then
+    error("become_main: this process has children", 2)
+  end
   state.current = setmetatable({
-    _name = "MainProcess", _daemon = false, _is_current = true, _creator = getpid(),
+    _name = "MainProcess", _daemon = false, _creator = getpid(),
   }, Process)
   state.parent = nil
   state.parent_name, state.parent_pid = nil, nil
@@ -452,7 +496,9 @@ function M.parent_process(...)
   check.nargs("parent_process", 0, select("#", ...), (...))
   local parent = state.parent
   if parent == nil and state.parent_name ~= nil then
-    parent = M.ParentProcess(state.parent_name, state.parent_pid)
+    local name = state.parent_name
+    if type(name) ~= "string" then name = name_of(name) end   -- the parent's object (fork)
+    parent = M.ParentProcess(name, state.parent_pid)
     state.parent = parent
   end
   return parent
@@ -463,7 +509,7 @@ function M.active_children(...)
   check.nargs("active_children", 0, select("#", ...), (...))
   reap()
   local list = {}
-  for p in pairs(state.children) do list[#list + 1] = p end
+  for p in pairs(state.children or {}) do list[#list + 1] = p end
   table.sort(list, function(a, b) return a._pid < b._pid end)
   return list
 end

@@ -151,8 +151,9 @@ void mp_child_end_service(mp_child *c) {
 }
 
 static void unlink_child(mp_child *c) {
+  if (!c->linked) return;
   for (mp_child **pp = &children; *pp != NULL; pp = &(*pp)->next) {
-    if (*pp == c) { *pp = c->next; return; }
+    if (*pp == c) { *pp = c->next; c->linked = 0; return; }
   }
 }
 
@@ -182,6 +183,7 @@ static void link_entry(mp_child *c, pid_t pid) {
   c->has_handle = 1;
   lock_list();
   c->next = children;
+  c->linked = 1;
   children = c;
   unlock_list();
 }
@@ -306,11 +308,18 @@ static pid_t fork_entry(mp_child *c, int what, mp_child **out) {
   return pid;
 }
 
+/*
+** The child's copy of the entry it was forked with: not freed (free() would
+** write malloc's pages, each copied for the child), but kept reachable.
+*/
+static mp_child *entry_of_parent;
+
 pid_t mp_fork(mp_child **out, int daemon) {
   mp_child *c = new_entry(MP_CHILD_LOCAL, daemon);
   if (c == NULL) return -ENOMEM;
   pid_t pid = fork_entry(c, MP_FORK_PROCESS, out);
-  if (pid <= 0) free(c);
+  if (pid < 0) free(c);
+  else if (pid == 0) entry_of_parent = c;
   return pid;
 }
 
@@ -468,14 +477,21 @@ void mp_child_release(mp_child *c) {
   if (done) free_child(c);
 }
 
+/*
+** An ended child leaves the list here, whether or not a handle still refers to
+** it: the list is for the children still to be reaped or waited for at exit,
+** and every Process start reaps, so a list that kept the ended children until
+** their handles were collected would be walked whole at every start.
+*/
 void mp_children_reap(void) {
   lock_list();
   mp_child **pp = &children;
   while (*pp != NULL) {
     mp_child *c = *pp;
-    if (mp_child_poll(c) && !c->has_handle) {
+    if (mp_child_poll(c)) {
       *pp = c->next;
-      free_child(c);
+      c->linked = 0;
+      if (!c->has_handle) free_child(c);   /* else mp_child_release frees it */
     } else {
       pp = &c->next;
     }

@@ -44,6 +44,7 @@ typedef struct mp_child {
   int done;               /* reaped: exitcode is valid */
   int exitcode;           /* exit status, or -signum */
   int has_handle;         /* a binding object refers to it; freed when both are gone */
+  int linked;             /* in the list; an ended child is taken out at the next reap */
   struct mp_child *next;
 } mp_child;
 
