@@ -25,6 +25,14 @@ report("lock acquire+release, methods in locals", best_of(10, function()
   return (mp.time() - t0) / N * 1e9
 end), "ns/pair")
 
+-- The floor for any method pair: two calls of a trivial C method (no lock, no check).
+report("two calls of a trivial C method (str:len()), the floor", best_of(10, function()
+  local str = "x"
+  local t0 = mp.time()
+  for _ = 1, N do str:len(); str:len() end
+  return (mp.time() - t0) / N * 1e9
+end), "ns/pair")
+
 local rlock = mp.RLock()
 report("rlock acquire+release, uncontended", best_of(10, function()
   local t0 = mp.time()

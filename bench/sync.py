@@ -75,6 +75,13 @@ if __name__ == "__main__":
     mp.set_start_method("fork")
     report("lock acquire+release, uncontended", best_of(10, pairs(retry(mp.Lock))), "ns/pair")
     report("lock acquire+release, methods in locals", best_of(10, pairs_bound(retry(mp.Lock))), "ns/pair")
+    def floor():
+        s = "x"
+        t0 = time.perf_counter()
+        for _ in range(N):
+            s.isascii(); s.isascii()
+        return (time.perf_counter() - t0) / N * 1e9
+    report("two calls of a trivial C method (str:len()), the floor", best_of(10, floor), "ns/pair")
     report("rlock acquire+release, uncontended", best_of(10, pairs(retry(mp.RLock))), "ns/pair")
     report("semaphore acquire+release, uncontended", best_of(10, pairs(retry(lambda: mp.Semaphore(1)))), "ns/pair")
     report("value increment under its lock, 1e6", best_of(3, increments), "ns/op")

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mp_aux.h"
@@ -121,9 +122,9 @@ void mp_checkoptions(lua_State *L, int idx, const char *fname, const char *const
   }
 }
 
-void mp_checknargs(lua_State *L, int n) {
-  if (lua_gettop(L) > n)
-    luaL_argerror(L, n + 1, lua_pushfstring(L, "no argument expected here, got %s", luaL_typename(L, n + 1)));
+void mp_nargs_error(lua_State *L, int n) {
+  (void)luaL_argerror(L, n + 1, lua_pushfstring(L, "no argument expected here, got %s", luaL_typename(L, n + 1)));
+  abort();                                  /* (luaL_argerror does not return) */
 }
 
 static double timeout_deadline(lua_State *L, int idx, int arg) {

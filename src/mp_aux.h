@@ -113,7 +113,10 @@ int mp_raise_errno(lua_State *L, int err, const char *what);
 ** deadline: -INFINITY when not blocking, INFINITY for no timeout.
 */
 void mp_checkoptions(lua_State *L, int idx, const char *fname, const char *const keys[]);
-void mp_checknargs(lua_State *L, int n);
+void mp_nargs_error(lua_State *L, int n) __attribute__((noreturn));
+static inline void mp_checknargs(lua_State *L, int n) {   /* inline: every method's fast path */
+  if (__builtin_expect(lua_gettop(L) > n, 0)) mp_nargs_error(L, n);
+}
 double mp_block_deadline(lua_State *L, int arg, const char *fname);
 
 /* The message for an unknown option key (with a suggestion), or NULL when k is known. */
