@@ -27,6 +27,32 @@ describe("mp.Pipe", function()
     assert.is_false(r2.writable); assert.is_false(w2.readable)
   end)
 
+  it("keeps closed, readable and writable right through close(), <close> and collection", function()
+    local r, w = mp.Pipe(false)
+    assert.equal("mp.Connection", getmetatable(r).__name)
+    assert.is_false(r.closed); assert.is_false(w.closed)
+    do
+      local c <close> = w
+      assert.is_true(c.writable)
+    end
+    assert.is_true(w.closed); assert.is_false(w.writable); assert.is_false(w.readable)
+    assert.equal("mp.Connection", getmetatable(w).__name)
+    assert.equal("<Connection closed>", tostring(w))
+    assert.matches("connection is closed", select(2, pcall(w.send, w, 1)))
+    assert.matches("connection is closed", select(2, pcall(function() w:send(1) end)))
+    w:close()                                       -- again: nothing to do
+    assert.is_true(r.readable); assert.is_false(r.closed)
+    r:close()
+    assert.is_true(r.closed); assert.is_false(r.readable)
+    assert.is_nil(r.nosuchfield)
+    -- Methods of the closed state are the same functions, and a wrong self is refused.
+    assert.equal(mp.Pipe().send, w.send)
+    assert.matches("mp.Connection expected", select(2, pcall(w.send, {}, 1)))
+    local a, b = mp.Pipe()
+    a, b = nil, nil
+    collectgarbage(); collectgarbage()
+  end)
+
   it("round-trips values through a child process", function()
     local parent, child = mp.Pipe()
     local p = mp.Process{ target = function()

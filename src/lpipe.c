@@ -53,14 +53,20 @@ static void send_raise(lua_State *L, int rc) {
   mp_raise_errno(L, rc, "send");
 }
 
+/* The serializer's state: upvalue 2 of conn_send (mp_pipe_open). */
+#define SERIAL_UPVALUE lua_upvalueindex(2)
+
 /* conn:send(v): the encoded value, as one message. */
 static int conn_send(lua_State *L) {
+  int nargs = lua_gettop(L);
   conn_ud *u = check_writable(L);
-  mp_checknargs(L, 2);              /* a:send(1, 2) would send 1: an error instead */
-  lua_settop(L, 2);
+  if (nargs != 2) {
+    if (nargs > 2) mp_nargs_error(L, 2);    /* a:send(1, 2) would send 1: an error instead */
+    lua_settop(L, 2);                       /* a:send() sends nil */
+  }
   for (;;) {
-    mp_wbuf *b = mp_serial_scratch(L);
-    mp_serial_encode(L, 2, 1, b, "value");
+    mp_wbuf *b = mp_serial_scratch_at(L, SERIAL_UPVALUE);
+    mp_serial_encode_at(L, SERIAL_UPVALUE, 2, 1, b, "value");
     int rc = mp_conn_send(&u->c, b->data, b->len);
     if (rc == 0) return 0;
     /* A signal handler may use the scratch buffer: encode again after it. */
@@ -155,7 +161,30 @@ static int conn_fileno(lua_State *L) {
   return 1;
 }
 
-/* __gc and __close (which also gets the error): closes this process's copies of the fds. */
+/*
+** The fields closed, readable and writable. A Connection's __index could be
+** a function that reads them from the object, but then every conn:send()
+** and conn:recv() would call it to find the method (about 20 ns each, a
+** third of a send here). They depend only on the connection's state, which
+** changes only when it is made or closed: so there is one metatable per
+** state, whose __index table holds the methods and the three fields as
+** constants, and the object's metatable is switched when its state changes.
+** (Type checks read the class word, never the metatable; every one is named
+** mp.Connection.) The closed state's metatable has no __gc: a closed
+** connection holds nothing, and a metatable with __gc set from inside the
+** finalizer would register the object for finalization again.
+*/
+enum { MT_CLOSED, MT_R, MT_W, MT_RW, MT_COUNT };
+static const char mt_keys[MT_COUNT];         /* registry keys of the metatables (their addresses) */
+
+static void set_state(lua_State *L, int idx, conn_ud *u) {
+  idx = lua_absindex(L, idx);
+  int k = u->closed ? MT_CLOSED : (mp_conn_readable(&u->c) ? MT_R : 0) | (mp_conn_writable(&u->c) ? MT_W : 0);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &mt_keys[k]);
+  lua_setmetatable(L, idx);
+}
+
+/* __gc: closes this process's copies of the fds. */
 static int conn_gc(lua_State *L) {
   conn_ud *u = mp_checkself(L, 1, &CONN_C);
   mp_conn_close(&u->c);
@@ -163,26 +192,17 @@ static int conn_gc(lua_State *L) {
   return 0;
 }
 
+/* __close (which also gets the error) and conn:close(): the same, and the closed state's fields. */
+static int conn_close_meta(lua_State *L) {
+  conn_gc(L);
+  set_state(L, 1, lua_touserdata(L, 1));
+  return 0;
+}
+
 /* conn:close() */
 static int conn_close(lua_State *L) {
   mp_checknargs(L, 1);
-  return conn_gc(L);
-}
-
-/* Fields: closed, readable, writable; then the methods (upvalue 1). */
-static int conn_index(lua_State *L) {
-  /* Methods first: this runs for every conn:send(). */
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
-  conn_ud *u = mp_checkself(L, 1, &CONN_C);
-  const char *k = lua_tostring(L, 2);
-  if (k != NULL) {
-    if (strcmp(k, "closed") == 0) { lua_pushboolean(L, u->closed); return 1; }
-    if (strcmp(k, "readable") == 0) { lua_pushboolean(L, !u->closed && mp_conn_readable(&u->c)); return 1; }
-    if (strcmp(k, "writable") == 0) { lua_pushboolean(L, !u->closed && mp_conn_writable(&u->c)); return 1; }
-  }
-  lua_pushnil(L);
-  return 1;
+  return conn_close_meta(L);
 }
 
 static int conn_tostring(lua_State *L) {
@@ -222,6 +242,8 @@ static int core_pipe(lua_State *L) {
   if (err) return mp_raise_errno(L, err, "cannot create pipe");
   a->c = ca; a->closed = 0;
   b->c = cb; b->closed = 0;
+  set_state(L, -2, a);
+  set_state(L, -1, b);
   return 2;
 }
 
@@ -276,6 +298,7 @@ static void conn_import(lua_State *L, const mp_class *c, const mp_travel_desc *d
   if (dep || flags == 0 || flags > (C_RX | C_TX) || d->nfds != want)
     luaL_error(L, "mp.loads: corrupt connection description");
   conn_ud *u = new_conn(L);                  /* closed until both directions are there */
+  int idx = lua_gettop(L);
   int k = 0;
   if (flags & C_RX) { attach_direction(L, &u->c.rx, d->fds + k, mp_travel_get(L, d, &pos), 1); k += 2; }
   if (flags & C_TX) attach_direction(L, &u->c.tx, d->fds + k, mp_travel_get(L, d, &pos), 0);
@@ -285,6 +308,7 @@ static void conn_import(lua_State *L, const mp_class *c, const mp_travel_desc *d
     u->closed = 1;
     luaL_error(L, "not enough memory");
   }
+  set_state(L, idx, u);
 }
 
 /* For mp.wait: the Connection at idx, or NULL. */
@@ -431,15 +455,52 @@ void mp_pipe_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__gc", conn_gc}, {"__close", conn_gc}, {"__tostring", conn_tostring},
+    {"__gc", conn_gc}, {"__close", conn_close_meta}, {"__tostring", conn_tostring},
     {NULL, NULL}
   };
   mp_newclass(L, &CONN_C, methods, metamethods);
   mp_travel_register(&CONN_C, &CONN_TRAVEL);
-  lua_getfield(L, -1, "__index");           /* the methods table, as upvalue 1 */
-  lua_pushcclosure(L, conn_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  int mt = lua_gettop(L);                   /* the registered metatable: a new object's */
+  lua_getfield(L, mt, "__index");           /* the methods */
+  int meths = lua_gettop(L);
+  lua_pushlightuserdata(L, (void *)&CONN_C);  /* send: the class and the serializer's state */
+  mp_serial_push_state(L);
+  lua_pushcclosure(L, conn_send, 2);
+  lua_setfield(L, meths, "send");
+  /* The metatable of each state (see set_state): a copy of mt, and of the methods with the fields. */
+  for (int k = 0; k <= MT_COUNT; k++) {
+    int target = k < MT_COUNT ? lua_gettop(L) + 1 : mt;   /* last: mt itself, closed until made */
+    if (k < MT_COUNT) {
+      lua_newtable(L);
+      lua_pushnil(L);
+      while (lua_next(L, mt)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, target);
+      }
+      if (k == MT_CLOSED) {
+        lua_pushnil(L);
+        lua_setfield(L, target, "__gc");
+      }
+    }
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, meths)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+    int open = k != MT_CLOSED && k != MT_COUNT;
+    lua_pushboolean(L, !open);
+    lua_setfield(L, -2, "closed");
+    lua_pushboolean(L, open && (k & MT_R));
+    lua_setfield(L, -2, "readable");
+    lua_pushboolean(L, open && (k & MT_W));
+    lua_setfield(L, -2, "writable");
+    lua_setfield(L, target, "__index");
+    if (k < MT_COUNT) lua_rawsetp(L, LUA_REGISTRYINDEX, &mt_keys[k]);
+  }
+  lua_settop(L, mt - 1);
   static const luaL_Reg funcs[] = {
     {"Pipe", core_pipe},
     {"wait", core_wait},

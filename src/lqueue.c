@@ -50,10 +50,13 @@ static queue_ud *check_queue(lua_State *L) {
   return q;
 }
 
+/* The serializer's state: upvalue 2 of put and put_nowait (mp_queue_open). */
+#define SERIAL_UPVALUE lua_upvalueindex(2)
+
 static int put_value(lua_State *L, queue_ud *q, int idx, double deadline) {
   for (;;) {
-    mp_wbuf *b = mp_serial_scratch(L);
-    mp_serial_encode(L, idx, 1, b, "item");
+    mp_wbuf *b = mp_serial_scratch_at(L, SERIAL_UPVALUE);
+    mp_serial_encode_at(L, SERIAL_UPVALUE, idx, 1, b, "item");
     int rc = mp_ring_put(&q->ring, b->data, b->len, deadline);
     if (rc == 0) return 0;
     /* A signal handler may use the scratch buffer: encode again after it. */
@@ -145,17 +148,19 @@ static int get_value(lua_State *L, queue_ud *q, double deadline) {
 
 /* q:put(v [, block [, timeout]]) */
 static int q_put(lua_State *L) {
+  int nargs = lua_gettop(L);
   queue_ud *q = check_queue(L);
-  double deadline = mp_block_deadline(L, 3, "put");
-  lua_settop(L, 2);     /* q:put() puts nil */
+  double deadline = nargs <= 2 ? INFINITY : mp_block_deadline(L, 3, "put");
+  if (nargs != 2) lua_settop(L, 2);     /* q:put() puts nil */
   put_value(L, q, 2, deadline);
   return 0;
 }
 
 /* q:get([block [, timeout]]) */
 static int q_get(lua_State *L) {
+  int nargs = lua_gettop(L);
   queue_ud *q = check_queue(L);
-  return get_value(L, q, mp_block_deadline(L, 2, "get"));
+  return get_value(L, q, nargs <= 1 ? INFINITY : mp_block_deadline(L, 2, "get"));
 }
 
 static int q_put_nowait(lua_State *L) {
@@ -362,6 +367,22 @@ mp_ring *mp_queue_ring(lua_State *L, int idx) {
   return &q->ring;
 }
 
+/* put (and put_nowait) of the class whose metatable is on top: class and serializer state as upvalues. */
+static void with_state(lua_State *L, const mp_class *c, int nowait) {
+  lua_getfield(L, -1, "__index");
+  lua_pushlightuserdata(L, (void *)c);
+  mp_serial_push_state(L);
+  lua_pushcclosure(L, q_put, 2);
+  lua_setfield(L, -2, "put");
+  if (nowait) {
+    lua_pushlightuserdata(L, (void *)c);
+    mp_serial_push_state(L);
+    lua_pushcclosure(L, q_put_nowait, 2);
+    lua_setfield(L, -2, "put_nowait");
+  }
+  lua_pop(L, 1);
+}
+
 void mp_queue_open(lua_State *L) {
   static const luaL_Reg simple[] = {
     {"put", q_put}, {"get", q_get}, {"empty", q_empty}, {"close", q_close},
@@ -385,8 +406,11 @@ void mp_queue_open(lua_State *L) {
     {NULL, NULL}
   };
   mp_newclass(L, &QUEUE_C, methods, metamethods);
+  with_state(L, &QUEUE_C, 1);
   mp_newclass(L, &SIMPLE_C, simple, metamethods);
+  with_state(L, &SIMPLE_C, 0);
   mp_newclass(L, &JOINABLE_C, joinable, metamethods);
+  with_state(L, &JOINABLE_C, 1);
   lua_pop(L, 3);
   mp_travel_register(&QUEUE_C, &QUEUE_TRAVEL);
   mp_travel_register(&SIMPLE_C, &QUEUE_TRAVEL);

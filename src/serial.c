@@ -284,9 +284,7 @@ static serial_state *push_state(lua_State *L) {
   return s;
 }
 
-mp_wbuf *mp_serial_scratch(lua_State *L) {
-  serial_state *s = push_state(L);
-  lua_pop(L, 1);                           /* the registry keeps it alive */
+static mp_wbuf *scratch_of(serial_state *s) {
   mp_wbuf *b = &s->scratch;
   if (b->cap > SCRATCH_KEEP) {             /* don't hold on to a huge message's memory */
     free(b->data);
@@ -295,6 +293,18 @@ mp_wbuf *mp_serial_scratch(lua_State *L) {
   }
   b->len = 0;
   return b;
+}
+
+mp_wbuf *mp_serial_scratch(lua_State *L) {
+  serial_state *s = push_state(L);
+  lua_pop(L, 1);                           /* the registry keeps it alive */
+  return scratch_of(s);
+}
+
+void mp_serial_push_state(lua_State *L) { push_state(L); }
+
+mp_wbuf *mp_serial_scratch_at(lua_State *L, int st) {
+  return scratch_of(lua_touserdata(L, st));
 }
 
 /*
@@ -679,39 +689,36 @@ static inline void put_integer(enc *e, lua_Integer v) {
   e->b->len += put_integer_at(w, v);
 }
 
+/* A string of at most 255 bytes: its tag, length and bytes (room is the caller's). */
+static inline void put_str8_at(unsigned char *p, const char *s, size_t len) {
+  p[0] = T_STR8;
+  p[1] = (unsigned char)len;
+  if (len > 16) {
+    memcpy(p + 2, s, len);
+  } else if (len >= 8) {
+    /* A short string (most keys): two overlapping moves instead of a call to memcpy. */
+    uint64_t x, y;
+    memcpy(&x, s, 8);
+    memcpy(&y, s + len - 8, 8);
+    memcpy(p + 2, &x, 8);
+    memcpy(p + 2 + len - 8, &y, 8);
+  } else if (len >= 4) {
+    uint32_t x, y;
+    memcpy(&x, s, 4);
+    memcpy(&y, s + len - 4, 4);
+    memcpy(p + 2, &x, 4);
+    memcpy(p + 2 + len - 4, &y, 4);
+  } else {
+    for (size_t i = 0; i < len; i++) p[2 + i] = (unsigned char)s[i];
+  }
+}
+
 /* Writes a string's tag, length and bytes. */
 static void put_string_bytes(enc *e, const char *s, size_t len) {
   mp_wbuf *b = e->b;
-  if (len <= 16) {
-    /*
-    ** A short string (most keys): copied as two overlapping moves into 18
-    ** bytes of room, instead of a call to memcpy.
-    */
-    if (b->cap - b->len < 18) mp_wbuf_reserve(e->L, b, 18);
-    unsigned char *p = (unsigned char *)b->data + b->len;
-    p[0] = T_STR8;
-    p[1] = (unsigned char)len;
-    if (len >= 8) {
-      uint64_t x, y;
-      memcpy(&x, s, 8);
-      memcpy(&y, s + len - 8, 8);
-      memcpy(p + 2, &x, 8);
-      memcpy(p + 2 + len - 8, &y, 8);
-    } else if (len >= 4) {
-      uint32_t x, y;
-      memcpy(&x, s, 4);
-      memcpy(&y, s + len - 4, 4);
-      memcpy(p + 2, &x, 4);
-      memcpy(p + 2 + len - 4, &y, 4);
-    } else {
-      for (size_t i = 0; i < len; i++) p[2 + i] = (unsigned char)s[i];
-    }
-    b->len += 2 + len;
-  } else if (len <= UINT8_MAX) {
-    unsigned char *p = room(e, 2 + len);
-    p[0] = T_STR8;
-    p[1] = (unsigned char)len;
-    memcpy(p + 2, s, len);
+  if (len <= UINT8_MAX) {
+    if (b->cap - b->len < 2 + len) mp_wbuf_reserve(e->L, b, 2 + len);
+    put_str8_at((unsigned char *)b->data + b->len, s, len);
     b->len += 2 + len;
   } else {
     if (len <= UINT32_MAX) put_tagged(e, T_STR32, len, 4);
@@ -1445,6 +1452,53 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   encode_values(L, NULL, 0, idx, n, b, root, NULL);
 }
 
+/*
+** A message of one integer, boolean, nil or string of up to 255 bytes (most
+** queue items and pipe messages): written here, without encode_values' setup
+** (its encoder struct, the path for error messages, restoring the stack),
+** which costs more than the value. The bytes are the same. 0 when the value
+** is anything else (nothing written).
+*/
+static int encode_scalar_message(lua_State *L, int idx, mp_wbuf *b) {
+  int type = lua_type(L, idx);
+  unsigned char *p;
+  switch (type) {
+    case LUA_TNUMBER: {
+      if (!lua_isinteger(L, idx)) return 0;
+      if (b->cap - b->len < 11) mp_wbuf_reserve(L, b, 11);
+      p = (unsigned char *)b->data + b->len;
+      b->len += 2 + put_integer_at(p + 2, lua_tointeger(L, idx));
+      break;
+    }
+    case LUA_TSTRING: {
+      size_t len;
+      const char *str = lua_tolstring(L, idx, &len);
+      if (len > UINT8_MAX) return 0;
+      if (b->cap - b->len < 4 + len) mp_wbuf_reserve(L, b, 4 + len);
+      p = (unsigned char *)b->data + b->len;
+      put_str8_at(p + 2, str, len);
+      b->len += 4 + len;
+      break;
+    }
+    case LUA_TBOOLEAN: case LUA_TNIL:
+      if (b->cap - b->len < 3) mp_wbuf_reserve(L, b, 3);
+      p = (unsigned char *)b->data + b->len;
+      p[2] = type == LUA_TNIL ? T_NIL : lua_toboolean(L, idx) ? T_TRUE : T_FALSE;
+      b->len += 3;
+      break;
+    default:
+      return 0;
+  }
+  p[0] = FORMAT_VERSION;
+  p[1] = 1;                                 /* one value */
+  return 1;
+}
+
+void mp_serial_encode_at(lua_State *L, int st, int idx, int n, mp_wbuf *b, const char *root) {
+  if (n == 1 && encode_scalar_message(L, idx, b)) return;
+  encode_values(L, lua_touserdata(L, st), st, idx, n, b, root, NULL);
+}
+
 void mp_serial_encode_oob(lua_State *L, int idx, int n, mp_wbuf *b, const char *root, mp_oob *oob) {
   encode_values(L, NULL, 0, idx, n, b, root, oob);
 }
@@ -2050,6 +2104,13 @@ static int decode_values(lua_State *L, serial_state *s, int st, int keys, const 
 }
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
+  /* A message of one scalar (see encode_scalar_message) without decode_values' setup. */
+  const unsigned char *p = (const unsigned char *)data, *end = p + len;
+  if (len >= 3 && p[0] == FORMAT_VERSION && p[1] == 1 && lua_checkstack(L, 1)) {
+    const unsigned char *q = scalar_at(L, p + 2, end);
+    if (q == end) return 1;
+    if (q != NULL) lua_pop(L, 1);           /* trailing bytes: decode_values says so */
+  }
   return decode_values(L, NULL, 0, 0, data, len, NULL, 0);
 }
 

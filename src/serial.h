@@ -38,6 +38,18 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
 int mp_serial_decode(lua_State *L, const char *data, size_t len);
 
 /*
+** For bindings that encode on their hot path (conn:send, q:put): the two
+** calls above find the state in the registry (a lookup per call, ~190
+** instructions, as much as encoding a small integer). Such a binding keeps
+** the state as an upvalue of its functions instead (mp_serial_push_state
+** pushes it, made if need be) and passes its index to these, which do the
+** same as mp_serial_scratch and mp_serial_encode.
+*/
+void mp_serial_push_state(lua_State *L);
+mp_wbuf *mp_serial_scratch_at(lua_State *L, int st);
+void mp_serial_encode_at(lua_State *L, int st, int idx, int n, mp_wbuf *b, const char *root);
+
+/*
 ** The same for transports that pass fds (the fork server, the pool): mp
 ** objects (mp_travel.h) are encoded with their fds added to `oob`, which the
 ** transport sends along the bytes; the receiver decodes with the fds that
