@@ -78,6 +78,7 @@ static pool_tr *checkowner(lua_State *L) {
 static int tr_close(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   mp_pt_free(&t->pt);
+  if (t->impl != NULL) t->ops->close(t->impl);
   mp_poolchan_close(&t->local);
   free(t->live);
   t->live = NULL;
@@ -85,18 +86,46 @@ static int tr_close(lua_State *L) {
   return 0;
 }
 
-/* core.pool_transport(nworkers): the local transport. */
+/*
+** The ops of a transport object made by another C module (mp/mpi.so): its
+** metatable's __pool_ops, checked for the seam's magic and version. The object
+** is kept in user value 3, so its memory lives as long as this transport.
+*/
+static const mp_pool_transport_ops *foreign_ops(lua_State *L, int idx) {
+  const mp_pool_transport_ops *ops = NULL;
+  if (lua_type(L, idx) == LUA_TUSERDATA && luaL_getmetafield(L, idx, "__pool_ops") != LUA_TNIL) {
+    ops = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+  }
+  if (ops == NULL || ops->magic != MP_POOL_OPS_MAGIC)
+    luaL_argerror(L, idx, "pool transport object expected");
+  if (ops->version != MP_POOL_OPS_VERSION)
+    luaL_argerror(L, idx, "pool transport built for another version of mp");
+  return ops;
+}
+
+/*
+** core.pool_transport(nworkers [, impl]): the local transport, or the one
+** implemented by the object impl (see foreign_ops).
+*/
 static int core_pool_transport(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "number of workers out of range");
-  pool_tr *t = mp_newself(L, &TR_C, 2);
+  const mp_pool_transport_ops *ops = lua_isnoneornil(L, 2) ? NULL : foreign_ops(L, 2);
+  pool_tr *t = mp_newself(L, &TR_C, 3);
   mp_poolchan_init(&t->local);                   /* safe empty state */
   lua_newtable(L); lua_setiuservalue(L, -2, 1);  /* handle --> job, job --> handle */
   lua_newtable(L); lua_setiuservalue(L, -2, 2);  /* handle --> dest */
-  int err = mp_poolchan_open(&t->local, (int)n); /* releases its part on failure */
-  if (err) return mp_raise_errno(L, err, "pool");
-  t->ops = &mp_poolchan_ops;
-  t->impl = &t->local;
+  if (ops != NULL) {
+    lua_pushvalue(L, 2); lua_setiuservalue(L, -2, 3);
+    t->ops = ops;
+    t->impl = lua_touserdata(L, 2);
+  } else {
+    int err = mp_poolchan_open(&t->local, (int)n); /* releases its part on failure */
+    if (err) return mp_raise_errno(L, err, "pool");
+    t->ops = &mp_poolchan_ops;
+    t->impl = &t->local;
+  }
   t->nworkers = (int)n;
   if (mp_pt_init(&t->pt, (int)n) != 0 || (t->live = calloc((size_t)n, 1)) == NULL) {
     lua_replace(L, 1);                           /* the object, for tr_close */
@@ -109,12 +138,12 @@ static int core_pool_transport(lua_State *L) {
 static int tr_after_fork(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   t->foreign = 1;
-  if (t->impl != NULL) mp_poolchan_after_fork(&t->local, lua_toboolean(L, 2));
+  if (t->impl != NULL) t->ops->after_fork(t->impl, lua_toboolean(L, 2));
   return 0;
 }
 
-static int tr_close_tasks(lua_State *L) { mp_poolchan_close_tasks(&checkowner(L)->local); return 0; }
-static int tr_fileno(lua_State *L) { lua_pushinteger(L, mp_poolchan_fd(&checkowner(L)->local)); return 1; }
+static int tr_close_tasks(lua_State *L) { pool_tr *t = checkowner(L); t->ops->close_tasks(t->impl); return 0; }
+static int tr_fileno(lua_State *L) { pool_tr *t = checkowner(L); lua_pushinteger(L, t->ops->fd(t->impl)); return 1; }
 static int tr_inflight(lua_State *L) { lua_pushinteger(L, checkowner(L)->pt.inflight); return 1; }
 
 static int check_index(lua_State *L, pool_tr *t, int arg) {

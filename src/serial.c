@@ -1101,8 +1101,27 @@ static int core_register_class(lua_State *L) {
   return 1;
 }
 
+/*
+** core.serial_key([key]) --> the family key (before the change). With a key,
+** this process takes it: processes that did not fork from one another (the
+** ranks of an MPI job: mp.mpi sends rank 0's key with each pool's START) then
+** load each other's functions. Only a process that can already run Lua code
+** here can call it.
+*/
+static int core_serial_key(lua_State *L) {
+  size_t len = 0;
+  const char *k = luaL_optlstring(L, 1, NULL, &len);
+  lua_settop(L, 1);
+  serial_state *s = push_state(L);
+  luaL_argcheck(L, k == NULL || len == sizeof s->key, 1, "key of the wrong length");
+  lua_pushlstring(L, (const char *)s->key, sizeof s->key);
+  if (k != NULL) memcpy(s->key, k, len);
+  return 1;
+}
+
 void mp_serial_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
+    {"serial_key", core_serial_key},
     {"dumps", core_dumps},
     {"loads", core_loads},
     {"register_class", core_register_class},

@@ -31,7 +31,10 @@ local function wait_any(pending, deadline, others)
   -- Several pools, or other sources: wait on all their fds at once, then pump.
   local fds = {}
   for _, s in ipairs(others or {}) do fds[#fds + 1] = s end
-  for p in pairs(pools) do if p._tr then fds[#fds + 1] = p._tr:fileno() end end
+  for p in pairs(pools) do
+    local fd = p._tr and p._tr:fileno() or -1      -- an MPI pool has none: pumped below
+    if fd >= 0 then fds[#fds + 1] = fd end
+  end
   local left = min(deadline - now(), 0.1)
   if left > 0 then core.wait(fds, left) end
   for p in pairs(pools) do if p._tr then p:_pump(0) end end

@@ -218,6 +218,13 @@ local function worker_main(tr, index, initializer, initargs, maxtasks)
 end
 
 local function spawn_worker(self, index)
+  local backend = self._backend
+  if backend then                        -- another transport starts its own workers
+    local w = backend.start(index, self._initializer, self._initargs, self._maxtasks)
+    self._workers[index] = w
+    self._tr:started(index, w.sentinel)
+    return
+  end
   worker_counter = worker_counter + 1
   local p = process.Process {
     target = worker_main,
@@ -278,7 +285,8 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._fncache = setmetatable({}, { __mode = "k" })
   self._fnids = {}
   self._nfn = 0
-  self._tr = core.pool_transport(processes)
+  local backend = rawget(self, "_backend")
+  self._tr = backend and backend.transport(processes, self._maxtasks) or core.pool_transport(processes)
   live[self] = true
   for i = 1, processes do
     local ok, err = pcall(spawn_worker, self, i)
@@ -356,6 +364,7 @@ local function remote_error(x)
 end
 
 local function describe_exit(code)
+  if type(code) == "string" then return code end      -- a worker that says how it ended
   if code < 0 then
     local name = signal_names[-code]
     return "killed by signal " .. (-code) .. (name and " (" .. name .. ")" or "")
@@ -1018,6 +1027,21 @@ one for SIGTERM, caught in the instant after the fork, would keep it alive.)
 function Pool:terminate()
   if getmetatable(self) ~= Pool then check_pool(self, "terminate") end
   stop(self, "SIGKILL", classes.ProcessError("the pool was terminated before the task completed"))
+end
+
+--[[
+A pool over another transport (mp.mpi): `backend` makes the transport object
+and starts each worker, which need not be a local process.
+  backend.transport(processes, maxtasks) --> core.pool_transport(processes, impl)
+  backend.start(index, initializer, initargs, maxtasks) --> a worker object:
+    pid, name, sentinel (an fd, or -1), exitcode (nil while it serves; a number,
+    or a string saying how it ended), kill(), terminate(), join([timeout]), close()
+Everything else (jobs, results, callbacks, futures) is this file's, unchanged.
+]]
+function M.pool_with(backend, ...)
+  local self = setmetatable({ _backend = backend }, Pool)
+  self:init(...)
+  return self
 end
 
 -- Python 3.14's executor: SIGTERM (then SIGKILL after 1 s), or SIGKILL; the pool is shut down.

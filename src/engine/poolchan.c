@@ -475,7 +475,16 @@ static int pc_send_result(void *t, const char *msg, size_t len) {
   return send_all(t, msg, len);
 }
 
+static void pc_close_tasks(void *t) { mp_poolchan_close_tasks(t); }
+static int pc_fd(void *t) { return mp_poolchan_fd(t); }
+static void pc_after_fork(void *t, int worker) { mp_poolchan_after_fork(t, worker); }
+static void pc_close(void *t) { mp_poolchan_close(t); }
+
 const mp_pool_transport_ops mp_poolchan_ops = {
-  "local", pc_send, pc_flush, pc_recv, pc_wait, pc_started, pc_lost, pc_idle, pc_busy,
-  pc_running, pc_take, pc_begin, pc_keep, pc_end, pc_send_result,
+  .magic = MP_POOL_OPS_MAGIC, .version = MP_POOL_OPS_VERSION, .name = "local",
+  .send = pc_send, .flush = pc_flush, .recv = pc_recv, .wait = pc_wait,
+  .started = pc_started, .lost = pc_lost, .idle = pc_idle, .busy = pc_busy,
+  .running = pc_running, .take = pc_take, .begin = pc_begin, .keep = pc_keep,
+  .end = pc_end, .send_result = pc_send_result, .close_tasks = pc_close_tasks,
+  .fd = pc_fd, .after_fork = pc_after_fork, .close = pc_close,
 };

@@ -34,6 +34,16 @@
 **           begin(i, id)     task id starts (0: between tasks)
 **           keep(i, result)  a finished result, safe before the next task
 **           end(i)           the batch is done: its results are sent
+**   both:   close_tasks()    no more batches (workers' take then says EPIPE)
+**           fd()             polls readable when results are in, or -1 when
+**                            the transport has no fd (MPI: waits poll it)
+**           after_fork(w)    in a new child: drop the parent's side (w: it
+**                            is one of this transport's workers)
+**           close()          release everything this process holds (idempotent)
+**
+** A transport built outside mp (a separate C module such as mp/mpi.so) hands
+** its ops to core.pool_transport through its object's metatable (field
+** __pool_ops, a light userdata); `magic` and `version` guard that handover.
 **
 ** Framing, for every transport: a batch and a journal are a container, a
 ** header (MP_PC_CHDR bytes: u8 'K', pad, u32 entries, u64 first task id)
@@ -123,7 +133,11 @@ void mp_poolchan_close_tasks(mp_poolchan *c);
 int mp_poolchan_fd(const mp_poolchan *c);
 
 /* The transport seam (see above). `t` is the implementation's state. */
+#define MP_POOL_OPS_MAGIC 0x5350504fu   /* "OPPS" */
+#define MP_POOL_OPS_VERSION 1
+
 typedef struct mp_pool_transport_ops {
+  uint32_t magic, version;          /* MP_POOL_OPS_MAGIC, MP_POOL_OPS_VERSION */
   const char *name;
   int (*send)(void *t, const char *batch, size_t len);          /* 0, EAGAIN (kept), errno */
   int (*flush)(void *t);                                         /* 0 when nothing is kept */
@@ -139,6 +153,10 @@ typedef struct mp_pool_transport_ops {
   int (*keep)(void *t, int index, const char *result, size_t len);
   int (*end)(void *t, int index);
   int (*send_result)(void *t, const char *msg, size_t len);      /* outside a batch */
+  void (*close_tasks)(void *t);
+  int (*fd)(void *t);                                            /* -1: none */
+  void (*after_fork)(void *t, int worker);
+  void (*close)(void *t);
 } mp_pool_transport_ops;
 
 extern const mp_pool_transport_ops mp_poolchan_ops;
