@@ -53,7 +53,7 @@ return function(c)
     local w = c._worker()
     while true do
       local payload = w:wait_start(0.1)       -- nil at each slice's end: hooks (signals) run
-      if payload == false then break end
+      if payload == false then w:finished(); break end
       if payload then
         local code = serve_pool(w, payload)
         if w:finished() then break end

@@ -43,11 +43,18 @@ static void at_exit(void) {
   if (init_pid == 0 || getpid() != init_pid) return;
   MPI_Finalized(&fin);
   if (fin) return;
-  if (parent == MPI_COMM_NULL) {
+  /*
+  ** A worker rank that leaves before rank 0 said FINISH (os.exit in a task,
+  ** an error in its loop) skips MPI_Finalize, which would wait for ranks that
+  ** are not finalizing: Open MPI then ends its job (all of mpirun's job, or
+  ** the one spawned rank), which is what a dead worker means here.
+  */
+  if (parent != MPI_COMM_NULL || world_rank != 0) {
+    if (!finish_received) return;
+    if (parent != MPI_COMM_NULL) MPI_Comm_disconnect(&parent);
+  } else {
     mpc_finish_all();
-    if (world_rank == 0 && world_size > 1 && !world_finished) mpc_finish_world(world_size);
-  } else if (finish_received) {
-    MPI_Comm_disconnect(&parent);
+    if (world_size > 1 && !world_finished) mpc_finish_world(world_size);
   }
   fflush(NULL);
   MPI_Finalize();

@@ -393,7 +393,17 @@ static int any_message(mpichan *c) {
   return 0;
 }
 
-/* Marks the spawned workers whose pidfd is readable dead; 1 when one was found. */
+/*
+** Marks the spawned workers whose pidfd is readable dead; 1 when one was found.
+**
+** Then the other spawned workers are ended too. Open MPI 4.1 (no ULFM) ends
+** the dead rank's job, and after that the parent's messages to the other
+** spawned ranks were seen not to arrive (its TCP connections to them fail to
+** reopen): a pool that kept them would wait for results that never come. So
+** every spawned worker of the pool is killed and replaced: the tasks they
+** were running fail with WorkerLostError, those they had not started are sent
+** to the new ones. Never a hang, at the price of those tasks.
+*/
 static int reap(mpichan *c, struct pollfd *fds, int *idx, int n) {
   int found = 0;
   for (int k = 0; k < n; k++) {
@@ -402,6 +412,13 @@ static int reap(mpichan *c, struct pollfd *fds, int *idx, int n) {
     /* Its last messages may still be in MPI: the parent drains before lost(). */
     w->state = MPC_W_DEAD;
     found = 1;
+  }
+  for (int i = 0; found && i < c->nworkers; i++) {
+    mpc_worker *w = &c->w[i];
+    if (w->pidfd >= 0 && w->state != MPC_W_DEAD) {
+      syscall(SYS_pidfd_send_signal, w->pidfd, SIGKILL, NULL, 0);
+      w->state = MPC_W_DEAD;           /* no batch goes to it any more */
+    }
   }
   return found;
 }
