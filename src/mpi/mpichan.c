@@ -51,9 +51,12 @@ static void buf_free(mp_pc_buf *b) {
 ** then a sleep of an eighth of the time waited so far (bounded), never past
 ** `until`. fds (may be NULL) wake the sleep: 1 when one is readable.
 */
+static double spin_time = -1;
+
 static int pause_since(double since, double until, struct pollfd *fds, int nfds) {
   double now = mp_now(), waited = now - since;
-  if (waited < MPC_SPIN) { sched_yield(); return 0; }
+  if (spin_time < 0) { const char *e = getenv("MPLUA_MPI_SPIN_US"); spin_time = e ? atof(e) * 1e-6 : MPC_SPIN; }
+  if (waited < spin_time) { sched_yield(); return 0; }
   double step = waited / 8;
   if (step < MPC_SLEEP_MIN) step = MPC_SLEEP_MIN;
   if (step > MPC_SLEEP_MAX) step = MPC_SLEEP_MAX;
@@ -215,10 +218,8 @@ static int choose(mpichan *c) {
   return best;
 }
 
-#define DBG(...) do { if (getenv("MPC_DEBUG")) { fprintf(stderr, "[%d] ", (int)getpid()); fprintf(stderr, __VA_ARGS__); } } while (0)
 static int place(mpichan *c, const char *batch, size_t len) {
   int i = choose(c);
-  DBG("place %llu+%u -> %d\n", (unsigned long long)mp_pc_get64(batch + 8), mp_pc_get32(batch + 4), i);
   if (i < 0) return EAGAIN;
   mpc_worker *w = &c->w[i];
   int err = post(c, batch, len, w->rank, MPC_TASK, w->comm);
@@ -327,7 +328,6 @@ static void control(mpichan *c, int i, int tag, const char *p, size_t len) {
 static void result_seen(mpichan *c, int i, const char *p, size_t len) {
   if (i < 0 || len < MP_PC_CHDR || !(p[1] & MPC_END_OF_BATCH)) return;
   mpc_worker *w = &c->w[i];
-  DBG("end of batch from %d (qn %d)\n", i, w->qn);
   if (w->qn > 0) {
     w->q[0] = w->q[1];
     w->qn--;
@@ -703,7 +703,6 @@ static int mpc_take(void *t, int index, const char **data, size_t *len) {
       if (err) return err;
       switch (st.MPI_TAG) {
         case MPC_TASK:
-          DBG("take %llu+%u\n", (unsigned long long)mp_pc_get64(c->in.data + 8), mp_pc_get32(c->in.data + 4));
           if (n < MP_PC_CHDR || c->in.data[0] != 'K') return EPROTO;
           *data = c->in.data;
           *len = n;
