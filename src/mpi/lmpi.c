@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -296,6 +297,9 @@ static int init_mpi(lua_State *L) {
     int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided);
     if (rc != MPI_SUCCESS) return mpi_error(L, rc, "mp.mpi: MPI_Init_thread");
     init_pid = getpid();
+    /* The transport's waits sleep in steps of tens of microseconds: the default
+    ** 50 us timer slack would double them. */
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     stay_loaded();
     atexit(at_exit);
   } else if (init_pid == 0) {
