@@ -44,6 +44,20 @@ do
   report("apply_async 1e4 tiny tasks", dt / n * 1e6, "us/task")
 end
 
+-- How soon a callback runs while the parent blocks elsewhere (a binary whose
+-- pool runs callbacks only in its own calls fires it at the next one).
+for _, case in ipairs {
+  { "mp.sleep(0.3)", function() mp.sleep(0.3) end },
+  { "q:get(true, 0.3)", function() pcall(mp.Queue().get, mp.Queue(), true, 0.3) end },
+} do
+  local fired
+  local t0 = mp.time()
+  pool:apply_async(square, { 3 }, { callback = function() fired = fired or mp.time() end })
+  case[2]()
+  pool:apply(square, { 1 })
+  report("callback latency during " .. case[1], (fired - t0) * 1000, "ms")
+end
+
 local function cpu(_)
   local s = 0
   for _ = 1, 2e6 do s = s + math.sin(40) + math.cos(40) end

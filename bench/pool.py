@@ -12,6 +12,13 @@ def square(x):
     return x * x
 
 
+def _get(q, timeout):
+    try:
+        q.get(True, timeout)
+    except Exception:
+        pass
+
+
 def cpu(_):
     s = 0.0
     for _ in range(2_000_000):
@@ -44,6 +51,15 @@ if __name__ == "__main__":
             assert r.get() == i * i
         dt = time.perf_counter() - t0
         report("apply_async 1e4 tiny tasks", dt / n * 1e6, "us/task")
+
+        for label, block in (("mp.sleep(0.3)", lambda: time.sleep(0.3)),
+                             ("q:get(true, 0.3)", lambda: _get(mp.Queue(), 0.3))):
+            fired = []
+            t0 = time.perf_counter()
+            pool.apply_async(square, (3,), callback=lambda _: fired.append(time.perf_counter()))
+            block()
+            pool.apply(square, (1,))
+            report(f"callback latency during {label}", (fired[0] - t0) * 1000, "ms")
 
         items = list(range(1, 9))
         t0 = time.perf_counter()

@@ -1,3 +1,4 @@
+-- JoinableQueue throughput with task_done and join (tutorial: Pipe vs Queue, the JoinableQueue timing for 1e4, 1e5, 1e6 messages).
 -- Puts N integers on a JoinableQueue for a reader process that marks each one
 -- done; the writer waits with join(). Prints how long it took.
 -- Run: mplua examples/joinable_queue_throughput.lua [count]

@@ -1,3 +1,4 @@
+-- A two-stage pipeline over Pipes that ends on EOFError (tutorial: create_items and multiply_items).
 -- A pipeline of processes joined by Pipes: a generator sends numbers, a
 -- squarer squares them, the main process prints the results. Each stage stops
 -- at EOFError, raised once every copy of the sending end is closed, so every

@@ -1,3 +1,4 @@
+-- Pipe throughput: N integers to a reader process (tutorial: Pipe vs Queue, the Pipe timing for 1e4, 1e5, 1e6 messages).
 -- Sends N integers through a Pipe to a reader process that stops at "DONE";
 -- prints how long it took. Run: mplua examples/pipe_throughput.lua [count]
 -- (default: 1e4, 1e5 and 1e6, as in the tutorial).

@@ -1,15 +1,13 @@
--- Pool squares: the tutorial's first Pool program.
+-- The same squares with Pool():map, each task printing the pid of the worker that runs it (tutorial: Pool with worker process ids).
 -- Run: mplua examples/pool_squares.lua
-local function square(x)
-  return x * x
+local function square(n)
+  print(string.format("Worker process id for %d: %d", n, mp.getpid()))
+  return n * n
 end
 
-local pool <close> = mp.Pool(4)
-local numbers = { 1, 2, 3, 4, 5 }
-local squares = pool:map(square, numbers)
-print("squares: " .. table.concat(squares, ", "))
-
--- imap yields results one by one, in order, as they arrive.
-for r in pool:imap(square, { 6, 7, 8 }) do
-  print("imap result", r)
-end
+local mylist = { 1, 2, 3, 4, 5 }
+local p = mp.Pool()                     -- one worker per CPU, mp.cpu_count()
+local result = p:map(square, mylist)    -- in order, whichever worker ran each
+print("{" .. table.concat(result, ", ") .. "}")
+p:close()                               -- the workers end (and flush their output)
+p:join()

@@ -1,20 +1,19 @@
--- A daemon process is terminated when the main process exits; a non-daemon one is
--- waited for.
-local function daemon_work()
-  print("daemon starts, would run for 60 s")
-  mp.sleep(60)
-  print("never printed")
+-- A daemon process is terminated when the main process exits (tutorial: running a process in the background, daemon = true).
+-- Run: mplua examples/process_daemon.lua
+local started = mp.Event()
+
+local function background()
+  local name = mp.current_process().name
+  print("Starting " .. name)
+  for i = 0, 4 do print("---> " .. i) end
+  io.stdout:flush()
+  started:set()
+  mp.sleep(60)                   -- never finishes: the main process exits first
+  print("Exiting " .. name)      -- never printed
 end
 
-local function normal_work()
-  print("non-daemon starts")
-  mp.sleep(0.3)
-  print("non-daemon ends")
-end
-
-local d = mp.Process{ target = daemon_work, name = "daemon", daemon = true }
-local n = mp.Process{ target = normal_work, name = "non-daemon" }
-d:start()
-n:start()
-print(d.name, "daemon:", d.daemon, "|", n.name, "daemon:", n.daemon)
--- No join: at exit the daemon is terminated and the non-daemon joined.
+local p = mp.Process{ name = "background_process", target = background, daemon = true }
+p:start()
+started:wait(10)                 -- (so that its first lines are there before the end)
+print(p.name .. " daemon: " .. tostring(p.daemon))
+print("main process ends without joining it: the daemon is terminated")

@@ -1,4 +1,4 @@
--- Start a process and wait for it: the smallest mplua program.
+-- Start one process with an argument and wait for it (tutorial: the first Process program, f('bob')).
 -- Run: mplua examples/process_hello.lua
 local function greet(name)
   print(string.format("hello %s from process %d (parent %d)", name, mp.getpid(), mp.parent_process().pid))

@@ -1,23 +1,25 @@
--- A child handles SIGINT with a Lua handler and exits cleanly.
+-- A child handles SIGINT with a Lua handler and carries on, until the parent terminates it (tutorial: the child catching KeyboardInterrupt).
 -- Run: mplua examples/process_sigint.lua
-local ready = mp.Event()
+io.stdout:setvbuf("line")
+local ready, got_it = mp.Event(), mp.Event()
 
 local function child()
-  mp.signal("SIGINT", function()
-    print("child: got SIGINT, cleaning up")
-    io.stdout:flush()
-    os.exit(0)
+  mp.signal("SIGINT", function()          -- Python: except KeyboardInterrupt
+    print("child: got SIGINT, carrying on")
+    got_it:set()
   end)
-  ready:set()                          -- the handler is in place
-  mp.sleep(30)                         -- interrupted by the signal
-  print("child: no signal came")
+  ready:set()                             -- the handler is in place
+  while true do mp.sleep(1) end           -- handlers run during mp's waits
 end
 
 local p = mp.Process{ target = child }
 p:start()
 ready:wait(10)
-print("parent: sending SIGINT to " .. p.pid)
-io.stdout:flush()
+print("parent: sending SIGINT to the child")
 mp.kill(p.pid, "SIGINT")
+got_it:wait(10)
+print("parent: the child is still alive: " .. tostring(p:is_alive()))
+print("parent: terminating it")
+p:terminate()                             -- SIGTERM has no handler: the child ends
 p:join()
 print("parent: child exit code " .. p.exitcode)

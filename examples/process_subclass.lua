@@ -1,19 +1,22 @@
--- Subclassing mp.Process: override run (and optionally init).
-local Worker = mp.Process:extend("Worker")
+-- Subclassing Process: run() overridden, default names MyProcess-N, current_process().pid (tutorial: the MyProcess subclass).
+-- Run: mplua examples/process_subclass.lua [count]   (default 10 processes)
+local count = math.tointeger(tonumber(arg[1])) or 10
 
-function Worker:init(task)
-  mp.Process.init(self)          -- default name Worker-N
+local MyProcess = mp.Process:extend("MyProcess")
+
+-- Optional: init(self, ...) receives what MyProcess(...) was called with.
+function MyProcess:init(task)
+  mp.Process.init(self)          -- keeps the default name, MyProcess-N
   self.task = task
 end
 
-function Worker:run()
-  print(string.format("%s (pid %d) runs %s", self.name, mp.getpid(), self.task))
+function MyProcess:run()
+  print(string.format("called run method in process %s (pid %d), task %d",
+    self.name, mp.current_process().pid, self.task))
 end
 
-local workers = {}
-for i, task in ipairs { "download", "parse", "store" } do
-  workers[i] = Worker(task)
-  workers[i]:start()
+for i = 1, count do
+  local p = MyProcess(i)
+  p:start()
+  p:join()
 end
-for _, w in ipairs(workers) do w:join() end
-for _, w in ipairs(workers) do print(tostring(w)) end

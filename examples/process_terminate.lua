@@ -1,21 +1,17 @@
--- terminate() sends SIGTERM; the exit code of a process ended by a signal is -signum.
-local function forever()
-  while true do mp.sleep(1) end
+-- terminate() with is_alive() before and after, and exit code -15 (tutorial: killing a process).
+-- Run: mplua examples/process_terminate.lua
+local function foo()
+  print("Starting function")
+  mp.sleep(10)
+  print("Finished function")     -- never printed: terminated first
 end
 
-local p = mp.Process{ target = forever }
+local p = mp.Process{ target = foo }
+print("Process before execution:", tostring(p), p:is_alive())
 p:start()
-print("started", tostring(p), "alive:", p:is_alive())
-p:terminate()
+print("Process running:", tostring(p), p:is_alive())
+p:terminate()                    -- SIGTERM; the process may not have ended yet
+print("Process terminated:", tostring(p), p:is_alive())
 p:join()
-print("terminated", tostring(p), "alive:", p:is_alive(), "exitcode:", p.exitcode)
-
-local q = mp.Process{ target = function() os.exit(3) end }
-q:start()
-q:join()
-print("os.exit(3) gives exitcode", q.exitcode)
-
-local e = mp.Process{ target = function() error("something went wrong") end }
-e:start()
-e:join()
-print("an uncaught error gives exitcode", e.exitcode, "(the traceback went to stderr)")
+print("Process joined:", tostring(p), p:is_alive())
+print("Process exit code:", p.exitcode)   -- -15: ended by signal 15 (SIGTERM)

@@ -1,3 +1,4 @@
+-- Queue producer and consumer stopping at a sentinel (tutorial: producer/consumer with a sentinel).
 -- A producer puts work on a Queue and a consumer takes it until it sees the
 -- sentinel (nil is a valid item, so the sentinel here is false).
 -- Run: mplua examples/queue_producer_consumer.lua

@@ -1,3 +1,4 @@
+-- Queue throughput: N integers to a reader process (tutorial: Pipe vs Queue, the Queue timing for 1e4, 1e5, 1e6 messages).
 -- Puts N integers on a Queue for a reader process that stops at "DONE";
 -- prints how long it took. Run: mplua examples/queue_throughput.lua [count]
 -- (default: 1e4, 1e5 and 1e6, as in the tutorial).

@@ -1,4 +1,4 @@
--- Shared memory: a child fills an Array with squares and a Value with their sum.
+-- Shared memory: a child fills an Array with squares and a Value with their sum (tutorial: sharing data with Value and Array).
 -- Run: mplua examples/shared_value_array.lua
 local function square_all(numbers, total)
   for i = 1, #numbers do

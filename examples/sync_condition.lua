@@ -1,4 +1,4 @@
--- A Condition: a consumer waits until a producer says an item is ready.
+-- A Condition over shared memory: a consumer waits until a producer has made each item (tutorial: Condition with notify and wait_for).
 -- Run: mplua examples/sync_condition.lua
 local cond = mp.Condition()
 local items = mp.Array("i", 5)

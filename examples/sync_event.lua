@@ -1,22 +1,27 @@
--- An Event: processes wait until another one sets it.
+-- An Event waited for without a timeout and with one that expires first (tutorial: wait_for_event and wait_for_event_timeout).
 -- Run: mplua examples/sync_event.lua
-local function waiter(event, i)
-  print("waiter " .. i .. " waits")
-  io.stdout:flush()
-  event:wait()
-  print("waiter " .. i .. " saw the event")
+io.stdout:setvbuf("line")
+
+local function wait_for_event(e)
+  print("wait_for_event: starting")
+  e:wait()                                -- blocks until the event is set
+  print("wait_for_event: e:is_set() -> " .. tostring(e:is_set()))
 end
 
-local event = mp.Event()
-local ps = {}
-for i = 1, 3 do
-  ps[i] = mp.Process{ target = waiter, args = { event, i } }
-  ps[i]:start()
+local function wait_for_event_timeout(e, t)
+  print("wait_for_event_timeout: starting")
+  local set = e:wait(t)                   -- false when the timeout expired first
+  print("wait_for_event_timeout: e:wait(" .. t .. ") -> " .. tostring(set) ..
+        ", e:is_set() -> " .. tostring(e:is_set()))
 end
-mp.sleep(0.1)
-print("main sets the event")
-io.stdout:flush()
-event:set()
-for _, p in ipairs(ps) do p:join() end
-print("is_set: " .. tostring(event:is_set()))
-print("wait with a timeout on a cleared event: " .. tostring((function() event:clear(); return event:wait(0.1) end)()))
+
+local e = mp.Event()
+local w1 = mp.Process{ name = "block", target = wait_for_event, args = { e } }
+local w2 = mp.Process{ name = "nonblock", target = wait_for_event_timeout, args = { e, 0.2 } }
+w1:start()
+w2:start()
+w2:join()                                 -- its timeout expires; the event is still clear
+print("main: calling e:set()")
+e:set()
+w1:join()
+print("main: both waiters ended")

@@ -1,5 +1,4 @@
--- The cure for the race in sync_race_unlocked.lua: a Lock around each update.
--- The final balance is 100 every time.
+-- The same race cured by a Lock around each update: the final balance is 100 every time (tutorial: withdraw/deposit with a Lock).
 -- Run: mplua examples/sync_race_locked.lua
 local function deposit(balance, lock)
   for _ = 1, 100 do

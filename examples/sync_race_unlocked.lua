@@ -1,4 +1,4 @@
--- A race condition: two processes update a shared balance without a lock.
+-- A race: two processes update a shared balance without a lock, ten runs (tutorial: withdraw/deposit without a Lock).
 -- Each read-modify-write of balance.value can interleave with the other
 -- process's, so updates get lost and the final balance is often not 100.
 -- Run: mplua examples/sync_race_unlocked.lua   (then see sync_race_locked.lua)

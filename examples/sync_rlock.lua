@@ -1,5 +1,5 @@
--- An RLock may be acquired again by the process that holds it: a function
--- that takes the lock can call another one that takes it too.
+-- An RLock is re-entered by the process that holds it (tutorial: RLock).
+-- A function that takes the lock calls another one that takes it too.
 -- Run: mplua examples/sync_rlock.lua
 local function add_one(lock, counter)
   local _ <close> = lock:hold()

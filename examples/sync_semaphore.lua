@@ -1,4 +1,4 @@
--- A Semaphore(2) lets at most two processes use a resource at a time.
+-- A Semaphore(2) lets at most two processes use a resource at a time (tutorial: Semaphore(2)).
 -- Run: mplua examples/sync_semaphore.lua
 local function use_resource(sem, inside, i)
   sem:with(function()

@@ -44,10 +44,21 @@ local cur = deep
 for _ = 1, 150 do cur[1] = {}; cur = cur[1] end
 msg("deep", deep)
 msg("empty")
--- round-trip mode programs: ops are described in serial_fuzz.c (op % 14)
+local arr = {}
+for i = 1, 100 do arr[i] = i % 3 == 0 and i * 0.5 or i % 5 == 0 and ("s" .. i) or i * 1000 end
+msg("array-mixed", arr, { 1, 2, nil, 4 })
+local rec = {}
+for i = 1, 10 do rec["field" .. i] = i * 1.5 end
+rec[string.rep("long", 12)] = true
+msg("record", rec)
+msg("env", load("return x", "=env", "t", { x = 1 }))
+-- round-trip mode programs: ops are described in serial_fuzz.c (op % 14);
+-- a first byte of 0x81 is the same program with the table layout reading off
+seed("rt-table-walk", "\129\5\2\0\0\0\0\0\0\0\1\4\1k\6\0\2\1\8\0\1\9\0")
 seed("rt-scalars", "\1\0\1\17\2\0\0\0\0\0\0\0\42\3\127\248\0\0\0\0\0\0\4\3abc")
 seed("rt-table", "\1\5\2\0\0\0\0\0\0\0\1\4\1k\6\0\2\1\8\0\1\9\0")
 seed("rt-cycle", "\1\5\4\4self\7\0\1\0\13\0\12\0")
+seed("rt-env", "\1\5\2\0\0\0\0\0\0\0\7\10\4\0\1\10\4\1\0")
 seed("rt-closure", "\1\5\2\0\0\0\0\0\0\0\9\10\1\0\1\10\3\1\0\11\0\11\2")
 local closures = "\5\2\0\0\0\0\0\0\0\9\10\1\0\1\10\3\1\0\10\0\2\3\11\0\11\2"
 local function damaged(name, prog, triples)

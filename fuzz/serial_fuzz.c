@@ -10,9 +10,12 @@
 **         triples that follow, then decoded as in mode 0. Bytecode stays
 **         authentic unless a triple hits it, so this reaches upvalue decoding.
 **   1 (mod 3): the rest is a program for a small value builder (scalars, tables,
-**         shared references, cycles, closures, library values, class
-**         instances). The values are encoded, decoded and compared
-**         structurally with the originals.
+**         shared references, cycles, closures, closures with their own
+**         _ENV, library values, class instances). The values are encoded,
+**         decoded and compared structurally with the originals.
+**
+** Bit 7 of the first byte turns off the encoder's reading of Lua's table
+** layout for that input, so both ways of walking a table are exercised.
 **
 ** Random bytes never reach lua_load: bytecode needs a valid MAC under this
 ** process's random key, which only the encoder (modes 1 and 2) produces.
@@ -53,7 +56,10 @@ static const char *helpers =
   "      local nb, vb = debug.getupvalue(b, i)\n"
   "      if na ~= nb then return false end\n"
   "      if na == nil then break end\n"
-  "      if na ~= '_ENV' and not same(va, vb, map, rev) then return false end\n"
+  "      if na == '_ENV' then\n"
+  "        -- one process: an environment table comes back as itself, anything else as _G\n"
+  "        if vb ~= (type(va) == 'table' and va or _G) then return false end\n"
+  "      elseif not same(va, vb, map, rev) then return false end\n"
   "    end\n"
   "    return true\n"
   "  end\n"
@@ -85,6 +91,7 @@ static const char *makers =
   "M[2] = function(a, b) local function f(x) return x and f or a, b end return f end\n"
   "M[3] = function(a, b) return function() return a, b, math.sqrt end end\n"
   "M[4] = function(a) local function g() return a end; return function() a = g; return g end end\n"
+  "M[5] = function(a, b) local _ENV = a; return function() return x, b end end\n"
   "return M\n";
 
 static int same_ref, makers_ref;
@@ -204,7 +211,7 @@ static int build(lua_State *l, reader *r) {
         if (n < 2) break;
         lua_rawgeti(l, LUA_REGISTRYINDEX, makers_ref);
         int c = rd(r);
-        lua_rawgeti(l, -1, 1 + (c < 0 ? 0 : c) % 4);
+        lua_rawgeti(l, -1, 1 + (c < 0 ? 0 : c) % 5);
         lua_remove(l, -2);
         lua_pushvalue(l, pick(r, base, n));
         lua_pushvalue(l, pick(r, base, n));
@@ -300,7 +307,8 @@ static void check_decode(const uint8_t *data, size_t size) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (L == NULL) init();
   if (size < 1) return 0;
-  switch (data[0] % 3) {
+  mp_serial_peek(L, !(data[0] & 0x80));
+  switch ((data[0] & 0x7F) % 3) {
     case 0:                                   /* untrusted bytes */
       check_decode(data + 1, size - 1);
       break;

@@ -54,4 +54,12 @@ mp.as_completed = futures.as_completed
 mp.wait = futures.wait
 mp.FIRST_COMPLETED, mp.FIRST_EXCEPTION, mp.ALL_COMPLETED = "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"
 
+-- Managers (lua/mp/manager.lua) and named shared memory (src/lshm.c)
+local manager = require "mp.manager"
+mp.Manager = manager.Manager
+mp.BaseManager = manager.BaseManager
+mp.SyncManager = manager.SyncManager
+mp.is_proxy = manager.is_proxy
+mp.SharedMemory = core.SharedMemory
+
 return mp

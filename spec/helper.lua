@@ -2,7 +2,7 @@
 Spec helper, loaded before every spec file (see .busted) and by `require "helper"`.
 
 It fails any test that leaves something behind: child processes (running or
-zombie), or new entries in /dev/shm. Leftover children are killed and reaped so
+zombie), new entries in /dev/shm, or a manager's socket directory. Leftover children are killed and reaped so
 the next test starts clean. The check uses luaposix and /proc, an independent
 view of the OS, not mp's own bookkeeping.
 
@@ -19,6 +19,9 @@ local H = {}
 H.build = os.getenv("MPLUA_BUILD") or "build"
 H.mplua = H.build .. "/mplua"
 H.lua = "lua5.4"
+-- An mplua with the fault-injection points compiled in (src/engine/fault.h):
+-- scripts/test builds it; inside it, mp.core.fault_arm(spec) arms a point.
+H.faults = (os.getenv("MPLUA_FAULTS_BUILD") or "build-faults") .. "/mplua"
 
 -- The contents of a file, or nil when it cannot be opened.
 local function read_file(path)
@@ -51,16 +54,68 @@ function H.children_of(ppid)
   return found
 end
 
+--[[
+Other test runs share this machine and its /dev/shm (other checkouts run their
+suites at the same time, Python's benchmark makes semaphores there): only
+entries this run could have made are looked at, those whose name holds this
+process's pid as a whole number. mplua names nothing in /dev/shm by itself;
+mp.SharedMemory's own names are "psm_<creator pid>_<hex>", and specs name
+their segments with H.shm_name, which puts the pid in. A segment created
+without a name by a spec's child process carries the child's pid: specs make
+those in the test process itself.
+]]
+local function ours(name, pid)
+  return name:find("%f[%d]" .. pid .. "%f[%D]") ~= nil
+end
+
 local function shm_entries()
   local set = {}
+  local pid = unistd.getpid()
   for _, name in ipairs(dirent.dir("/dev/shm") or {}) do
-    if name ~= "." and name ~= ".." then set[name] = true end
+    if name ~= "." and name ~= ".." and ours(name, pid) then set[name] = true end
   end
   return set
 end
 
+-- A /dev/shm name for a spec, which the leftover check knows as this run's.
+function H.shm_name(tag)
+  return string.format("mplua_spec_%d_%s", unistd.getpid(), tag or "shm")
+end
+
+-- The manager socket directories of this process (mplua-<pid>-XXXXXX in $TMPDIR or /tmp).
+local function tmp_dir() local t = os.getenv("TMPDIR"); return (t and t ~= "") and t or "/tmp" end
+function H.manager_dirs()
+  local set = {}
+  local prefix = "mplua-" .. unistd.getpid() .. "-"
+  for _, name in ipairs(dirent.dir(tmp_dir()) or {}) do
+    if name:sub(1, #prefix) == prefix then set[name] = true end
+  end
+  return set
+end
+
+--[[
+Whether a live process maps /dev/shm/name or holds it open. /dev/shm is the
+machine's: spec files run side by side (mplua-busted -j) and other checkouts'
+suites make entries there too. One in use by a live process was not left behind
+by this test (its own children are killed before this is asked).
+]]
+local function shm_in_use(name)
+  local path = "/dev/shm/" .. name
+  for _, pid in ipairs(dirent.dir("/proc") or {}) do
+    if tonumber(pid) then
+      local maps = read_file("/proc/" .. pid .. "/maps")
+      if maps and maps:find(path, 1, true) then return true end
+      local ok, fds = pcall(dirent.dir, "/proc/" .. pid .. "/fd")
+      for _, fd in ipairs(ok and fds or {}) do
+        if unistd.readlink("/proc/" .. pid .. "/fd/" .. fd) == path then return true end
+      end
+    end
+  end
+  return false
+end
+
 -- Kills and reaps what a test left behind; returns a description or nil.
-local function leftovers(shm_before)
+local function leftovers(shm_before, dirs_before)
   local problems = {}
   local me = unistd.getpid()
   local kids = H.children_of(me)
@@ -71,9 +126,17 @@ local function leftovers(shm_before)
     wait.wait(pid)
   end
   for name in pairs(shm_entries()) do
-    if not shm_before[name] then
+    if not shm_before[name] and not shm_in_use(name) then
       problems[#problems + 1] = "/dev/shm/" .. name .. " left behind"
       os.remove("/dev/shm/" .. name)
+    end
+  end
+  for name in pairs(H.manager_dirs()) do
+    if not dirs_before[name] then
+      local path = tmp_dir() .. "/" .. name
+      problems[#problems + 1] = path .. " (a manager's socket directory) left behind"
+      os.remove(path .. "/listener")
+      os.remove(path)
     end
   end
   if #problems > 0 then return table.concat(problems, "; ") end
@@ -94,9 +157,9 @@ local function install_leftover_check()
     local run = element.run
     if type(run) ~= "function" then return nil, true end
     element.run = function(...)
-      local before = shm_entries()
+      local before, dirs = shm_entries(), H.manager_dirs()
       local ok_run, err = pcall(run, ...)
-      local problem = leftovers(before)
+      local problem = leftovers(before, dirs)
       if not ok_run then error(err, 0) end
       if problem then error("test left things behind: " .. problem, 0) end
     end
@@ -126,7 +189,11 @@ function H.run(opts)
   for name, value in pairs(opts.env or {}) do
     parts[#parts + 1] = name .. "=" .. H.quote(value)
   end
-  parts[#parts + 1] = "timeout -k 2 " .. tostring(opts.timeout or 20)
+  -- MPLUA_SPEC_WRAPPER (e.g. "valgrind -q --error-exitcode=99 ...") runs every
+  -- subprocess under a tool; timeouts are stretched to match.
+  local wrapper = os.getenv("MPLUA_SPEC_WRAPPER")
+  parts[#parts + 1] = "timeout -k 2 " .. tostring((opts.timeout or 20) * (wrapper and 10 or 1))
+  if wrapper then parts[#parts + 1] = wrapper end
   parts[#parts + 1] = H.quote(opts.program or H.mplua)
   for _, a in ipairs(opts.args or {}) do parts[#parts + 1] = H.quote(a) end
   local cmd = table.concat(parts, " ") .. " <" .. input .. " 2>" .. err
@@ -156,6 +223,42 @@ function H.run_script(source, opts)
   local result = H.run(copy)
   os.remove(path)
   return result
+end
+
+local ptime = require "posix.time"
+local waits = require "waits"
+
+-- Sleeps about `s` seconds (a poll interval for the waits below, never a synchronization).
+local function nap(s)
+  ptime.nanosleep({ tv_sec = 0, tv_nsec = math.floor(s * 1e9) })
+end
+
+local function now()
+  local t = ptime.clock_gettime(ptime.CLOCK_MONOTONIC)
+  return t.tv_sec + t.tv_nsec / 1e9
+end
+
+--[[
+Waits until pred() returns a true value and returns it; fails the test (naming
+`what`) if that takes longer than `timeout` seconds (default 10). The way to
+wait for a state (a file present, a process blocked), never a bare sleep.
+(spec/waits.lua has the same for scripts run in subprocesses.)
+]]
+function H.wait_until(pred, timeout, what)
+  return waits.until_true(pred, timeout or 10, what, nap, now)
+end
+
+-- The name of the system call process pid is asleep in, or nil when it runs or is gone.
+H.blocked_in = waits.blocked_in
+
+--[[
+Waits until process pid sleeps in a blocking system call (one of `calls`, a
+list of names such as {"futex"}, when given) and returns its name; fails on
+timeout. This is how a spec knows that another process has reached a blocked
+get, put, acquire or join.
+]]
+function H.wait_blocked(pid, calls, timeout)
+  return waits.blocked(pid, calls, timeout, nap, now)
 end
 
 -- Raises unless f(...) raises an error object of class cls (mp.Empty...); returns the error.

@@ -238,15 +238,8 @@ local function start_script(source, args, stdin, program)
   end
 end
 
--- Waits (bounded) until pid is asleep in the kernel, i.e. blocked in a wait.
-local function until_blocked(pid)
-  local deadline = os.time() + 10
-  repeat
-    local stat = read_file("/proc/" .. pid .. "/stat") or ""
-    if stat:match("%) (%a)") == "S" then return end
-  until os.time() > deadline
-  error("process " .. pid .. " never blocked")
-end
+-- Waits until pid is asleep in the kernel, i.e. blocked in a wait (fails after 10 s).
+local function until_blocked(pid) H.wait_blocked(pid) end
 
 describe("mplua and SIGINT", function()
   it("stops a running script with 'interrupted!' and status 1, as lua does", function()
@@ -312,6 +305,27 @@ describe("mplua and SIGINT", function()
     local out, err, status = finish()
     assert.equal(1, status, err)
     assert.matches("^lua5.4: [^\n]*interrupted!\nstack traceback:\n", err)
+  end)
+
+  it("reports the user's line for a Ctrl-C inside mp's own Lua code (mplua and lua5.4)", function()
+    local preload = os.getenv("MPLUA_ASAN_PRELOAD")
+    local stock = string.format("env LUA_CPATH=%s %s %s",
+      H.quote(H.build .. "/?.so;;"), preload and preload ~= "" and "LD_PRELOAD=" .. H.quote(preload) or "", H.lua)
+    for _, program in ipairs { H.quote(H.mplua), stock } do
+      for _, call in ipairs { "p:join()", "pool:map(function() mp.sleep(60) end, { 1 })" } do
+        local pid, finish = start_script([[
+          local p = mp.Process{target = function() mp.sleep(60) end, daemon = true}
+          p:start()
+          local pool = mp.Pool(1)
+          print(mp.getpid()); io.stdout:flush()
+          ]] .. call .. "\n", { "-e", "mp = mp or require 'mp'", "%SCRIPT" }, nil, program)
+        until_blocked(pid)
+        signal.kill(pid, signal.SIGINT)
+        local _, err, status = finish()
+        assert.equal(1, status, err)
+        assert.matches("^[^\n]*%.lua:5: interrupted!\nstack traceback:\n", err)
+      end
+    end
   end)
 
   it("interrupts a REPL line and goes on with the next one", function()

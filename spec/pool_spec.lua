@@ -442,6 +442,41 @@ describe("mp.Pool errors", function()
     unistd.close(r); unistd.close(w); unistd.close(dr); unistd.close(dw)
   end)
 
+  it("a worker killed holding a big batch (sent in a memfd) loses only its running task", function()
+    local r, w = unistd.pipe()
+    local dr, dw = unistd.pipe()
+    local pool <close> = mp.Pool(2)
+    local pad = ("p"):rep(2000)           -- 64 tasks of 2 KB: batches above 32 KB
+    local xs = {}
+    for i = 1, 400 do xs[i] = { i, pad } end
+    local ar = pool:map_async(function(t)
+      if t[1] == 150 then
+        unistd.write(w, mp.getpid() .. "\n")
+        mp.sleep(60)
+      end
+      unistd.write(dw, t[1] .. "\n")
+      return t[1] * 3
+    end, xs, { chunksize = 1 })
+    local pid = tonumber(read_line(r))
+    signal.kill(pid, signal.SIGKILL)
+    local err = H.raises(mp.WorkerLostError, ar.get, ar, 20)
+    assert.matches("signal 9", err.message)
+    -- Every other task ran, the unstarted ones of the dead worker's batch sent again.
+    local got, seen = "", {}
+    local deadline = mp.time() + 10
+    while select(2, got:gsub("\n", "")) < 399 and mp.time() < deadline do
+      if poll.rpoll(dr, 100) == 1 then got = got .. assert(unistd.read(dr, 4096))
+      else pool:apply(function() end) end
+    end
+    for x in got:gmatch("(%d+)\n") do seen[tonumber(x)] = true end
+    for i = 1, 400 do assert.equal(i ~= 150, seen[i] == true, "item " .. i) end
+    unistd.close(dr); unistd.close(dw)
+    local res, n = pool:map(function(t) return t[1] * 3 end, xs, 1)
+    assert.equal(400, n)
+    for i = 1, 400 do assert.equal(i * 3, res[i]) end
+    unistd.close(r); unistd.close(w)
+  end)
+
   it("survives workers killed at random moments: every task completes or is the one lost", function()
     local pool <close> = mp.Pool(2)
     local ars, kills = {}, 0

@@ -4,19 +4,8 @@ local signal = require "posix.signal"
 
 local raises = H.raises
 
--- Polls /proc until process pid sleeps in a futex wait (it is blocked in get/put).
-local function blocked_in_futex(pid, timeout)
-  local deadline = mp.time() + (timeout or 10)
-  while mp.time() < deadline do
-    local f = io.open("/proc/" .. pid .. "/syscall")
-    local s = f and f:read("l")
-    if f then f:close() end
-    if s and s:match("^202 ") then return end     -- x86_64 futex
-    if s and s:match("^98 ") then return end      -- aarch64 futex
-    mp.sleep(0.005)
-  end
-  error("process " .. pid .. " never blocked in a futex wait")
-end
+-- Waits until process pid sleeps in a futex wait (it is blocked in get/put).
+local function blocked_in_futex(pid) H.wait_blocked(pid, { "futex" }) end
 
 describe("mp.Queue in one process", function()
   it("passes any value, nil included, and put then get_nowait finds the item", function()
@@ -297,14 +286,7 @@ describe("blocking calls and signals", function()
       results:put(b:recv())
     end }
     p:start()
-    local deadline = mp.time() + 10
-    repeat                               -- poll(2) is syscall 7 on x86_64
-      local f = io.open("/proc/" .. p.pid .. "/syscall")
-      local s = f and f:read("l") or ""
-      if f then f:close() end
-      if s:match("^7 ") or s:match("^73 ") then break end
-      mp.sleep(0.005)
-    until mp.time() > deadline
+    H.wait_blocked(p.pid, { "poll", "ppoll" })
     signal.kill(p.pid, signal.SIGUSR1)
     assert.equal("interrupted", results:get(true, 10))
     a:send("after")

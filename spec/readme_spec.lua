@@ -10,7 +10,6 @@ describe("README tour", function()
     assert.is_true(os.execute("mkdir " .. H.quote(dir)))
     finally(function() os.execute("rm -rf " .. H.quote(dir)) end)
     H.write_file(dir .. "/tour.lua", tour)
-    H.write_file(dir .. "/numbers.txt", "1\n2\n3\n")
     local mplua = H.mplua:sub(1, 1) == "/" and H.mplua or os.getenv("PWD") .. "/" .. H.mplua
     local r = H.run{ program = "sh", args = { "-c", "cd " .. H.quote(dir) .. " && exec " .. H.quote(mplua) .. " tour.lua" } }
     assert.equal(0, r.status, r.stderr)
@@ -18,6 +17,10 @@ describe("README tour", function()
     -- The Worker runs concurrently: its line may come anywhere after the first.
     local out, workers = r.stdout:gsub("Worker%-2\t%d+\n", "")
     assert.equal(1, workers, r.stdout)
-    assert.matches("^3\n0\n%d+\tMainProcess\t[%d.]+\n0\n3\t4%.0\n42\nhi\n%d\ntrue\tfloat\ttrue\n3 6 9\n1\n4\n9\n7\t10\n$", out)
+    -- Self-contained: it needs no file but itself, and leaves none.
+    local ls = io.popen("ls -A " .. H.quote(dir))
+    assert.equal("tour.lua\n", ls:read("a"))
+    ls:close()
+    assert.matches("^3\n0\n%d+\tMainProcess\t[%d.]+\n0\n3\t4%.0\n42\nhi\n%d\ntrue\tfloat\ttrue\n3 6 9\n1\n4\n9\n7\t10\ntrue\nfalse\ntrue\n3\t9\nhi\n$", out)
   end)
 end)

@@ -14,29 +14,36 @@ local p = mp.Process{ target = function() end }
 p:start(); p:join()
 local pool = mp.Pool(1)
 local a, b = mp.Pipe()
+local shm = mp.SharedMemory{ create = true, size = 64 }
+-- Objects of many classes, used as wrong selves for every other class.
 local samples = {
-  Queue = mp.Queue(), SimpleQueue = mp.SimpleQueue(), JoinableQueue = mp.JoinableQueue(),
-  Connection = a, Lock = mp.Lock(), RLock = mp.RLock(), Semaphore = mp.Semaphore(),
-  BoundedSemaphore = mp.BoundedSemaphore(), Condition = mp.Condition(), Event = mp.Event(),
-  Value = mp.Value("i", 1), Array = mp.Array("i", 3), RawValue = mp.RawValue("d", 1),
-  RawArray = mp.RawArray("c", 4), ChildHandle = rawget(p, "_handle"),
-  PoolChannel = rawget(pool, "_chan"),
+  mp.Queue(), mp.SimpleQueue(), mp.JoinableQueue(), a, mp.Lock(), mp.RLock(), mp.Semaphore(),
+  mp.BoundedSemaphore(), mp.Condition(), mp.Event(), mp.Value("i", 1), mp.Array("i", 3),
+  mp.RawValue("d", 1), mp.RawArray("c", 4), rawget(p, "_handle"), shm,
 }
--- Wrong selves: plain values, a foreign userdata, and one object of each other class.
-local function wrong_selves(name)
+for _, v in pairs(pool) do if type(v) == "userdata" then samples[#samples + 1] = v end end
+-- Every userdata class mp registers (its metatable under an "mp." name), found,
+-- not listed, so a class added later is walked too.
+local classes = {}
+for name, mt in pairs(debug.getregistry()) do
+  if type(name) == "string" and name:find("^mp%.") and type(mt) == "table" and mt.__name == name then
+    classes[name] = mt
+  end
+end
+local function wrong_selves(mt)
   local list = { 42, 3.5, "str", {}, true, io.stdout, function() end, coroutine.create(print) }
-  for other, obj in pairs(samples) do
-    if other ~= name and getmetatable(obj) ~= getmetatable(samples[name]) then list[#list + 1] = obj end
+  for _, obj in ipairs(samples) do
+    if getmetatable(obj) ~= mt then list[#list + 1] = obj end
   end
   return list
 end
 -- Arguments after self: none, and some plausible ones (a method must fail on self first).
 local argsets = { {}, { 1 }, { "value", 2 }, { 1, 2, 3 } }
-local calls, errors = 0, 0
+local calls, errors, nclasses = 0, 0, 0
 local function try(label, f, bad)
   for _, args in ipairs(argsets) do
     calls = calls + 1
-    local ok, err = pcall(f, bad, table.unpack(args))
+    local ok = pcall(f, bad, table.unpack(args))
     if ok then
       io.write("no error: ", label, " with self ", type(bad), " args ", #args, "\n")
       os.exit(3)
@@ -44,9 +51,8 @@ local function try(label, f, bad)
     errors = errors + 1
   end
 end
-for name, obj in pairs(samples) do
-  local mt = getmetatable(obj)
-  assert(type(mt) == "table", name .. " has no metatable")
+for name, mt in pairs(classes) do
+  nclasses = nclasses + 1
   local fns = {}
   for k, v in pairs(mt) do
     if type(v) == "function" then fns["metamethod " .. k] = { k, v } end
@@ -58,7 +64,7 @@ for name, obj in pairs(samples) do
   end
   for label, entry in pairs(fns) do
     local k, f = entry[1], entry[2]
-    for _, bad in ipairs(wrong_selves(name)) do
+    for _, bad in ipairs(wrong_selves(mt)) do
       if k == "__index" then
         -- A method lookup needs no self (it may answer nil for an unknown key);
         -- a field that reads self must check it: no crash either way.
@@ -73,7 +79,8 @@ for name, obj in pairs(samples) do
   end
 end
 pool:terminate()
-print("ok", calls, errors)
+shm:close(); shm:unlink()
+print("ok", calls, errors, nclasses)
 ]==]
 
 describe("every mp userdata method and metamethod", function()
@@ -87,9 +94,10 @@ describe("every mp userdata method and metamethod", function()
       })
       assert.is_nil(r.signal, "the walker died of signal " .. tostring(r.signal) .. "\n" .. r.stderr)
       assert.equal(0, r.status, r.stdout .. r.stderr)
-      local calls, errors = r.stdout:match("^ok\t(%d+)\t(%d+)")
+      local calls, errors, nclasses = r.stdout:match("^ok\t(%d+)\t(%d+)\t(%d+)")
       assert.is_truthy(calls, r.stdout)
       assert.is_true(tonumber(errors) > 1000, "only " .. errors .. " erroring calls")
+      assert.is_true(tonumber(nclasses) >= 18, "only " .. nclasses .. " classes found")
     end)
   end
 end)

@@ -224,11 +224,20 @@ describe("mp.dumps/mp.loads functions", function()
     assert.equal("global", f())
   end)
 
-  it("rebinds even a custom _ENV to the receiver's globals", function()
-    local f = load("return x, math", "=sandbox", "t", { x = 42 })
-    local x, m = rt(f)()
-    assert.is_nil(x)
+  it("keeps a custom _ENV within one process", function()
+    local env = { x = 42, math = math }
+    local f = load("return x, math", "=sandbox", "t", env)
+    local g = rt(f)
+    local x, m = g()
+    assert.equal(42, x)
     assert.equal(math, m)
+    assert.equal(env, select(2, debug.getupvalue(g, 1)))
+  end)
+
+  it("sends a non-table _ENV as the receiver's globals", function()
+    local f = load("return math ~= nil", "=odd", "t", "not a table")
+    assert.is_false(f())                   -- indexes the string library here
+    assert.is_true(rt(f)())
   end)
 
   it("keeps line information for tracebacks", function()
@@ -236,6 +245,126 @@ describe("mp.dumps/mp.loads functions", function()
     local ok, err = pcall(f)
     assert.is_false(ok)
     assert.matches("serial_spec%.lua:%d+: from a sent function", err)
+  end)
+end)
+
+describe("mp.dumps/mp.loads table layouts", function()
+  -- Deep equality that also compares integer/float subtypes and table-valued keys' contents.
+  local function same(a, b, seen)
+    if type(a) ~= type(b) then return false end
+    if type(a) ~= "table" then
+      if a ~= a then return b ~= b end
+      return a == b and math.type(a) == math.type(b)
+    end
+    seen = seen or {}
+    if seen[a] then return seen[a] == b end
+    seen[a] = b
+    local n = 0
+    for k, v in next, a do
+      n = n + 1
+      if type(k) == "table" then return false end
+      if not same(v, rawget(b, k), seen) then return false end
+    end
+    for _ in next, b do n = n - 1 end
+    return n == 0
+  end
+  local function check(t) assert.is_true(same(t, rt(t)), "round trip changed the table") end
+
+  it("sends sequences whose keys live in the hash part", function()
+    local t = { x = 1, y = 2, z = 3 }    -- a hash of four nodes, one free
+    t[1] = "a"                           -- key 1 goes to the free node
+    check(t)
+    for i = 2, 40 do t[i] = i end
+    check(t)
+  end)
+
+  it("sends tables whose integer keys were stored and removed (dead keys)", function()
+    local t = { x = 1, y = 2, z = 3 }
+    t[1] = "a"; t[2] = "b"; t[2] = nil   -- key 2 keeps its node, with a nil value
+    check(t)
+    local u = {}
+    for i = 1, 100 do u[i] = i end
+    for i = 100, 51, -1 do u[i] = nil end
+    u.k = "v"
+    check(u)
+    assert.equal(50, #rt(u))
+  end)
+
+  it("sends arrays with holes, entries past the border and a moved array limit", function()
+    check({ 1, 2, nil, 4 })
+    check({ nil, nil, 3 })
+    local t = {}
+    for i = 1, 7 do t[i] = i end
+    local _ = #t                        -- Lua 5.4 may now keep 7 as the array's limit
+    t[10] = 10
+    check(t)
+    local big = {}
+    for i = 1, 1000 do big[i] = i end
+    big[500] = nil
+    check(big)
+  end)
+
+  it("keeps every kind of plain value in an array", function()
+    local t = { 0, -1, 127, 128, -129, 2^31 | 0, math.maxinteger, math.mininteger,
+                0.5, -0.0, 1/0, -1/0, true, false, "", "x", string.rep("y", 41),
+                string.rep("z", 300), { 1 }, math.sqrt }
+    t[#t + 1] = 0/0
+    local u = rt(t)
+    assert.equal(#t, #u)
+    for i = 1, #t - 1 do
+      if type(t[i]) == "table" then assert.same(t[i], u[i])
+      else
+        assert.equal(t[i], u[i])
+        assert.equal(math.type(t[i]), math.type(u[i]))
+      end
+    end
+    assert.equal(-math.huge, 1 / u[10])
+    assert.is_true(u[#u] ~= u[#u])
+  end)
+
+  it("sends arrays of every size, nested, shared and with a class", function()
+    for _, n in ipairs { 1, 15, 16, 17, 1000, 65536, 65537, 200000 } do
+      local t = {}
+      for i = 1, n do t[i] = i * 3 end
+      local u = rt(t)
+      assert.equal(n, #u)
+      assert.equal(3, u[1])
+      assert.equal(n * 3, u[n])
+    end
+    local inner = {}
+    for i = 1, 20 do inner[i] = { i, { i } } end
+    check(inner)
+    local shared = {}
+    for i = 1, 20 do shared[i] = i end
+    shared[21] = shared                -- the array refers to itself
+    local u = rt({ shared, shared })
+    assert.equal(u[1], u[2])
+    assert.equal(u[1], u[1][21])
+    assert.equal(20, u[1][20])
+    local C = {}
+    mp.register_class("spec.Vector", C)
+    local v = setmetatable({}, C)
+    for i = 1, 30 do v[i] = i + 0.5 end
+    local w = rt(v)
+    assert.equal(C, getmetatable(w))
+    assert.equal(30.5, w[30])
+  end)
+
+  it("decodes string keys right whatever their length and however often they repeat", function()
+    local keys = { "a", "ab", "abcdefg", "abcdefgh", "abcdefghi", string.rep("k", 16), string.rep("k", 17),
+                   string.rep("q", 40), string.rep("q", 41), "a\0b", "\0" }
+    -- equal first and last 8 bytes, different middles: the cache must compare them all
+    keys[#keys + 1] = "AAAAAAAA" .. "x" .. "BBBBBBBB"
+    keys[#keys + 1] = "AAAAAAAA" .. "y" .. "BBBBBBBB"
+    keys[#keys + 1] = "AAAAAAAA" .. string.rep("m", 20) .. "BBBBBBBB"
+    keys[#keys + 1] = "AAAAAAAA" .. string.rep("n", 20) .. "BBBBBBBB"
+    local t = {}
+    for i, k in ipairs(keys) do t[k] = i end
+    for _ = 1, 3 do check(t) end
+    for _, k in ipairs(keys) do check({ [k] = true }) end   -- a key at the very end of a message
+    local many = {}
+    for i = 1, 500 do many["key" .. i] = i end               -- more keys than the cache holds
+    for _ = 1, 2 do check(many) end
   end)
 end)
 
@@ -310,6 +439,75 @@ describe("values that cannot be sent", function()
   end)
 end)
 
+describe("environments (_ENV) across processes", function()
+  -- Sends f to a child over a pipe; the child calls it and sends back what it returns.
+  local function run_in(p, parent, f)
+    parent:send(f)
+    assert.is_true(parent:poll(10), "no answer from the child")
+    return table.unpack(parent:recv())
+  end
+
+  local function server(child)
+    return function()
+      while true do
+        assert(child:poll(10), "no request from the parent")
+        local f = child:recv()
+        if f == "stop" then break end
+        child:send(table.pack(pcall(f)))
+      end
+    end
+  end
+
+  it("binds the child's copy of an environment that was on the stack at the fork", function()
+    local env = setmetatable({ x = 42 }, { __index = _G })
+    local parent, child = mp.Pipe()
+    local p = mp.Process{ target = server(child) }
+    -- start() runs in a function whose _ENV is env: env gets its id before the fork
+    load("local p = ... p:start()", "=starter", "t", env)(p)
+    env.x = 43                                -- after the fork: the child keeps its copy
+    local ok, x, same_table = run_in(p, parent,
+      load("return x, getmetatable(_ENV).__index == _G", "=task", "t", env))
+    parent:send("stop")
+    assert.equal(0, H.join(p))
+    assert.is_true(ok)
+    assert.equal(42, x)
+    assert.is_true(same_table)
+  end)
+
+  it("falls back to the child's globals for an environment made after the fork", function()
+    local parent, child = mp.Pipe()
+    local p = mp.Process{ target = server(child) }
+    p:start()
+    local env = setmetatable({ x = 42 }, { __index = _G })
+    local ok, x, has_math = run_in(p, parent, load("return x, math ~= nil", "=task", "t", env))
+    parent:send("stop")
+    assert.equal(0, H.join(p))
+    assert.is_true(ok)
+    assert.is_nil(x)
+    assert.is_true(has_math)
+  end)
+
+  it("binds the globals for an environment id it does not know, never another table", function()
+    local env = { x = 42 }
+    local m = mp.dumps(load("return x, math", "=task", "t", env))
+    -- the _ENV upvalue is the last value: tag 18 (T_ENV) and an 8-byte id
+    assert.equal(18, m:byte(#m - 8))
+    for _, id in ipairs { "\0\0\0\0\0\0\0\0", "\255\255\255\255\255\255\255\127", "\1\2\3\4\5\6\7\8" } do
+      local x, mth = mp.loads(m:sub(1, -9) .. id)()
+      assert.is_nil(x)
+      assert.equal(math, mth)
+    end
+    assert.equal(42, (mp.loads(m)()))
+  end)
+
+  it("accepts an environment id only as an upvalue", function()
+    assert.has_error(function() mp.loads("\2\1\18" .. string.rep("\0", 8)) end,
+      "mp.loads: corrupt message (bad tag 18 at byte 2)")
+    assert.has_error(function() mp.loads("\2\1\10\1\0\0\0\0\0\0\0\18" .. string.rep("\0", 8)) end,
+      "mp.loads: corrupt message (bad tag 18 at byte 11)")
+  end)
+end)
+
 describe("mp.loads on bad input", function()
   local function samples()
     local shared = { "s" }
@@ -332,18 +530,20 @@ describe("mp.loads on bad input", function()
 
   it("raises clear errors", function()
     assert.has_error(function() mp.loads("") end, "mp.loads: empty message")
-    assert.has_error(function() mp.loads("\2\0") end,
-      "mp.loads: unsupported message format version 2 (expected 1)")
-    assert.has_error(function() mp.loads("\1\1") end, "mp.loads: truncated message")
-    assert.has_error(function() mp.loads("\1\1\99") end,
+    assert.has_error(function() mp.loads("\1\0") end,
+      "mp.loads: unsupported message format version 1 (expected 2)")
+    assert.has_error(function() mp.loads("\3\0") end,
+      "mp.loads: unsupported message format version 3 (expected 2)")
+    assert.has_error(function() mp.loads("\2\1") end, "mp.loads: truncated message")
+    assert.has_error(function() mp.loads("\2\1\99") end,
       "mp.loads: corrupt message (bad tag 99 at byte 2)")
     assert.has_error(function() mp.loads(mp.dumps(1) .. "x") end,
       "mp.loads: trailing bytes after the message")
     -- a REF (tag 13) to offset 0, where no object is defined
-    assert.has_error(function() mp.loads("\1\1\13" .. string.rep("\0", 8)) end,
+    assert.has_error(function() mp.loads("\2\1\13" .. string.rep("\0", 8)) end,
       "mp.loads: reference to an undefined object")
     -- a table announcing more elements than the message holds
-    assert.has_error(function() mp.loads("\1\1\10\255\255\255\127\0\0\0\0") end,
+    assert.has_error(function() mp.loads("\2\1\10\255\255\255\127\0\0\0\0") end,
       "mp.loads: truncated message")
     assert.has_error(function() mp.loads({}) end)
   end)
@@ -383,7 +583,7 @@ describe("mp.loads on bad input", function()
     assert.is_table(mp.loads(m))
     -- T_MODULE "nosuchmod"
     local name = "nosuchmod"
-    local msg = "\1\1\16" .. string.pack("<I4", #name) .. name
+    local msg = "\2\1\16" .. string.pack("<I4", #name) .. name
     assert.has_error(function() mp.loads(msg) end,
       "mp.loads: module 'nosuchmod' is not loaded in this process")
   end)

@@ -51,6 +51,7 @@ static void send_raise(lua_State *L, int rc) {
 /* conn:send(v): the encoded value, as one message. */
 static int conn_send(lua_State *L) {
   conn_ud *u = check_writable(L);
+  mp_checknargs(L, 2);              /* a:send(1, 2) would send 1: an error instead */
   lua_settop(L, 2);
   for (;;) {
     mp_wbuf *b = mp_serial_scratch(L);
@@ -69,6 +70,7 @@ static int conn_send(lua_State *L) {
 */
 static int conn_send_bytes(lua_State *L) {
   conn_ud *u = check_writable(L);
+  mp_checknargs(L, 4);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   lua_Integer offset = luaL_optinteger(L, 3, 1) - 1;
@@ -88,30 +90,38 @@ static void conn_end(void *ctx, mp_ring_msg *m) { mp_conn_recv_end(ctx, m); }
 
 /* Takes the next message and delivers it (decoded, or raw bytes). */
 static int receive(lua_State *L, conn_ud *u, int raw, lua_Integer max) {
-  mp_ring_msg m;
-  int rc;
-  while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
-  if (rc != 0) return mp_raise_errno(L, rc, "recv");
-  if (max >= 0 && m.len > (uint64_t)max) {
-    /* Python leaves the connection unusable here; we drop the message instead. */
-    uint64_t len = m.len;
-    if (m.streamed) mp_ring_read_stream(&u->c.rx, &m, NULL);
-    mp_conn_recv_end(&u->c, &m);
-    return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+  for (;;) {
+    mp_ring_msg m;
+    int rc;
+    while ((rc = mp_conn_recv_begin(&u->c, INFINITY, &m)) == EINTR)
+      mp_check_interrupt(L);
+    if (rc == MP_CONN_EOF) return mp_raise(L, "EOFError", "the other end of the pipe is closed");
+    if (rc == EPROTO) return luaL_error(L, "recv: the connection's shared memory is corrupt");
+    if (rc != 0) return mp_raise_errno(L, rc, "recv");
+    if (max >= 0 && m.len > (uint64_t)max) {
+      /* Python leaves the connection unusable here; we drop the message instead. */
+      uint64_t len = m.len;
+      int gone = m.streamed && mp_ring_read_stream(&u->c.rx, &m, NULL) == ECANCELED;
+      mp_conn_recv_end(&u->c, &m);
+      if (gone) continue;                  /* abandoned by its sender: not a message */
+      return luaL_error(L, "message of %I bytes is longer than maxlength %I", (lua_Integer)len, max);
+    }
+    int n = mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
+    if (n >= 0) return n;
   }
-  return mp_msg_deliver(L, &u->c.rx, &m, conn_end, &u->c, raw);
 }
 
 /* conn:recv() --> the value sent */
 static int conn_recv(lua_State *L) {
-  return receive(L, check_readable(L), 0, -1);
+  conn_ud *u = check_readable(L);
+  mp_checknargs(L, 1);
+  return receive(L, u, 0, -1);
 }
 
 /* conn:recv_bytes([maxlength]) --> string */
 static int conn_recv_bytes(lua_State *L) {
   conn_ud *u = check_readable(L);
+  mp_checknargs(L, 2);
   lua_Integer max = -1;
   if (!lua_isnoneornil(L, 2)) {
     max = luaL_checkinteger(L, 2);
@@ -123,6 +133,7 @@ static int conn_recv_bytes(lua_State *L) {
 /* conn:poll([timeout]) --> boolean. No argument: do not wait; nil: wait forever. */
 static int conn_poll(lua_State *L) {
   conn_ud *u = check_readable(L);
+  mp_checknargs(L, 2);
   double deadline = lua_gettop(L) < 2 ? -INFINITY : mp_optdeadline(L, 2);
   int rc;
   while ((rc = mp_conn_poll(&u->c, deadline)) == EINTR)
@@ -133,16 +144,24 @@ static int conn_poll(lua_State *L) {
 }
 
 static int conn_fileno(lua_State *L) {
-  lua_pushinteger(L, mp_conn_fileno(&check_open(L)->c));
+  conn_ud *u = check_open(L);
+  mp_checknargs(L, 1);
+  lua_pushinteger(L, mp_conn_fileno(&u->c));
   return 1;
 }
 
-/* close(), __close and __gc: closes this process's copies of the fds. */
-static int conn_close(lua_State *L) {
+/* __gc and __close (which also gets the error): closes this process's copies of the fds. */
+static int conn_gc(lua_State *L) {
   conn_ud *u = mp_checkself(L, 1, &CONN_C);
   mp_conn_close(&u->c);
   u->closed = 1;
   return 0;
+}
+
+/* conn:close() */
+static int conn_close(lua_State *L) {
+  mp_checknargs(L, 1);
+  return conn_gc(L);
 }
 
 /* Fields: closed, readable, writable; then the methods (upvalue 1). */
@@ -178,8 +197,11 @@ static conn_ud *new_conn(lua_State *L) {
 
 /* core.Pipe([duplex]) or Pipe{duplex = false} --> two Connections */
 static int core_pipe(lua_State *L) {
+  static const char *const keys[] = { "duplex", NULL };
   int duplex = 1;
+  mp_checknargs(L, 1);
   if (lua_istable(L, 1)) {
+    mp_checkoptions(L, 1, "Pipe", keys);
     lua_getfield(L, 1, "duplex");
     if (!lua_isnil(L, -1)) duplex = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -312,6 +334,13 @@ static int core_wait(lua_State *L) {
     }
     if (any) rc = 0;
     wait_unregister(items, n);
+    if (rc == EINTR) {
+      /* A slice ended: repair what a dead sender left, then look again. */
+      for (int i = 0; i < n; i++) {
+        if (items[i].kind == W_QUEUE) mp_ring_rescue(items[i].ring);
+        else if (items[i].kind == W_CONN) mp_ring_rescue(&items[i].conn->rx);
+      }
+    }
     if (any || rc == ETIMEDOUT) break;
     if (rc == EINTR) mp_check_interrupt(L);
     else if (rc != 0) return mp_raise_errno(L, rc, "wait");
@@ -334,7 +363,7 @@ void mp_pipe_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__gc", conn_close}, {"__close", conn_close}, {"__tostring", conn_tostring},
+    {"__gc", conn_gc}, {"__close", conn_gc}, {"__tostring", conn_tostring},
     {NULL, NULL}
   };
   mp_newclass(L, &CONN_C, methods, metamethods);

@@ -89,7 +89,7 @@ static int tr_close(lua_State *L) {
 /*
 ** The ops of a transport object made by another C module (mp/mpi.so): its
 ** metatable's __pool_ops, checked for the seam's magic and version. The object
-** is kept in user value 3, so its memory lives as long as this transport.
+** is kept in user value 4, so its memory lives as long as this transport.
 */
 static const mp_pool_transport_ops *foreign_ops(lua_State *L, int idx) {
   const mp_pool_transport_ops *ops = NULL;
@@ -112,12 +112,13 @@ static int core_pool_transport(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "number of workers out of range");
   const mp_pool_transport_ops *ops = lua_isnoneornil(L, 2) ? NULL : foreign_ops(L, 2);
-  pool_tr *t = mp_newself(L, &TR_C, 3);
+  pool_tr *t = mp_newself(L, &TR_C, 4);
   mp_poolchan_init(&t->local);                   /* safe empty state */
   lua_newtable(L); lua_setiuservalue(L, -2, 1);  /* handle --> job, job --> handle */
   lua_newtable(L); lua_setiuservalue(L, -2, 2);  /* handle --> dest */
+  lua_newtable(L); lua_setiuservalue(L, -2, 3);  /* an apply task's ring place --> its AsyncResult */
   if (ops != NULL) {
-    lua_pushvalue(L, 2); lua_setiuservalue(L, -2, 3);
+    lua_pushvalue(L, 2); lua_setiuservalue(L, -2, 4);   /* the implementing object, kept alive */
     t->ops = ops;
     t->impl = lua_touserdata(L, 2);
   } else {
@@ -138,7 +139,10 @@ static int core_pool_transport(lua_State *L) {
 static int tr_after_fork(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   t->foreign = 1;
-  if (t->impl != NULL) t->ops->after_fork(t->impl, lua_toboolean(L, 2));
+  if (t->impl != NULL) {
+    t->ops->after_fork(t->impl, lua_toboolean(L, 2));
+    mp_pt_drop_fds(&t->pt);
+  }
   return 0;
 }
 
@@ -240,54 +244,80 @@ static int item_error(lua_State *L) {
 /* Pushes uservalue k of the transport at index 1. */
 static int uv(lua_State *L, int k) { lua_getiuservalue(L, 1, k); return lua_gettop(L); }
 
-/* A new handle for the job at `job` (with its dest at `dest`; 0 for an apply job: itself). */
+/* A new handle for the map job at `job`, whose values go to the table at `dest`. */
 static int job_new(lua_State *L, pool_tr *t, int jobs, int dests, int job, int dest, int stream) {
   int h;
-  check_mem(L, mp_pt_job_new(&t->pt, stream, dest == 0, &h));
+  check_mem(L, mp_pt_job_new(&t->pt, stream, &h));
   lua_pushvalue(L, job);
   lua_rawseti(L, jobs, h);
-  if (dest != 0) {
-    lua_pushvalue(L, job);
-    lua_pushinteger(L, h);
-    lua_rawset(L, jobs);
-    lua_pushvalue(L, dest);
-    lua_rawseti(L, dests, h);
-  }
+  lua_pushvalue(L, job);
+  lua_pushinteger(L, h);
+  lua_rawset(L, jobs);
+  lua_pushvalue(L, dest);
+  lua_rawseti(L, dests, h);
   return h;
 }
 
 static void job_free(lua_State *L, pool_tr *t, int jobs, int dests, int h) {
-  if (!t->pt.jobs[h - 1].apply) {
-    lua_rawgeti(L, jobs, h);
-    lua_pushnil(L);
-    lua_rawset(L, jobs);
-    lua_pushnil(L);
-    lua_rawseti(L, dests, h);
-  }
+  lua_rawgeti(L, jobs, h);
+  lua_pushnil(L);
+  lua_rawset(L, jobs);
+  lua_pushnil(L);
+  lua_rawseti(L, dests, h);
   lua_pushnil(L);
   lua_rawseti(L, jobs, h);
   mp_pt_job_free(&t->pt, h);
 }
 
-typedef struct evs { int events, jobs, dests, n; } evs;
+typedef struct evs { int events, jobs, dests, aps, n; } evs;
 
-/* Appends the event (job h, kind, the value on top). */
-static void emit(lua_State *L, evs *e, int h, int kind) {
+/* An apply task's key in the table of AsyncResults: its place in the ring. */
+static lua_Integer ap_key(pool_tr *t, uint64_t id) { return (lua_Integer)(id & t->pt.mask) + 1; }
+
+/* Pushes the job of task p: its map job, or its AsyncResult. */
+static void push_job(lua_State *L, pool_tr *t, evs *e, mp_pt_task *p) {
+  if (p->job > 0) lua_rawgeti(L, e->jobs, p->job); else lua_rawgeti(L, e->aps, ap_key(t, p->id));
+}
+
+/* Appends the event (the job below the top, kind, the value on top). */
+static void emit(lua_State *L, evs *e, int kind) {
   int base = e->n * 3;
-  if (h > 0) lua_rawgeti(L, e->jobs, h); else lua_pushboolean(L, 0);
+  lua_rawseti(L, e->events, base + 3);
   lua_rawseti(L, e->events, base + 1);
   lua_pushinteger(L, kind);
   lua_rawseti(L, e->events, base + 2);
-  lua_rawseti(L, e->events, base + 3);
   e->n++;
 }
 
 /* The task has settled; a sealed map job whose last task it was is done (EV_DONE). */
 static void settle(lua_State *L, pool_tr *t, evs *e, mp_pt_task *p) {
   int h = p->job;
+  if (h == 0) { lua_pushnil(L); lua_rawseti(L, e->aps, ap_key(t, p->id)); }
   if (!mp_pt_settle(&t->pt, p)) return;
-  if (!t->pt.jobs[h - 1].apply) { lua_pushinteger(L, 0); emit(L, e, h, EV_DONE); }
+  lua_rawgeti(L, e->jobs, h);
+  lua_pushinteger(L, 0);
+  emit(L, e, EV_DONE);
   job_free(L, t, e->jobs, e->dests, h);
+}
+
+/*
+** Makes task id's place in the ring free: the ring grows (an older task holds
+** the place), and the AsyncResults move to their new places.
+*/
+static void make_place(lua_State *L, pool_tr *t, uint64_t id) {
+  if (mp_pt_place_free(&t->pt, id)) return;
+  int aps = uv(L, 3);
+  lua_newtable(L);
+  uint64_t mask = t->pt.mask;
+  check_mem(L, mp_pt_grow(&t->pt));
+  for (uint64_t i = 0; i <= t->pt.mask; i++) {
+    mp_pt_task *p = &t->pt.tasks[i];
+    if (p->id == 0 || p->job != 0) continue;
+    lua_rawgeti(L, aps, (lua_Integer)(p->id & mask) + 1);
+    lua_rawseti(L, -2, ap_key(t, p->id));
+  }
+  lua_setiuservalue(L, 1, 3);
+  lua_pop(L, 1);
 }
 
 /* ---- parent: building batches ----------------------------------------- */
@@ -374,7 +404,8 @@ static int tr_add(lua_State *L) {
       return 2;
     }
     t->pt.next_id = id;
-    check_mem(L, mp_pt_record(&t->pt, id, h, off + (i - 1 - base), (uint32_t)(j - i + 1), at, 0));
+    make_place(L, t, id);
+    check_mem(L, mp_pt_record(&t->pt, id, h, off + (i - 1 - base), at, 0));
     added++;
     i = j + 1;
   }
@@ -397,7 +428,6 @@ static int tr_apply(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 7);
   double limit = luaL_optnumber(L, 8, 0);
   lua_settop(L, 8);
-  int jobs = uv(L, 1), dests = uv(L, 2);
   uint64_t id = t->pt.next_id + 1;
   size_t at;
   if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 6, 1, n, &at)) {
@@ -406,8 +436,11 @@ static int tr_apply(lua_State *L) {
     return 2;
   }
   t->pt.next_id = id;
-  int h = job_new(L, t, jobs, dests, 2, 0, 0);
-  check_mem(L, mp_pt_record(&t->pt, id, h, off, 0, at, limit));
+  make_place(L, t, id);
+  lua_getiuservalue(L, 1, 3);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, ap_key(t, id));
+  check_mem(L, mp_pt_record(&t->pt, id, 0, off, at, limit));
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -449,9 +482,11 @@ static int send_resends(lua_State *L, pool_tr *t) {
     mp_pt_task *p;
     check_mem(L, mp_pt_next_resend(&t->pt, &p));
     if (p == NULL) break;
-    err = t->ops->send(t->impl, p->b->data, p->b->len);
+    int keep;
+    err = t->ops->send(t->impl, p->b->data, p->b->len, &keep);
     if (err == EAGAIN) { mp_pt_unqueue(&t->pt, p); return 0; }
     if (err) mp_raise_errno(L, err, "pool: sending a task");
+    mp_pt_kept(&t->pt, p->b, keep);
   }
   return 1;
 }
@@ -464,8 +499,10 @@ static int tr_commit(lua_State *L) {
   mp_pt_batch *b;
   check_mem(L, mp_pt_commit(&t->pt, &b));
   if (b == NULL) return 0;
-  int err = t->ops->send(t->impl, b->data, b->len);
-  if (err == EAGAIN)               /* something else is kept: these go again, one by one */
+  int keep;
+  int err = t->ops->send(t->impl, b->data, b->len, &keep);
+  if (err == 0) mp_pt_kept(&t->pt, b, keep);
+  else if (err == EAGAIN)          /* something else is kept: these go again, one by one */
     for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
   else if (err) mp_raise_errno(L, err, "pool: sending a task");
   return 0;
@@ -508,19 +545,20 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
   uint64_t id = mp_pc_get64(p + 8);
   uint32_t count = mp_pc_get32(p + 16);
   const char *q = p + HDR, *end = p + len;
-  if (kind == 'I') { push_error(L, q, end, 0); emit(L, e, 0, EV_INIT); return; }
+  if (kind == 'I') { lua_pushboolean(L, 0); push_error(L, q, end, 0); emit(L, e, EV_INIT); return; }
   mp_pt_task *tk = mp_pt_find(&t->pt, id);
   if (tk == NULL || tk->b == NULL) return;           /* settled already (a journal's copy) */
   int h = tk->job;
-  mp_pt_job *j = &t->pt.jobs[h - 1];
   if (kind == 'E') {
+    push_job(L, t, e, tk);
     push_error(L, q, end, tk->off);
-    emit(L, e, h, EV_ERROR);
+    emit(L, e, EV_ERROR);
     settle(L, t, e, tk);
     return;
   }
   int top = lua_gettop(L);
-  lua_rawgeti(L, j->apply ? e->jobs : e->dests, h);
+  push_job(L, t, e, tk);                             /* the job, kept for the event */
+  if (h > 0) lua_rawgeti(L, e->dests, h); else lua_pushvalue(L, -1);
   int dest = lua_gettop(L);
   lua_Integer at = tk->off;
   uint32_t got = 0;
@@ -531,13 +569,13 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
     luaL_checkstack(L, (int)gn + 4, "result too large");
     if (protected_decode(L, q, glen) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
-      lua_settop(L, top);
+      lua_settop(L, top + 1);
       lua_createtable(L, 5, 0);
       lua_pushfstring(L, "cannot receive result: %s", m ? m : "?");
       lua_rawseti(L, -2, 1);
       lua_pushinteger(L, tk->off);
       lua_rawseti(L, -2, 5);
-      emit(L, e, h, EV_ERROR);
+      emit(L, e, EV_ERROR);
       settle(L, t, e, tk);
       return;
     }
@@ -546,10 +584,14 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
     got += (uint32_t)n;
     q += glen;
   }
-  lua_settop(L, top);
-  j->done += j->apply ? 1 : tk->count;
-  if (j->apply) { lua_pushinteger(L, got); emit(L, e, h, EV_VALUES); }
-  else if (j->stream) { lua_pushinteger(L, tk->off); emit(L, e, h, EV_CHUNK); }
+  lua_settop(L, top + 1);
+  if (h == 0) { lua_pushinteger(L, got); emit(L, e, EV_VALUES); }
+  else {
+    mp_pt_job *j = &t->pt.jobs[h - 1];
+    j->done += mp_pt_count(tk);
+    if (j->stream) { lua_pushinteger(L, tk->off); emit(L, e, EV_CHUNK); }
+    else lua_settop(L, top);
+  }
   settle(L, t, e, tk);
 }
 
@@ -605,7 +647,7 @@ static int tr_pump(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   double deadline = mp_optdeadline(L, 3);
   lua_settop(L, 3);
-  evs e = { 2, uv(L, 1), uv(L, 2), 0 };
+  evs e = { 2, uv(L, 1), uv(L, 2), uv(L, 3), 0 };
   int lost = 0;
   for (;;) {
     int err = t->ops->flush(t->impl);
@@ -616,8 +658,9 @@ static int tr_pump(lua_State *L) {
       if (!t->live[i]) continue;
       uint64_t id = t->ops->running(t->impl, i);
       if (mp_pt_overdue(&t->pt, i, id, mp_now())) {
+        push_job(L, t, &e, mp_pt_find(&t->pt, id));
         lua_pushinteger(L, i + 1);
-        emit(L, &e, mp_pt_find(&t->pt, id)->job, EV_OVERDUE);
+        emit(L, &e, EV_OVERDUE);
       }
     }
     if (t->suspect) recover(L, t, &e);
@@ -643,7 +686,7 @@ static int tr_lost(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   int i = check_index(L, t, 3);
   lua_settop(L, 3);
-  evs e = { 2, uv(L, 1), uv(L, 2), 0 };
+  evs e = { 2, uv(L, 1), uv(L, 2), uv(L, 3), 0 };
   drain(L, t, &e);
   mp_pc_held held;
   t->ops->lost(t->impl, i, &held);
@@ -652,8 +695,9 @@ static int tr_lost(lua_State *L) {
   take_container(L, t, &e, held.journal, held.journal_len);
   mp_pt_task *p = mp_pt_find(&t->pt, held.task);
   if (p != NULL && p->b != NULL) {
+    push_job(L, t, &e, p);
     lua_pushinteger(L, p->off);
-    emit(L, &e, p->job, EV_LOST);
+    emit(L, &e, EV_LOST);
     settle(L, t, &e, p);
   }
   for (uint32_t k = 0; k < held.batch_count; k++) {
@@ -670,12 +714,22 @@ static int tr_abandon(lua_State *L) {
   pool_tr *t = checkowner(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  evs e = { 2, uv(L, 1), uv(L, 2), 0 };
+  evs e = { 2, uv(L, 1), uv(L, 2), uv(L, 3), 0 };
+  for (uint64_t id = t->pt.low; id <= t->pt.next_id; id++) {
+    mp_pt_task *p = mp_pt_find(&t->pt, id);
+    if (p == NULL || p->job != 0) continue;
+    push_job(L, t, &e, p);
+    lua_pushinteger(L, 0);
+    emit(L, &e, EV_ABANDONED);
+  }
   mp_pt_forget(&t->pt);
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, 3);
   for (int h = 1; h <= t->pt.njobs; h++) {
     if (!t->pt.jobs[h - 1].used) continue;
+    lua_rawgeti(L, e.jobs, h);
     lua_pushinteger(L, 0);
-    emit(L, &e, h, EV_ABANDONED);
+    emit(L, &e, EV_ABANDONED);
     job_free(L, t, e.jobs, e.dests, h);
   }
   lua_pushinteger(L, e.n);
@@ -685,10 +739,13 @@ static int tr_abandon(lua_State *L) {
 /* ---- worker ----------------------------------------------------------- */
 
 /*
-** Message handler for a task's error: {message, traceback, value}, the
+** Message handler for a task's error: {message, traceback, value, tostring(value)}, the
 ** traceback cut where the pool's own frames begin (upvalue 1: their depth).
 */
 static int task_msgh(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);                   /* 2: the raised value (lua_tostring converts a number at 1) */
+  int raised = lua_type(L, 1) != LUA_TSTRING;
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) msg = lua_tostring(L, -1);
@@ -713,7 +770,12 @@ static int task_msgh(lua_State *L) {
   lua_rawseti(L, -2, 1);
   lua_pushlstring(L, tb, len);
   lua_rawseti(L, -2, 2);
-  if (lua_type(L, 1) != LUA_TSTRING) { lua_pushvalue(L, 1); lua_rawseti(L, -2, 3); }
+  if (raised) {                          /* the raised value, and its tostring */
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 3);
+    luaL_tolstring(L, 2, NULL);
+    lua_rawseti(L, -2, 4);
+  }
   return 1;
 }
 
@@ -740,7 +802,7 @@ static void error_result(lua_State *L, mp_pc_buf *b, uint64_t id, int errv, char
     if (tab) { lua_rawgeti(L, errv, 1); lua_rawgeti(L, errv, 2); }
     else { const char *m = lua_tostring(L, errv); lua_pushstring(L, m ? m : "unknown error"); lua_pushnil(L); }
     lua_pushinteger(L, mp_self_pid());
-    if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 1); else lua_pushnil(L);
+    if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 4); else lua_pushnil(L);
     if (protected_group(L, b, top + 1) == LUA_OK) break;
     lua_settop(L, top);
     b->len = HDR;
@@ -872,27 +934,23 @@ static int core_pool_work(lua_State *L) {
   return 0;
 }
 
-/* tr:send_init_error(message, traceback): an initializer failed in this worker. */
+/*
+** tr:send_init_error(index, message, traceback): the initializer failed in
+** worker index; the error goes out as a batch's only result would.
+*/
 static int tr_send_init_error(lua_State *L) {
   pool_tr *t = checktr(L);
-  lua_settop(L, 3);
+  int index = check_index(L, t, 2);
+  lua_settop(L, 4);
   lua_createtable(L, 2, 0);
-  lua_pushvalue(L, 2);
-  lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 4);
   lua_rawseti(L, -2, 2);
   mp_pc_buf *b = &t->pt.out;
-  error_result(L, b, 0, 4, 'I');
-  mp_pc_buf c = { NULL, 0, 0 };
-  reserve(L, &c, MP_PC_CHDR + 4 + b->len);
-  memset(c.data, 0, MP_PC_CHDR);
-  c.data[0] = 'K';
-  mp_pc_put32(c.data + 4, 1);
-  mp_pc_put32(c.data + MP_PC_CHDR, (uint32_t)b->len);
-  memcpy(c.data + MP_PC_CHDR + 4, b->data, b->len);
-  int err = t->ops->send_result(t->impl, c.data, MP_PC_CHDR + 4 + b->len);
-  mp_pc_buf_free(&c);
-  check_io(L, err, "pool: sending a result");
+  error_result(L, b, 0, 5, 'I');
+  check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
+  check_io(L, t->ops->end(t->impl, index), "pool: sending a result");
   return 0;
 }
 

@@ -11,6 +11,7 @@
 
 #include "mp_aux.h"
 #include "mp_signal.h"
+#include "serial.h"
 #include "engine/identity.h"
 #include "engine/proc.h"
 
@@ -62,6 +63,8 @@ static int core_spawn(lua_State *L) {
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 3;
   child_handle *h = mp_newself(L, &CHILD_C, 0);   /* h->c NULL: safe empty state */
+  /* The child finds its copies of the environments on this stack by their ids. */
+  mp_serial_before_fork(L);
   mp_child *c = NULL;
   pid_t pid = mp_fork(&c, daemon);
   if (pid < 0) return mp_raise_errno(L, (int)-pid, "cannot start process (fork)");
@@ -149,6 +152,7 @@ static int core_child_exit(lua_State *L) {
 }
 
 static int core_getpid(lua_State *L) {
+  mp_checknargs(L, 0);
   lua_pushinteger(L, mp_self_pid());
   return 1;
 }
@@ -159,6 +163,7 @@ static int core_getppid(lua_State *L) {
 }
 
 static int core_cpu_count(lua_State *L) {
+  mp_checknargs(L, 0);
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
   return 1;

@@ -44,35 +44,6 @@ static queue_ud *check_queue(lua_State *L) {
   return q;
 }
 
-/*
-** The deadline of put/get(block, timeout), or of an options table
-** {block =, timeout =} in the block position (Python's keywords): block false
-** means do not wait.
-*/
-static double block_deadline(lua_State *L, int arg) {
-  if (lua_istable(L, arg)) {
-    lua_getfield(L, arg, "block");
-    int block = lua_isnil(L, -1) || lua_toboolean(L, -1);
-    lua_getfield(L, arg, "timeout");
-    if (!lua_isnil(L, -1) && !lua_isnumber(L, -1))
-      luaL_argerror(L, arg, "timeout must be a number");
-    lua_Number t = lua_isnil(L, -1) ? -1 : lua_tonumber(L, -1);
-    int forever = lua_isnil(L, -1);
-    lua_pop(L, 2);
-    if (!block) return -INFINITY;
-    if (forever) return INFINITY;
-    if (t != t) luaL_argerror(L, arg, "timeout is NaN");
-    return mp_now() + (t > 0 ? t : 0);
-  }
-  if (!lua_isnoneornil(L, arg) && !lua_toboolean(L, arg)) {
-    if (!lua_isnoneornil(L, arg + 1)) luaL_checknumber(L, arg + 1);
-    return -INFINITY;
-  }
-  if (!lua_isnoneornil(L, arg + 1) && !lua_isnumber(L, arg + 1))
-    luaL_typeerror(L, arg + 1, "number or nil");
-  return mp_optdeadline(L, arg + 1);
-}
-
 static int put_value(lua_State *L, queue_ud *q, int idx, double deadline) {
   for (;;) {
     mp_wbuf *b = mp_serial_scratch(L);
@@ -129,16 +100,18 @@ int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, voi
     return n;
   }
   char *buf = m->len <= SIZE_MAX ? malloc((size_t)m->len) : NULL;
-  int truncated = 0;
-  if (m->streamed) truncated = mp_ring_read_stream(r, m, buf) != 0;
+  int rc = 0;
+  if (m->streamed) rc = mp_ring_read_stream(r, m, buf);   /* dropped when buf is NULL */
   else if (buf != NULL) {
     memcpy(buf, m->p1, m->n1);
     memcpy(buf + m->n1, m->p2, m->n2);
   }
   end(ctx, m);
-  if (truncated) {
+  if (rc != 0) {
     free(buf);
-    return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+    if (rc == ECANCELED) return -1;         /* abandoned by its producer: take the next */
+    if (rc == EPIPE) return mp_raise(L, "EOFError", "the other end closed in the middle of a message");
+    return mp_raise_errno(L, rc, "receive");
   }
   if (buf == NULL) return luaL_error(L, "not enough memory for a message of %I bytes",
                                      (lua_Integer)m->len);
@@ -151,19 +124,23 @@ int mp_msg_deliver(lua_State *L, mp_ring *r, mp_ring_msg *m, mp_msg_end end, voi
 static void ring_end(void *ctx, mp_ring_msg *m) { mp_ring_get_end(ctx, m); }
 
 static int get_value(lua_State *L, queue_ud *q, double deadline) {
-  mp_ring_msg m;
-  int rc;
-  while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
-    mp_check_interrupt(L);
-  if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
-  if (rc != 0) return mp_raise_errno(L, rc, "get");
-  return mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
+  for (;;) {
+    mp_ring_msg m;
+    int rc;
+    while ((rc = mp_ring_get_begin(&q->ring, deadline, &m)) == EINTR)
+      mp_check_interrupt(L);
+    if (rc == ETIMEDOUT || rc == EBUSY) return mp_raise(L, "Empty", "queue is empty");
+    if (rc == EPROTO) return luaL_error(L, "get: the queue's shared memory is corrupt");
+    if (rc != 0) return mp_raise_errno(L, rc, "get");
+    int n = mp_msg_deliver(L, &q->ring, &m, ring_end, &q->ring, 0);
+    if (n >= 0) return n;
+  }
 }
 
 /* q:put(v [, block [, timeout]]) */
 static int q_put(lua_State *L) {
   queue_ud *q = check_queue(L);
-  double deadline = block_deadline(L, 3);
+  double deadline = mp_block_deadline(L, 3, "put");
   lua_settop(L, 2);     /* q:put() puts nil */
   put_value(L, q, 2, deadline);
   return 0;
@@ -172,32 +149,41 @@ static int q_put(lua_State *L) {
 /* q:get([block [, timeout]]) */
 static int q_get(lua_State *L) {
   queue_ud *q = check_queue(L);
-  return get_value(L, q, block_deadline(L, 2));
+  return get_value(L, q, mp_block_deadline(L, 2, "get"));
 }
 
 static int q_put_nowait(lua_State *L) {
   queue_ud *q = check_queue(L);
+  mp_checknargs(L, 2);
   lua_settop(L, 2);
   put_value(L, q, 2, -INFINITY);
   return 0;
 }
 
 static int q_get_nowait(lua_State *L) {
-  return get_value(L, check_queue(L), -INFINITY);
+  queue_ud *q = check_queue(L);
+  mp_checknargs(L, 1);
+  return get_value(L, q, -INFINITY);
 }
 
 static int q_qsize(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)mp_ring_count(&check_queue(L)->ring));
+  queue_ud *q = check_queue(L);
+  mp_checknargs(L, 1);
+  lua_pushinteger(L, (lua_Integer)mp_ring_count(&q->ring));
   return 1;
 }
 
+/* Counted as qsize is, so that empty(), qsize() and full() agree. */
 static int q_empty(lua_State *L) {
-  lua_pushboolean(L, !mp_ring_readable(&check_queue(L)->ring));
+  queue_ud *q = check_queue(L);
+  mp_checknargs(L, 1);
+  lua_pushboolean(L, mp_ring_count(&q->ring) == 0);
   return 1;
 }
 
 static int q_full(lua_State *L) {
   queue_ud *q = check_queue(L);
+  mp_checknargs(L, 1);
   uint64_t max = mp_ring_maxsize(&q->ring);
   lua_pushboolean(L, max != 0 && mp_ring_count(&q->ring) >= max);
   return 1;
@@ -206,6 +192,7 @@ static int q_full(lua_State *L) {
 /* jq:task_done() */
 static int q_task_done(lua_State *L) {
   queue_ud *q = check_queue(L);
+  mp_checknargs(L, 1);
   if (mp_ring_task_done(&q->ring) == ERANGE)
     return luaL_error(L, "task_done() called too many times");
   return 0;
@@ -214,6 +201,7 @@ static int q_task_done(lua_State *L) {
 /* jq:join([timeout]) --> true, or false when the timeout passed first */
 static int q_join(lua_State *L) {
   queue_ud *q = check_queue(L);
+  mp_checknargs(L, 2);
   double deadline = mp_optdeadline(L, 2);
   int rc;
   while ((rc = mp_ring_join(&q->ring, deadline)) == EINTR)
@@ -225,14 +213,21 @@ static int q_join(lua_State *L) {
 /* No feeder thread: nothing to wait for or cancel (Python's API kept). */
 static int q_noop(lua_State *L) {
   mp_checkself(L, 1, mp_upclass(L));
+  mp_checknargs(L, 1);
   return 0;
 }
 
-/* close(), __gc: unmaps this process's mapping; others keep theirs. */
-static int q_close(lua_State *L) {
+/* __gc, __close (which also gets the error): unmaps this process's mapping; others keep theirs. */
+static int q_gc(lua_State *L) {
   queue_ud *q = mp_checkself(L, 1, mp_upclass(L));
   mp_ring_unmap(&q->ring);
   return 0;
+}
+
+/* q:close() */
+static int q_close(lua_State *L) {
+  mp_checknargs(L, 1);
+  return q_gc(L);
 }
 
 static int q_tostring(lua_State *L) {
@@ -262,10 +257,13 @@ static size_t opt_bytes(lua_State *L, int arg, lua_Integer v) {
 }
 
 /* Queue(maxsize) or Queue{maxsize =, bytes =}; maxsize <= 0 means unbounded. */
-static void queue_args(lua_State *L, lua_Integer *maxsize, size_t *bytes) {
+static void queue_args(lua_State *L, const char *fname, lua_Integer *maxsize, size_t *bytes) {
+  static const char *const keys[] = { "maxsize", "bytes", NULL };
   *maxsize = 0;
   lua_Integer b = 0;
+  mp_checknargs(L, 1);
   if (lua_istable(L, 1)) {
+    mp_checkoptions(L, 1, fname, keys);
     lua_getfield(L, 1, "maxsize");
     if (!lua_isnil(L, -1)) {
       if (!lua_isinteger(L, -1)) luaL_argerror(L, 1, "maxsize must be an integer");
@@ -286,7 +284,7 @@ static void queue_args(lua_State *L, lua_Integer *maxsize, size_t *bytes) {
 static int core_queue(lua_State *L) {
   lua_Integer maxsize;
   size_t bytes;
-  queue_args(L, &maxsize, &bytes);
+  queue_args(L, "Queue", &maxsize, &bytes);
   new_queue(L, &QUEUE_C, maxsize, bytes, 0);
   return 1;
 }
@@ -294,14 +292,17 @@ static int core_queue(lua_State *L) {
 static int core_joinable_queue(lua_State *L) {
   lua_Integer maxsize;
   size_t bytes;
-  queue_args(L, &maxsize, &bytes);
+  queue_args(L, "JoinableQueue", &maxsize, &bytes);
   new_queue(L, &JOINABLE_C, maxsize, bytes, 1);
   return 1;
 }
 
 static int core_simple_queue(lua_State *L) {
+  static const char *const keys[] = { "bytes", NULL };
   lua_Integer b = 0;
+  mp_checknargs(L, 1);
   if (lua_istable(L, 1)) {
+    mp_checkoptions(L, 1, "SimpleQueue", keys);
     lua_getfield(L, 1, "bytes");
     if (!lua_isnil(L, -1)) b = luaL_checkinteger(L, -1);
     lua_pop(L, 1);
@@ -339,7 +340,7 @@ void mp_queue_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = {
-    {"__gc", q_close}, {"__close", q_close}, {"__tostring", q_tostring},
+    {"__gc", q_gc}, {"__close", q_gc}, {"__tostring", q_tostring},
     {NULL, NULL}
   };
   mp_newclass(L, &QUEUE_C, methods, metamethods);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "lshm.h"
 #include "lsync.h"
 #include "mp_aux.h"
 #include "engine/shpages.h"
@@ -45,6 +46,7 @@ typedef struct shared_ud {
   size_t bytes;               /* allocated size */
   uint32_t owner;             /* the creating process: only it frees */
   const typeinfo *t;
+  const mp_shm_ud *shm;       /* a view of this SharedMemory (user value 2): never freed here */
 } shared_ud;
 
 static const mp_class VALUE_C = { VALUE_T, sizeof(shared_ud), NULL },
@@ -187,7 +189,7 @@ static void set_elem(lua_State *L, const typeinfo *t, char *p, int idx, int arg)
 /* ---- Construction ------------------------------------------------------------ */
 
 static shared_ud *new_shared(lua_State *L, const mp_class *c, const typeinfo *t, size_t n) {
-  shared_ud *u = mp_newself(L, c, 1);      /* data NULL: safe empty state */
+  shared_ud *u = mp_newself(L, c, 2);      /* data NULL: safe empty state; uv 2: a view's SharedMemory */
   u->owner = mp_self_pid();
   u->t = t;
   size_t bytes = n * t->size;
@@ -200,12 +202,17 @@ static shared_ud *new_shared(lua_State *L, const mp_class *c, const typeinfo *t,
 }
 
 /* Pushes field `lock` of the options table at arg (nil when there is none). */
-static int push_lock_option(lua_State *L, int arg) {
+static const char *const lock_keys[] = { "lock", NULL };
+static const char *const array_keys[] = { "lock", "shm", "offset", NULL };
+
+static int push_lock_option(lua_State *L, int arg, const char *fname) {
+  const char *const *keys = strcmp(fname, "Array") == 0 ? array_keys : lock_keys;
   if (lua_isnoneornil(L, arg)) {
     lua_pushnil(L);
     return LUA_TNIL;
   }
   luaL_checktype(L, arg, LUA_TTABLE);
+  mp_checkoptions(L, arg, fname, keys);
   return lua_getfield(L, arg, "lock");
 }
 
@@ -214,9 +221,9 @@ static int push_lock_option(lua_State *L, int arg) {
 ** Python's lock= keyword) for the object on top: by default a new RLock.
 ** `raw` (RawValue, RawArray): no lock and no options.
 */
-static void set_lock(lua_State *L, int arg, int raw) {
+static void set_lock(lua_State *L, int arg, int raw, const char *fname) {
   if (raw) return;
-  int type = push_lock_option(L, arg);
+  int type = push_lock_option(L, arg, fname);
   if (type == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
     lua_pop(L, 1);
     return;
@@ -234,24 +241,81 @@ static void set_lock(lua_State *L, int arg, int raw) {
 /* Value(typecode [, init [, {lock = ...}]]) */
 static int value_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
+  mp_checknargs(L, 3);
   lua_settop(L, 3);
   const typeinfo *t = check_typecode(L, 1);
   shared_ud *u = new_shared(L, &VALUE_C, t, 1);
   int top = lua_gettop(L);
   if (!lua_isnoneornil(L, 2)) set_elem(L, t, u->data, 2, 2);
   lua_settop(L, top);
-  set_lock(L, 3, raw);
+  set_lock(L, 3, raw, "Value");
   return 1;
 }
 
 static int core_value(lua_State *L) { return value_new(L, 0); }
 static int core_raw_value(lua_State *L) { return value_new(L, 1); }
 
-/* Array(typecode, size_or_initializer [, {lock = ...}]) */
+/*
+** The options of Array: lock (see set_lock), shm and offset. Returns the
+** SharedMemory to view (NULL for none) and sets *offset.
+*/
+static mp_shm_ud *array_options(lua_State *L, int arg, size_t *offset) {
+  *offset = 0;
+  if (lua_isnoneornil(L, arg)) return NULL;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  mp_checkoptions(L, arg, "Array", array_keys);
+  lua_getfield(L, arg, "shm");
+  mp_shm_ud *sm = NULL;
+  if (!lua_isnil(L, -1)) {
+    sm = mp_shm_test(L, -1);
+    if (sm == NULL) luaL_argerror(L, arg, lua_pushfstring(L, "shm must be a SharedMemory, got %s", luaL_typename(L, -1)));
+    if (sm->closed) luaL_argerror(L, arg, "the SharedMemory is closed");
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, arg, "offset");
+  if (!lua_isnil(L, -1)) {
+    int isint;
+    lua_Integer off = lua_tointegerx(L, -1, &isint);
+    if (sm == NULL) luaL_argerror(L, arg, "offset needs shm");
+    if (!isint || off < 0) luaL_argerror(L, arg, "offset must be a non-negative integer (bytes)");
+    *offset = (size_t)off;
+  }
+  lua_pop(L, 1);
+  return sm;
+}
+
+/*
+** A typed view of n elements of SharedMemory sm (at stack index smidx) from
+** byte `offset`: the elements are the segment's bytes, which another process
+** attaching by name sees; the view keeps sm alive (user value 2), never frees
+** the bytes, and raises once sm is closed (see check_shared).
+*/
+static shared_ud *new_view(lua_State *L, const typeinfo *t, size_t n, mp_shm_ud *sm, int smidx, size_t offset) {
+  if (offset % t->size != 0)
+    luaL_error(L, "offset %I is not a multiple of the element size (%d for typecode '%c')",
+               (lua_Integer)offset, (int)t->size, t->code);
+  if (offset > sm->size || n > (sm->size - offset) / t->size)
+    luaL_error(L, "%I elements of typecode '%c' from offset %I do not fit SharedMemory '%s' (%I bytes)",
+               (lua_Integer)n, t->code, (lua_Integer)offset, sm->name, (lua_Integer)sm->size);
+  shared_ud *u = mp_newself(L, &ARRAY_C, 2);
+  u->t = t;
+  u->shm = sm;
+  lua_pushvalue(L, smidx);
+  lua_setiuservalue(L, -2, 2);
+  u->data = sm->base + offset;
+  u->n = n;
+  u->owner = 0;                     /* nobody frees: the SharedMemory owns the bytes */
+  return u;
+}
+
+/* Array(typecode, size_or_initializer [, {lock = ..., shm = sm, offset = bytes}]) */
 static int array_new(lua_State *L, int raw) {
   if (raw && !lua_isnone(L, 3)) luaL_argerror(L, 3, "no options expected (a raw object has no lock)");
+  mp_checknargs(L, 3);
   lua_settop(L, 3);
   const typeinfo *t = check_typecode(L, 1);
+  size_t offset;
+  mp_shm_ud *sm = raw ? NULL : array_options(L, 3, &offset);
   size_t n;
   int type = lua_type(L, 2);
   if (type == LUA_TNUMBER) {
@@ -267,7 +331,14 @@ static int array_new(lua_State *L, int raw) {
   } else {
     return luaL_typeerror(L, 2, t->kind == K_CHAR ? "size, table or string" : "size or table");
   }
-  shared_ud *u = new_shared(L, &ARRAY_C, t, n);
+  shared_ud *u;
+  if (sm != NULL) {
+    lua_getfield(L, 3, "shm");
+    u = new_view(L, t, n, sm, lua_gettop(L), offset);
+    lua_remove(L, -2);
+  } else {
+    u = new_shared(L, &ARRAY_C, t, n);
+  }
   if (type == LUA_TTABLE) {
     for (size_t i = 0; i < n; i++) {
       lua_geti(L, 2, (lua_Integer)i + 1);
@@ -281,7 +352,15 @@ static int array_new(lua_State *L, int raw) {
   } else if (type == LUA_TSTRING) {
     memcpy(u->data, lua_tostring(L, 2), n);
   }
-  set_lock(L, 3, raw);
+  /* A view has no lock unless asked for: a new lock would not be shared with
+  ** the processes that attach by name. */
+  int want_lock = 1;
+  if (sm != NULL) {
+    lua_getfield(L, 3, "lock");
+    want_lock = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+  }
+  if (want_lock) set_lock(L, 3, raw, "Array");
   return 1;
 }
 
@@ -291,7 +370,7 @@ static int core_raw_array(lua_State *L) { return array_new(L, 1); }
 static int shared_gc(lua_State *L) {
   shared_ud *u = mp_checkself(L, 1, mp_upclass(L));
   if (u->data != NULL) {
-    if (u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
+    if (u->shm == NULL && u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
     u->data = NULL;
     u->n = 0;
   }
@@ -300,6 +379,7 @@ static int shared_gc(lua_State *L) {
 
 static int shared_get_lock(lua_State *L) {
   shared_ud *u = mp_checkself(L, 1, mp_upclass(L));
+  mp_checknargs(L, 1);
   if (lua_getiuservalue(L, 1, 1) == LUA_TNIL)
     return luaL_error(L, "this %s has no lock (it was created with lock = false)",
                       u->cls == &VALUE_C ? "Value" : "Array");
@@ -312,6 +392,8 @@ static int shared_get_lock(lua_State *L) {
 static inline shared_ud *check_shared(lua_State *L, const mp_class *c) {
   shared_ud *u = mp_checkself(L, 1, c);
   if (u->data == NULL) luaL_error(L, "%s is collected", c->tname);
+  if (u->shm != NULL && u->shm->closed)
+    luaL_error(L, "the SharedMemory '%s' this Array views is closed", u->shm->name);
   return u;
 }
 
@@ -358,6 +440,7 @@ static const typeinfo *check_integer_value(lua_State *L, shared_ud *u, const cha
 static int value_add(lua_State *L) {
   shared_ud *u = check_value(L);
   const typeinfo *t = check_integer_value(L, u, "add");
+  mp_checknargs(L, 2);
   lua_Integer n = luaL_checkinteger(L, 2);
   if (t->size < 8) {
     int bits = t->size * 8;
@@ -389,6 +472,7 @@ static int value_add(lua_State *L) {
 static int value_compare_and_swap(lua_State *L) {
   shared_ud *u = check_value(L);
   const typeinfo *t = check_integer_value(L, u, "compare_and_swap");
+  mp_checknargs(L, 3);
   uint64_t expected, desired;
   const char *why = to_bits(L, t, 3, &desired);
   if (why != NULL) return luaL_argerror(L, 3, why);
@@ -501,6 +585,7 @@ static int array_len(lua_State *L) {
 
 static int array_tolist(lua_State *L) {
   shared_ud *u = check_array(L);
+  mp_checknargs(L, 1);
   lua_createtable(L, u->n > INT_MAX ? INT_MAX : (int)u->n, 0);
   for (size_t i = 0; i < u->n; i++) {
     push_elem(L, u->t, u->data + i * u->t->size);

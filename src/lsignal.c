@@ -9,6 +9,7 @@
 */
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "mp_aux.h"
@@ -120,6 +121,32 @@ void mp_signal_after_fork(void) {
 }
 
 
+/* Whether stack level `level` runs mp's own code: C, or one of mp's Lua files. */
+static int in_library(lua_State *L, int level) {
+  lua_Debug ar;
+  if (!lua_getstack(L, level, &ar) || !lua_getinfo(L, "S", &ar)) return 0;
+  if (strcmp(ar.what, "C") == 0) return 1;
+  const char *src = ar.source;
+  size_t n = strlen(src);
+  if (n >= 6 && (src[0] == '@' || src[0] == '=') && strcmp(src + n - 4, ".lua") == 0) {
+    const char *slash = strrchr(src, '/');
+    if (slash != NULL && slash - src >= 3 && strncmp(slash - 2, "mp", 2) == 0 &&
+        (slash - src == 3 || slash[-3] == '/')) return 1;          /* .../mp/<name>.lua */
+    if (strcmp(src + 1, "mp.lua") == 0) return 1;
+  }
+  return 0;
+}
+
+/* lua_pcall'd: runs the host's interrupt hook (which raises "interrupted!"). */
+static int run_hook(lua_State *L) {
+  lua_Hook h = (lua_Hook)(uintptr_t)lua_touserdata(L, 1);
+  lua_Debug ar;
+  memset(&ar, 0, sizeof ar);
+  ar.event = LUA_HOOKCOUNT;
+  h(L, &ar);
+  return 0;
+}
+
 void mp_check_interrupt(lua_State *L) {
   if (pending_any) mp_signal_dispatch(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
@@ -128,11 +155,25 @@ void mp_check_interrupt(lua_State *L) {
   lua_State *hooked = is_interrupt_hook(L) ? L : (main != NULL && is_interrupt_hook(main)) ? main : NULL;
   if (hooked != NULL) {
     lua_Hook h = lua_gethook(hooked);
-    lua_Debug ar;
-    memset(&ar, 0, sizeof ar);
-    ar.event = LUA_HOOKCOUNT;
     if (hooked != L) lua_sethook(hooked, NULL, 0, 0);
-    h(L, &ar);
+    /*
+    ** The hook raises where it runs, which may be deep in mp's own Lua code
+    ** (a pool's loop): run it from here, where it can name no line, and give
+    ** its error the position of the first caller outside mp -- the user's
+    ** line, as for an interrupt during a C function of lua.c's own libraries.
+    */
+    lua_pushcfunction(L, run_hook);
+    lua_pushlightuserdata(L, (void *)(uintptr_t)h);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      if (lua_type(L, -1) == LUA_TSTRING) {
+        int level = 1;
+        while (in_library(L, level)) level++;
+        luaL_where(L, level);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+      }
+      lua_error(L);
+    }
   }
   mp_run_pollers(L);
 }
@@ -186,6 +227,7 @@ static void get_handlers(lua_State *L) {
 
 /* mp.signal(sig, handler) --> previous handler */
 static int core_signal(lua_State *L) {
+  mp_checknargs(L, 2);
   int sig = mp_checksignal(L, 1);
   luaL_argcheck(L, sig != SIGKILL && sig != SIGSTOP, 1, "SIGKILL and SIGSTOP cannot be caught");
   struct sigaction sa;
@@ -216,6 +258,7 @@ static int core_signal(lua_State *L) {
 
 /* core.kill(pid, sig): send a signal to any process (os.kill). */
 static int core_kill(lua_State *L) {
+  mp_checknargs(L, 2);
   pid_t pid = (pid_t)luaL_checkinteger(L, 1);
   int sig = lua_isnoneornil(L, 2) ? SIGTERM : mp_checksignal(L, 2);
   if (kill(pid, sig) < 0) return mp_raise_errno(L, errno, "kill");

@@ -94,23 +94,6 @@ static int check_interrupt(lua_State *L) {
   return 0;
 }
 
-/*
-** Arguments (block, timeout) at `arg`, or one table {block =, timeout =} (for
-** Python's acquire(timeout=1)): returns the deadline, 0 for non-blocking.
-*/
-static double acquire_deadline(lua_State *L, int arg, int *blocking) {
-  if (lua_istable(L, arg)) {
-    lua_settop(L, arg + 1);
-    lua_getfield(L, arg, "timeout");
-    lua_replace(L, arg + 1);
-    lua_getfield(L, arg, "block");
-    lua_replace(L, arg);
-  }
-  *blocking = lua_isnoneornil(L, arg) || lua_toboolean(L, arg);
-  if (!*blocking) return 0;
-  return mp_optdeadline(L, arg + 1);
-}
-
 /* ---- Lock and RLock ------------------------------------------------------ */
 
 static int push_acquired(lua_State *L, int rc) {
@@ -131,15 +114,14 @@ static int push_acquired(lua_State *L, int rc) {
 /* acquire(block, timeout) for a Lock or RLock, args from `arg`; slow paths. */
 static int mutex_acquire(lua_State *L, lock_ud *u, int arg) {
   mp_mutex *m = u->h.shm;
+  double deadline = mp_block_deadline(L, arg, "acquire");
   if (u->recursive && mp_mutex_is_mine(m)) {
     m->count++;
     lua_pushboolean(L, 1);
     return 1;
   }
-  int blocking;
-  double deadline = acquire_deadline(L, arg, &blocking);
   int rc;
-  if (!blocking) {
+  if (deadline == -INFINITY) {
     rc = mp_mutex_trylock(m);
   } else {
     while ((rc = mp_mutex_lock(m, deadline)) == EINTR)
@@ -165,8 +147,8 @@ static int lock_new(lua_State *L, int recursive) {
   return 1;
 }
 
-static int core_lock(lua_State *L) { return lock_new(L, 0); }
-static int core_rlock(lua_State *L) { return lock_new(L, 1); }
+static int core_lock(lua_State *L) { mp_checknargs(L, 0); return lock_new(L, 0); }
+static int core_rlock(lua_State *L) { mp_checknargs(L, 0); return lock_new(L, 1); }
 
 void mp_sync_new_lock(lua_State *L, int recursive) { lock_new(L, recursive); }
 
@@ -187,6 +169,7 @@ static int lock_acquire(lua_State *L) {
 
 static int lock_release(lua_State *L) {
   lock_ud *u = check_self(L, &LOCK_C);
+  mp_checknargs(L, 1);
   if (mp_mutex_unlock(u->h.shm) != 0) return luaL_error(L, "release unlocked lock");
   return 0;
 }
@@ -203,7 +186,9 @@ static int rlock_acquire(lua_State *L) {
 }
 
 static int rlock_release(lua_State *L) {
-  return mutex_release(L, check_self(L, &RLOCK_C));
+  lock_ud *u = check_self(L, &RLOCK_C);
+  mp_checknargs(L, 1);
+  return mutex_release(L, u);
 }
 
 static int mutex_tostring(lua_State *L, lock_ud *u, const char *name) {
@@ -225,14 +210,17 @@ static int mutex_owner(lua_State *L, lock_ud *u) {
   else lua_pushinteger(L, owner);
   return 1;
 }
-static int lock_owner(lua_State *L) { return mutex_owner(L, check_self(L, &LOCK_C)); }
-static int rlock_owner(lua_State *L) { return mutex_owner(L, check_self(L, &RLOCK_C)); }
+static int lock_owner(lua_State *L) { lock_ud *u = check_self(L, &LOCK_C); mp_checknargs(L, 1); return mutex_owner(L, u); }
+static int rlock_owner(lua_State *L) { lock_ud *u = check_self(L, &RLOCK_C); mp_checknargs(L, 1); return mutex_owner(L, u); }
 
 /* ---- Semaphore and BoundedSemaphore ----------------------------------------- */
 
 /* Semaphore([value]) or Semaphore{value = n} */
 static int sem_new(lua_State *L, int bounded) {
+  static const char *const keys[] = { "value", NULL };
+  mp_checknargs(L, 1);
   if (lua_istable(L, 1)) {
+    mp_checkoptions(L, 1, bounded ? "BoundedSemaphore" : "Semaphore", keys);
     lua_getfield(L, 1, "value");
     lua_replace(L, 1);
   }
@@ -254,16 +242,16 @@ static int core_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
 static prim_ud *check_sem(lua_State *L) { return check_prim(L, mp_upclass(L)); }
 
 static int sem_acquire(lua_State *L) {
+  int nargs = lua_gettop(L);
   prim_ud *u = check_sem(L);
   mp_sem *s = u->shm;
+  double deadline = nargs == 1 ? INFINITY : mp_block_deadline(L, 2, "acquire");
   if (mp_sem_trywait(s) == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  int blocking;
-  double deadline = acquire_deadline(L, 2, &blocking);
   int rc = EAGAIN;
-  if (blocking) {
+  if (deadline != -INFINITY) {
     while ((rc = mp_sem_wait(s, deadline)) == EINTR)
       mp_check_interrupt(L);
   }
@@ -275,6 +263,7 @@ static int sem_acquire(lua_State *L) {
 static int sem_release(lua_State *L) {
   int nargs = lua_gettop(L);
   prim_ud *u = check_sem(L);
+  mp_checknargs(L, 2);
   mp_sem *s = u->shm;
   lua_Integer n = nargs > 1 ? luaL_optinteger(L, 2, 1) : 1;
   luaL_argcheck(L, n >= 1, 2, "n must be one or more");
@@ -285,6 +274,7 @@ static int sem_release(lua_State *L) {
 
 static int sem_get_value(lua_State *L) {
   prim_ud *u = check_sem(L);
+  mp_checknargs(L, 1);
   lua_pushinteger(L, atomic_load(&((mp_sem *)u->shm)->value));
   return 1;
 }
@@ -300,6 +290,7 @@ static int sem_tostring(lua_State *L) {
 /* ---- Event ------------------------------------------------------------------- */
 
 static int core_event(lua_State *L) {
+  mp_checknargs(L, 0);
   new_prim(L, &EVENT_C);
   return 1;
 }
@@ -308,17 +299,20 @@ static mp_event *check_event(lua_State *L) {
   return ((prim_ud *)check_self(L, &EVENT_C))->shm;
 }
 
-static int event_set(lua_State *L) { mp_event_set(check_event(L)); return 0; }
-static int event_clear(lua_State *L) { mp_event_clear(check_event(L)); return 0; }
+static int event_set(lua_State *L) { mp_event *e = check_event(L); mp_checknargs(L, 1); mp_event_set(e); return 0; }
+static int event_clear(lua_State *L) { mp_event *e = check_event(L); mp_checknargs(L, 1); mp_event_clear(e); return 0; }
 
 static int event_is_set(lua_State *L) {
-  lua_pushboolean(L, mp_event_is_set(check_event(L)));
+  mp_event *e = check_event(L);
+  mp_checknargs(L, 1);
+  lua_pushboolean(L, mp_event_is_set(e));
   return 1;
 }
 
 /* event:wait([timeout]) --> true when set (even if cleared again meanwhile), false on timeout */
 static int event_wait(lua_State *L) {
   mp_event *e = check_event(L);
+  mp_checknargs(L, 2);
   double deadline = mp_optdeadline(L, 2);
   uint32_t seen = mp_event_snapshot(e);
   int rc;
@@ -338,7 +332,10 @@ static int event_tostring(lua_State *L) {
 
 /* Condition([lock]) or Condition{lock = l}: an mp.Lock or mp.RLock, by default a new RLock. */
 static int core_condition(lua_State *L) {
+  static const char *const keys[] = { "lock", NULL };
+  mp_checknargs(L, 1);
   if (lua_istable(L, 1)) {
+    mp_checkoptions(L, 1, "Condition", keys);
     lua_getfield(L, 1, "lock");
     lua_replace(L, 1);
   }
@@ -372,11 +369,14 @@ static int cond_acquire(lua_State *L) {
 }
 
 static int cond_release(lua_State *L) {
-  return mutex_release(L, check_cond(L)->lock);
+  cond_ud *u = check_cond(L);
+  mp_checknargs(L, 1);
+  return mutex_release(L, u->lock);
 }
 
 static int cond_get_lock(lua_State *L) {
   check_cond(L);
+  mp_checknargs(L, 1);
   lua_getiuservalue(L, 1, 1);
   return 1;
 }
@@ -402,6 +402,7 @@ static int cond_wait(lua_State *L) {
   lock_ud *lk = u->lock;
   mp_mutex *m = lk->h.shm;
   mp_cond *c = u->h.shm;
+  mp_checknargs(L, 2);
   double deadline = mp_optdeadline(L, 2);
   if (!mp_mutex_is_mine(m)) return luaL_error(L, "cannot wait on un-acquired lock");
   uint32_t depth = lk->recursive ? m->count : 1;
@@ -430,6 +431,7 @@ static int cond_wait(lua_State *L) {
 /* cond:notify([n]) --> how many waiters were woken */
 static int cond_notify(lua_State *L) {
   cond_ud *u = check_cond(L);
+  mp_checknargs(L, 2);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   if (!mp_mutex_is_mine(u->lock->h.shm)) return luaL_error(L, "cannot notify on un-acquired lock");
   if (n <= 0) return 0;
@@ -439,6 +441,7 @@ static int cond_notify(lua_State *L) {
 
 static int cond_notify_all(lua_State *L) {
   cond_ud *u = check_cond(L);
+  mp_checknargs(L, 1);
   if (!mp_mutex_is_mine(u->lock->h.shm)) return luaL_error(L, "cannot notify on un-acquired lock");
   mp_cond_notify(u->h.shm, UINT32_MAX);
   return 0;

@@ -99,6 +99,27 @@ int mp_raise(lua_State *L, const char *kind, const char *fmt, ...);
 int mp_raise_errno(lua_State *L, int err, const char *what);
 
 /*
+** Conventions every function follows (nothing is silently ignored).
+**
+** mp_checkoptions: the table at idx is an options table of function `fname`:
+** every key must be a string in `keys` (NULL-terminated), else "unknown
+** option 'taget' to 'Process' (did you mean 'target'?)".
+** mp_checknargs: at most n arguments (self included), else "bad argument #k
+** to 'f' (no argument expected here...)", so that a:send(1, 2) is an error
+** instead of sending 1.
+** mp_block_deadline: Python's (block, timeout) at arg, arg + 1: a number in
+** the block position is the timeout (q:get(0.5)); {block =, timeout =} works
+** too; a timeout with block = false is an error. Returns the absolute
+** deadline: -INFINITY when not blocking, INFINITY for no timeout.
+*/
+void mp_checkoptions(lua_State *L, int idx, const char *fname, const char *const keys[]);
+void mp_checknargs(lua_State *L, int n);
+double mp_block_deadline(lua_State *L, int arg, const char *fname);
+
+/* The message for an unknown option key (with a suggestion), or NULL when k is known. */
+const char *mp_option_error(lua_State *L, const char *key, const char *fname, const char *const keys[]);
+
+/*
 ** A timeout argument: nil or absent means forever (returns INFINITY); a
 ** negative number is treated as 0, as Python does. Returns an absolute deadline
 ** on mp_now()'s clock.
@@ -120,6 +141,7 @@ void mp_check_interrupt(lua_State *L);
 ** blocks elsewhere. core.poller(key, fn [, fd]) registers fn under key (nil
 ** removes it); fd, when given, polls readable when the poller has work, and
 ** waits that can poll it (mp.sleep) wake on it instead of at the slice's end.
+** While any poller exists, wait slices are 10 ms instead of MP_WAIT_SLICE.
 ** Per state (a registry table); a poller never runs inside another.
 */
 void mp_run_pollers(lua_State *L);
@@ -137,5 +159,7 @@ void mp_serial_open(lua_State *L);    /* serial.h */
 void mp_queue_open(lua_State *L);
 void mp_pipe_open(lua_State *L);
 void mp_pool_open(lua_State *L);
+void mp_manager_open(lua_State *L);     /* lmanager.c: the Manager's transport */
+void mp_shm_open(lua_State *L);         /* lshm.c: mp.SharedMemory */
 
 #endif

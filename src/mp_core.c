@@ -3,7 +3,6 @@
 ** embedded Lua half). Both are idempotent and keep no state in C globals beyond
 ** what is process-wide by nature (signals, children).
 */
-#include <signal.h>
 #include <string.h>
 
 #include "mplua.h"
@@ -23,20 +22,16 @@ static const subsystem_open subsystems[] = {
   mp_queue_open,     /* transport */
   mp_pipe_open,
   mp_pool_open,
+  mp_manager_open,
+  mp_shm_open,
   NULL
 };
 
 /*
-** Writing to a pipe whose reader is gone must be an error (EPIPE), not death by
-** SIGPIPE; Python sets SIG_IGN for the same reason. A host's own handler is kept.
+** SIGPIPE is left as the host set it: `mplua script | head -1` ends as lua5.4
+** does. mp's own writes never raise it (src/engine/nosigpipe.h, MSG_NOSIGNAL).
 */
-static void ignore_sigpipe(void) {
-  struct sigaction sa;
-  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
-}
-
 int luaopen_mp_core(lua_State *L) {
-  ignore_sigpipe();
   lua_newtable(L);
   for (int i = 0; subsystems[i] != NULL; i++) subsystems[i](L);
   lua_pushliteral(L, MPLUA_VERSION);

@@ -12,9 +12,24 @@
 ** referenced again and a plain tree needs no bookkeeping on either side.
 **
 ** Per-state data (no C globals) hangs off one userdata in the registry: the
-** scratch buffer, the bytecode MAC key and, in its user values, the caches.
+** scratch buffer, the bytecode MAC key, the encoder's object memo and the
+** decoder's key cache in C, and, in its user values, the Lua-side caches.
+**
+** Speed. Through the public API, a message costs a few Lua API calls per
+** element (lua_next, key checks, type tests, pops), more than pickle spends
+** per element. So:
+** - on Lua 5.4 the encoder reads tables straight from Lua's own structures,
+**   after a self-test of their layout (see "Tables: reading Lua 5.4's
+**   layout" below); elsewhere it walks them with lua_next;
+** - the encoder's memo of objects already sent is a C hash map keyed by
+**   address (no Lua table insert and clear per message);
+** - the decoder builds an array with one OP_SETLIST (build_array) instead of
+**   one lua_rawseti per element, and pushes string keys from a small cache of
+**   interned strings (key_at) instead of hashing and interning them again.
+** bench/NOTES.md keeps the measurements behind each of these.
 */
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +44,12 @@
 #error "the wire format is little-endian; add byte swapping for this host"
 #endif
 
-#define FORMAT_VERSION 1
+/*
+** Version 2 added T_ENV. A decoder accepts only its own version: a message is
+** read by the same build of mplua that wrote it (forks of one binary), so there
+** is nothing to gain from reading old formats and much to lose from guessing.
+*/
+#define FORMAT_VERSION 2
 #define MAX_DEPTH 200          /* nested tables and functions */
 #define MAC_LEN 8              /* SipHash-2-4 tag after the bytecode */
 #define SCRATCH_KEEP (16u << 20)   /* a larger scratch buffer is freed on reuse */
@@ -52,7 +72,8 @@ enum {
   T_UPJOIN,    /* offset:u64 idx:u8: shares upvalue idx of that function (upvalues only) */
   T_GLOBALS,   /* - : the receiving state's global table */
   T_MODULE,    /* len:u32 name: package.loaded[name] */
-  T_FIELD      /* len:u32 name len:u32 field: package.loaded[name][field] */
+  T_FIELD,     /* len:u32 name len:u32 field: package.loaded[name][field] */
+  T_ENV        /* id:u64: an exported environment, else the globals (upvalues only) */
 };
 #define T_SHARED 0x80
 
@@ -60,18 +81,137 @@ enum {
 static const char state_key = 0;
 
 /* User values of the state userdata. */
-enum { UV_FCACHE = 1, UV_NAMES, UV_CLASS_BY_MT, UV_CLASS_BY_NAME, UV_MEMO, UV_COUNT = UV_MEMO };
-#define MEMO_REUSE 64         /* a memo with more entries is replaced, not cleared */
+enum {
+  UV_FCACHE = 1,     /* function -> bytecode..mac (weak keys) */
+  UV_NAMES,          /* value -> encoded T_MODULE/T_FIELD record */
+  UV_CLASS_BY_MT,    /* metatable -> class name */
+  UV_CLASS_BY_NAME,  /* class name -> metatable */
+  UV_KEYS,           /* KEY_CACHE strings, held for key_at */
+  UV_BUILD,          /* the thread build_array runs its constructor on */
+  UV_ENV_IDS,        /* environment table -> id (weak keys) */
+  UV_ENV_BY_ID,      /* id -> environment table (weak values) */
+  UV_COUNT = UV_ENV_BY_ID
+};
+
+/* ------------------------------------------------------------------------ */
+/* A map from addresses to integers, in C                                    */
+
+/*
+** Open addressing with linear probing. Entries carry the generation they were
+** written in, so emptying the map for the next message is one increment: the
+** encoder's memo costs no Lua table insert per object and no clearing walk.
+** Keys are addresses of live objects (tables, closures, upvalues) reachable
+** from the values being encoded, so no two live keys are equal.
+*/
+typedef struct pm_slot {
+  const void *key;
+  uint64_t val;
+  uint32_t gen;
+} pm_slot;
+
+typedef struct ptrmap {
+  pm_slot *slot;
+  size_t mask;       /* capacity - 1; capacity a power of two, or 0 slots */
+  size_t used;       /* entries of the current generation */
+  uint32_t gen;
+} ptrmap;
+
+#define PM_KEEP 4096   /* a larger map is freed when emptied: don't hold a huge message's memo */
+
+static inline size_t pm_hash(const void *key, size_t mask) {
+  uint64_t h = (uint64_t)(uintptr_t)key;
+  h = (h ^ (h >> 29)) * 0x9E3779B97F4A7C15ull;
+  return (size_t)(h >> 32) & mask;
+}
+
+static void pm_free(ptrmap *m) {
+  free(m->slot);
+  m->slot = NULL;
+  m->mask = m->used = 0;
+}
+
+/* Empties the map. */
+static void pm_reset(ptrmap *m) {
+  if (m->slot != NULL && m->mask + 1 > PM_KEEP) pm_free(m);
+  m->used = 0;
+  if (++m->gen == 0) {                    /* wrapped: old stamps would look current */
+    if (m->slot != NULL) memset(m->slot, 0, (m->mask + 1) * sizeof *m->slot);
+    m->gen = 1;
+  }
+}
+
+static inline pm_slot *pm_find(const ptrmap *m, const void *key) {
+  if (m->slot == NULL) return NULL;
+  for (size_t i = pm_hash(key, m->mask);; i = (i + 1) & m->mask) {
+    pm_slot *s = &m->slot[i];
+    if (s->gen != m->gen) return NULL;
+    if (s->key == key) return s;
+  }
+}
+
+/* Doubles the map (or makes its first 64 slots); keeps the current entries. */
+static void pm_grow(lua_State *L, ptrmap *m) {
+  size_t cap = m->slot == NULL ? 64 : (m->mask + 1) * 2;
+  pm_slot *slot = calloc(cap, sizeof *slot);
+  if (slot == NULL) luaL_error(L, "not enough memory");
+  uint32_t gen = m->gen == 0 ? 1 : m->gen;
+  for (size_t i = 0; m->slot != NULL && i <= m->mask; i++) {
+    pm_slot *s = &m->slot[i];
+    if (s->gen != m->gen) continue;
+    size_t j = pm_hash(s->key, cap - 1);
+    while (slot[j].gen == gen) j = (j + 1) & (cap - 1);
+    slot[j] = *s;
+    slot[j].gen = gen;
+  }
+  free(m->slot);
+  m->slot = slot;
+  m->mask = cap - 1;
+  m->gen = gen;
+}
+
+/* Sets key -> val (key must not be in the map). */
+static void pm_put(lua_State *L, ptrmap *m, const void *key, uint64_t val) {
+  if (m->slot == NULL || (m->used + 1) * 2 > m->mask + 1) pm_grow(L, m);
+  size_t i = pm_hash(key, m->mask);
+  while (m->slot[i].gen == m->gen) i = (i + 1) & m->mask;
+  m->slot[i].key = key;
+  m->slot[i].val = val;
+  m->slot[i].gen = m->gen;
+  m->used++;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Buffers and state                                                         */
+
+/*
+** The decoder's cache of interned string keys: KEY_CACHE slots, direct
+** mapped. A slot's string is held by the UV_KEYS table at the same index, so
+** `s` stays valid while the slot holds it (Lua never moves an object).
+** `a` and `b` are the string's first and last 8 bytes: they decide a
+** match for strings of up to 16 bytes without a memcmp.
+*/
+#define KEY_CACHE 128
+#define KEY_CACHE_MAXLEN 40    /* Lua's short strings: the ones lua_pushlstring interns */
+
+typedef struct key_slot {
+  uint64_t a, b;
+  const char *s;
+  size_t len;                  /* 0: empty */
+} key_slot;
 
 typedef struct serial_state {
   mp_wbuf scratch;
   unsigned char key[MP_SIPHASH_KEYLEN];
   lua_Integer loaded_count;    /* entries of package.loaded when UV_NAMES was built; -1: none */
-  size_t memo_used;            /* entries put in UV_MEMO since it was last emptied */
+  ptrmap memo;                 /* encoder: object address -> offset, upvalue id -> owner<<8|n */
+  ptrmap named;                /* addresses of UV_NAMES's keys: a filter before the Lua lookup */
+  int named_built;             /* `named` mirrors the UV_NAMES table */
+  int peek_ok;                 /* peek_selftest passed when the state was made */
+  int peek;                    /* read tables' layout (peek_ok, unless a test turned it off) */
+  int build_busy;              /* the build thread is running (a finalizer may re-enter) */
+  lua_State *build;            /* the UV_BUILD thread, once made */
+  key_slot keys[KEY_CACHE];
 } serial_state;
-
-/* ------------------------------------------------------------------------ */
-/* Buffers and state                                                         */
 
 void mp_wbuf_reserve(lua_State *L, mp_wbuf *b, size_t extra) {
   if (b->cap - b->len >= extra) return;
@@ -90,8 +230,21 @@ static int state_gc(lua_State *L) {
   free(s->scratch.data);
   s->scratch.data = NULL;
   s->scratch.len = s->scratch.cap = 0;
+  pm_free(&s->memo);
+  pm_free(&s->named);
+  s->named_built = 0;
   return 0;
 }
+
+static void push_weak_table(lua_State *L, const char *mode) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+}
+
+static int peek_selftest(lua_State *L);
 
 /* Pushes the state userdata, creating it (and the MAC key) on first use. */
 static serial_state *push_state(lua_State *L) {
@@ -109,17 +262,20 @@ static serial_state *push_state(lua_State *L) {
   lua_setmetatable(L, -2);
   int err = mp_random_bytes(s->key, sizeof s->key);
   if (err != 0) luaL_error(L, "mp: cannot get random bytes for the message key: %s", strerror(err));
-  /* Functions are cached weakly: the cache must not keep them alive. */
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  s->peek = s->peek_ok = peek_selftest(L);
+  push_weak_table(L, "k");                /* functions are cached weakly */
   lua_setiuservalue(L, -2, UV_FCACHE);
   lua_newtable(L);
   lua_setiuservalue(L, -2, UV_CLASS_BY_MT);
   lua_newtable(L);
   lua_setiuservalue(L, -2, UV_CLASS_BY_NAME);
+  /* All KEY_CACHE slots in the array part: storing into one never allocates. */
+  lua_createtable(L, KEY_CACHE, 0);
+  lua_setiuservalue(L, -2, UV_KEYS);
+  push_weak_table(L, "k");
+  lua_setiuservalue(L, -2, UV_ENV_IDS);
+  push_weak_table(L, "v");
+  lua_setiuservalue(L, -2, UV_ENV_BY_ID);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &state_key);
   return s;
@@ -138,6 +294,25 @@ mp_wbuf *mp_serial_scratch(lua_State *L) {
   return b;
 }
 
+/*
+** A helper thread. Lua code run on it (build_array's table constructor) must
+** not run hooks: mp.signal's handlers and lua.c's Ctrl-C are hooks set on
+** the main thread, and a handler run in the middle of a message could use
+** the same queue or scratch buffer (a queue may decode in place while it owns
+** the slot). Hooks are per thread, so a thread made here with its hook
+** cleared never runs one. The thread is private (held by a user value only).
+*/
+static lua_State *helper_thread(lua_State *L, int st, int uv, const char *code) {
+  lua_State *co = lua_newthread(L);
+  lua_sethook(co, NULL, 0, 0);
+  if (code != NULL) {                     /* the function, kept at index 1 of the thread */
+    if (luaL_loadbufferx(co, code, strlen(code), "=(mp builder)", "t") != LUA_OK)
+      luaL_error(L, "mp: %s", lua_tostring(co, -1));
+  }
+  lua_setiuservalue(L, st, uv);           /* the state holds the thread from now on */
+  return co;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Encoder                                                                   */
 
@@ -154,12 +329,10 @@ typedef struct enc {
   lua_State *L;
   mp_wbuf *b;
   size_t base;             /* b->len when this message started */
-  serial_state *s;
-  int st;                  /* stack index of the state userdata */
-  int memo;                /* stack index of object -> offset (nil until needed) */
-  int memo_ready;          /* memo fetched and emptied for this message */
-  int names;               /* stack index of value -> encoded name (nil until needed) */
-  int names_loaded;        /* e->names holds the map */
+  serial_state *s;         /* NULL until fetched (by the first table, function or userdata) */
+  int st;                  /* index of the state userdata (a stack slot or an upvalue) */
+  int ready;               /* need_state has run for this message */
+  const void *globals;     /* address of the global table */
   int names_fresh;         /* names checked against package.loaded in this call */
   int names_rebuilt;       /* names rebuilt in this call */
   const char *root;
@@ -181,8 +354,9 @@ static inline void put_u8(enc *e, unsigned v) {
   e->b->len++;
 }
 
+/* The host is little-endian (checked above): a number's first n bytes are its low bytes. */
 static inline void put_raw(unsigned char *p, uint64_t v, int n) {
-  for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+  memcpy(p, &v, (size_t)n);
 }
 
 /* tag followed by an n-byte little-endian number */
@@ -276,20 +450,36 @@ static int refuse(enc *e, int idx, const char *why) {
   return enc_error(e, msg);
 }
 
-/* Scalars and strings need no per-state data: a registry lookup costs as much as they do. */
-static void need_state(enc *e) {
-  if (e->s != NULL) return;
-  e->s = push_state(e->L);
-  lua_replace(e->L, e->st);
+/*
+** Scalars and strings need no per-state data. The first table, function or
+** userdata fetches the state (when the caller did not pass it), empties the
+** memo for this message and notes the global table's address.
+*/
+static serial_state *need_state(enc *e) {
+  if (e->ready) return e->s;
+  lua_State *L = e->L;
+  if (e->s == NULL) {
+    luaL_checkstack(L, 10, "mp: message");
+    e->s = push_state(L);
+    e->st = lua_gettop(L);               /* a slot at the base of this message's work */
+  }
+  e->ready = 1;
+  pm_reset(&e->s->memo);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e->globals = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return e->s;
 }
 
 /*
 ** The reverse map of package.loaded: value -> the bytes of its T_MODULE or
-** T_FIELD record. Built lazily, rebuilt when the number of loaded modules
-** changes (checked once per message) or when a C function or userdata is not
-** found (at most once per message). Fields of _G count only when they are C
-** functions (print, pairs...): a script's global tables and functions are its
-** data and travel by value.
+** T_FIELD record, in UV_NAMES; `named` holds the addresses of its keys so
+** that the common case, a table or function that has no name, costs a C
+** lookup instead of a Lua one. Built lazily, rebuilt when the number of
+** loaded modules changes (checked once per message) or when a C function or
+** userdata is not found (at most once per message). Fields of _G count only
+** when they are C functions (print, pairs...): a script's global tables and
+** functions are its data and travel by value.
 */
 static void add_name(lua_State *L, int map, int validx, const char *mod, size_t modlen,
                      const char *field, size_t fieldlen) {
@@ -326,13 +516,13 @@ static lua_Integer count_entries(lua_State *L, int t) {
 
 static void build_names(enc *e) {
   lua_State *L = e->L;
+  serial_state *s = e->s;
   luaL_checkstack(L, 12, NULL);
+  s->named_built = 0;                         /* until `named` mirrors the new map */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   int loaded = lua_gettop(L);
   lua_newtable(L);
   int map = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  int globals = lua_gettop(L);
   lua_Integer count = 0;
   if (lua_type(L, loaded) == LUA_TTABLE) {
     /* Modules first, so that a module is known by its own name (math, not _G.math). */
@@ -352,7 +542,7 @@ static void build_names(enc *e) {
         size_t modlen;
         const char *mod = lua_tolstring(L, -2, &modlen);
         int modt = lua_gettop(L);
-        int is_g = lua_rawequal(L, modt, globals);
+        int is_g = lua_topointer(L, modt) == e->globals;
         lua_pushnil(L);
         while (lua_next(L, modt)) {
           int vt = lua_type(L, -1);
@@ -368,16 +558,23 @@ static void build_names(enc *e) {
       lua_pop(L, 1);
     }
   }
-  lua_pop(L, 1);                              /* globals */
   lua_pushvalue(L, map);
   lua_setiuservalue(L, e->st, UV_NAMES);
-  lua_replace(L, e->names);
-  lua_pop(L, 1);                              /* package.loaded */
-  e->s->loaded_count = count;
+  /* The map holds its keys, so their addresses stay valid while it is in UV_NAMES. */
+  pm_reset(&s->named);
+  lua_pushnil(L);
+  while (lua_next(L, map)) {
+    lua_pop(L, 1);
+    const void *p = lua_topointer(L, -1);
+    if (pm_find(&s->named, p) == NULL) pm_put(L, &s->named, p, 1);
+  }
+  s->named_built = 1;
+  lua_pop(L, 2);                              /* map, package.loaded */
+  s->loaded_count = count;
 }
 
 /*
-** Makes e->names usable. Counting package.loaded's entries costs as much as
+** Makes the names usable. Counting package.loaded's entries costs as much as
 ** encoding a small table, so a message checks the map against it at most once,
 ** and only when it holds a function or a userdata: that is where names matter
 ** (closures capture modules, library functions can only go by name). A plain
@@ -385,23 +582,18 @@ static void build_names(enc *e) {
 */
 static void ensure_names(enc *e, int check) {
   lua_State *L = e->L;
-  need_state(e);
-  if (!e->names_loaded) {
-    e->names_loaded = 1;
-    if (lua_getiuservalue(L, e->st, UV_NAMES) == LUA_TTABLE) {
-      lua_replace(L, e->names);
-    } else {
-      lua_pop(L, 1);
-      build_names(e);
-      e->names_fresh = e->names_rebuilt = 1;
-    }
+  serial_state *s = e->s;
+  if (!s->named_built) {
+    build_names(e);
+    e->names_fresh = e->names_rebuilt = 1;
+    return;
   }
   if (check && !e->names_fresh) {
     e->names_fresh = 1;
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_Integer n = lua_type(L, -1) == LUA_TTABLE ? count_entries(L, lua_gettop(L)) : 0;
     lua_pop(L, 1);
-    if (n != e->s->loaded_count) {
+    if (n != s->loaded_count) {
       build_names(e);
       e->names_rebuilt = 1;
     }
@@ -409,87 +601,41 @@ static void ensure_names(enc *e, int check) {
 }
 
 /*
-** Writes the name of the value at idx if it has one; returns whether it did.
+** Writes the name of the value at idx (address p) if it has one; returns whether it did.
 ** `check`: a function or userdata (see ensure_names). `retry`: the value cannot
 ** be sent otherwise, so a miss is worth one rebuild per message.
 */
-static int put_name(enc *e, int idx, int check, int retry) {
+static int put_name(enc *e, int idx, const void *p, int check, int retry) {
   lua_State *L = e->L;
-  ensure_names(e, check);
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->names) != LUA_TSTRING && retry && !e->names_rebuilt) {
-    lua_pop(L, 1);
+  serial_state *s = need_state(e);
+  if (!s->named_built || (check && !e->names_fresh)) ensure_names(e, check);
+  if (pm_find(&s->named, p) == NULL) {
+    if (!retry || e->names_rebuilt) return 0;
     build_names(e);
     e->names_rebuilt = 1;
-    lua_pushvalue(L, idx);
-    lua_rawget(L, e->names);
+    if (pm_find(&s->named, p) == NULL) return 0;
   }
-  if (lua_type(L, -1) != LUA_TSTRING) { lua_pop(L, 1); return 0; }
+  lua_getiuservalue(L, e->st, UV_NAMES);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) != LUA_TSTRING) {      /* another value at a named address */
+    lua_pop(L, 2);
+    return 0;
+  }
   size_t len;
   const char *str = lua_tolstring(L, -1, &len);
   put_bytes(e, str, len);
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   return 1;
-}
-
-/*
-** The encoder's memo (object or upvalue id -> offset) is one weak-keyed table
-** per state, emptied before reuse: a small message then allocates nothing.
-** It is emptied lazily, at the next message, so that an error halfway through
-** needs no cleanup.
-*/
-static void need_memo(enc *e) {
-  lua_State *L = e->L;
-  if (e->memo_ready) return;
-  e->memo_ready = 1;
-  need_state(e);
-  serial_state *s = e->s;
-  int t = lua_getiuservalue(L, e->st, UV_MEMO);
-  if (t == LUA_TTABLE && s->memo_used <= MEMO_REUSE) {
-    if (s->memo_used > 0) {
-      int m = lua_gettop(L);
-      lua_pushnil(L);
-      while (lua_next(L, m)) {
-        lua_pop(L, 1);
-        lua_pushvalue(L, -1);
-        lua_pushnil(L);
-        lua_rawset(L, m);
-      }
-    }
-  } else {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, e->st, UV_MEMO);
-  }
-  s->memo_used = 0;
-  lua_replace(L, e->memo);
 }
 
 /* If the object at idx was already sent, writes a REF to it and returns 1. */
-static int put_ref(enc *e, int idx) {
-  lua_State *L = e->L;
-  if (!e->memo_ready) return 0;
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->memo) != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
-  size_t off = (size_t)lua_tointeger(L, -1);
-  lua_pop(L, 1);
+static inline int put_ref(enc *e, const void *p) {
+  pm_slot *slot = pm_find(&e->s->memo, p);
+  if (slot == NULL) return 0;
+  size_t off = (size_t)slot->val;
   ((unsigned char *)e->b->data)[e->base + off] |= T_SHARED;
   put_tagged(e, T_REF, off, 8);
   return 1;
-}
-
-static void remember(enc *e, int idx, size_t off) {
-  lua_State *L = e->L;
-  need_memo(e);
-  e->s->memo_used++;
-  lua_pushvalue(L, idx);
-  lua_pushinteger(L, (lua_Integer)off);
-  lua_rawset(L, e->memo);
 }
 
 static void encode(enc *e, int idx);
@@ -506,11 +652,513 @@ static inline void child(enc *e, int idx, seg s) {
   e->npath--;
 }
 
-static void encode_table(enc *e, int t) {
+/* Writes an integer's smallest encoding at w (9 bytes of room); returns its length. */
+static inline size_t put_integer_at(unsigned char *w, lua_Integer v) {
+  if ((lua_Unsigned)v + 128 < 256) {
+    w[0] = T_INT8;
+    w[1] = (unsigned char)v;
+    return 2;
+  }
+  if ((lua_Unsigned)v + 0x80000000u < 0x100000000u) {
+    int32_t x = (int32_t)v;
+    w[0] = T_INT32;
+    memcpy(w + 1, &x, 4);
+    return 5;
+  }
+  w[0] = T_INT64;
+  memcpy(w + 1, &v, 8);
+  return 9;
+}
+
+static inline void put_integer(enc *e, lua_Integer v) {
+  unsigned char *w = room(e, 9);
+  e->b->len += put_integer_at(w, v);
+}
+
+/* Writes a string's tag, length and bytes. */
+static void put_string_bytes(enc *e, const char *s, size_t len) {
+  mp_wbuf *b = e->b;
+  if (len <= 16) {
+    /*
+    ** A short string (most keys): copied as two overlapping moves into 18
+    ** bytes of room, instead of a call to memcpy.
+    */
+    if (b->cap - b->len < 18) mp_wbuf_reserve(e->L, b, 18);
+    unsigned char *p = (unsigned char *)b->data + b->len;
+    p[0] = T_STR8;
+    p[1] = (unsigned char)len;
+    if (len >= 8) {
+      uint64_t x, y;
+      memcpy(&x, s, 8);
+      memcpy(&y, s + len - 8, 8);
+      memcpy(p + 2, &x, 8);
+      memcpy(p + 2 + len - 8, &y, 8);
+    } else if (len >= 4) {
+      uint32_t x, y;
+      memcpy(&x, s, 4);
+      memcpy(&y, s + len - 4, 4);
+      memcpy(p + 2, &x, 4);
+      memcpy(p + 2 + len - 4, &y, 4);
+    } else {
+      for (size_t i = 0; i < len; i++) p[2 + i] = (unsigned char)s[i];
+    }
+    b->len += 2 + len;
+  } else if (len <= UINT8_MAX) {
+    unsigned char *p = room(e, 2 + len);
+    p[0] = T_STR8;
+    p[1] = (unsigned char)len;
+    memcpy(p + 2, s, len);
+    b->len += 2 + len;
+  } else {
+    if (len <= UINT32_MAX) put_tagged(e, T_STR32, len, 4);
+    else put_tagged(e, T_STR64, len, 8);
+    put_bytes(e, s, len);
+  }
+}
+
+static inline void put_string(enc *e, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(e->L, idx, &len);
+  put_string_bytes(e, s, len);
+}
+
+/* Encodes the value at idx, of type `type`, if it is a scalar or a string; else returns 0. */
+static inline __attribute__((always_inline)) int put_scalar(enc *e, int idx, int type) {
+  lua_State *L = e->L;
+  switch (type) {
+    case LUA_TNIL: put_u8(e, T_NIL); return 1;
+    case LUA_TBOOLEAN: put_u8(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); return 1;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        put_integer(e, lua_tointeger(L, idx));
+      } else {
+        double d = (double)lua_tonumber(L, idx);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        put_tagged(e, T_FLOAT, bits, 8);
+      }
+      return 1;
+    case LUA_TSTRING: put_string(e, idx); return 1;
+    default: return 0;
+  }
+}
+
+/*
+** Tables: reading Lua 5.4's layout.
+**
+** Through the public API a table costs, per entry, a lua_next (which looks
+** the previous key up again), a key check, a pop, and two or three calls to
+** read the value: most of the time of a 1000-integer or a 10-field message.
+** Two facts about a table decide whether that can be avoided, and the API
+** gives neither:
+**
+** 1. Whether keys 1..n (n = #t) all live in the array part, where they can be
+**    read in order. (lua_next(t, n + 1) raises for a key beyond the array
+**    part that has no node, but an integer key once stored in the hash part
+**    and set to nil keeps its node, so that probe succeeds where the walk
+**    would go wrong.)
+** 2. What the array and hash parts hold, which can be read in a few
+**    instructions per entry where the API takes ~100 to ~300.
+**
+** So the encoder reads them from Lua 5.4's own structures (lobject.h, the
+** same in 5.4.0 to 5.4.7): struct Table's alimit, flags, array and node;
+** TValue (an 8-byte Value and a tag byte); Node (a value, its tag, the key's
+** tag, a chain link, the key); TString (lengths and bytes). Lua keeps alimit
+** <= the array part's size, and after lua_rawlen, alimit >= #t whenever #t
+** is inside the array part (luaH_getn), so "alimit >= n after lua_rawlen"
+** proves fact 1. Numbers, booleans, nil and strings are read directly; any
+** other value (a table, a function...) is pushed with lua_rawgeti or
+** lua_rawget and encoded as usual; a table with a key that is not a plain
+** value is walked with lua_next, the only way to push such a key.
+**
+** This is guarded. It is compiled for Lua 5.4 only, and peek_selftest, run
+** when the state is made, builds tables of known sizes and contents and
+** checks every field and tag this code reads; if anything differs (another
+** Lua, another layout), every table takes the lua_next walk, which needs
+** nothing but the API. Reads stay within the live table: indexes below the
+** sizes just read, and after anything that can run Lua code (a nested encode
+** may run a finalizer) the sizes are read again, or the encode stops with an
+** error if the table was reshaped. bench/NOTES.md has the measurements that
+** justify depending on a layout the manual does not promise.
+*/
+typedef union lua54_value {
+  void *p;
+  lua_Integer i;
+  lua_Number n;
+} lua54_value;
+
+typedef struct lua54_tvalue {              /* TValue */
+  lua54_value v;
+  unsigned char tt;
+} lua54_tvalue;
+
+typedef struct lua54_node {                /* Node: a value, then its key */
+  lua54_value v;
+  unsigned char tt;
+  unsigned char key_tt;
+  int next;
+  lua54_value key;
+} lua54_node;
+
+typedef struct lua54_table_head {          /* struct Table, up to `node` */
+  void *next;                              /* CommonHeader: next, tt, marked */
+  unsigned char tt, marked;
+  unsigned char flags, lsizenode;
+  unsigned int alimit;
+  lua54_tvalue *array;
+  lua54_node *node;
+} lua54_table_head;
+
+typedef struct lua54_string {              /* TString */
+  void *next;
+  unsigned char tt, marked, extra, shrlen;
+  unsigned int hash;
+  union { size_t lnglen; void *hnext; } u;
+  char contents[1];
+} lua54_string;
+
+/* Variant tags, makevariant(type, variant) = type | variant << 4, with bit 6 for collectables. */
+#define V_NIL 0x00
+#define V_FALSE 0x01
+#define V_INT 0x03
+#define V_EMPTY 0x10                       /* an empty slot, read as nil */
+#define V_TRUE 0x11
+#define V_FLOAT 0x13
+#define V_SHRSTR 0x44
+#define V_LNGSTR 0x54
+#define BITRAS 0x80                        /* flags: alimit is not the array part's size */
+
+/* luaH_realasize: the size of the array part. */
+static inline unsigned table_asize(const lua54_table_head *h) {
+  unsigned a = h->alimit;
+  if (!(h->flags & BITRAS) || (a & (a - 1)) == 0) return a;
+  a |= a >> 1; a |= a >> 2; a |= a >> 4; a |= a >> 8; a |= a >> 16;
+  return a + 1;
+}
+
+static inline int is_empty_tag(unsigned tt) { return (tt & 0x0F) == LUA_TNIL; }
+
+/* The bytes of a string value (tag V_SHRSTR or V_LNGSTR). */
+static inline const char *string_bytes(const lua54_value *v, unsigned tt, size_t *len) {
+  const lua54_string *ts = v->p;
+  *len = tt == V_SHRSTR ? ts->shrlen : ts->u.lnglen;
+  return ts->contents;
+}
+
+/* Whether a slot's value is one encode_slot writes without the API. */
+static inline int is_plain_tag(unsigned tt) {
+  switch (tt) {
+    case V_NIL: case V_EMPTY: case V_FALSE: case V_TRUE: case V_INT: case V_FLOAT:
+    case V_SHRSTR: case V_LNGSTR:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Writes a plain slot's value (is_plain_tag). */
+static inline __attribute__((always_inline)) void encode_slot(enc *e, const lua54_value *v, unsigned tt) {
+  switch (tt) {
+    case V_INT: put_integer(e, v->i); break;
+    case V_FLOAT: {
+      double d = (double)v->n;
+      uint64_t bits;
+      memcpy(&bits, &d, 8);
+      put_tagged(e, T_FLOAT, bits, 8);
+      break;
+    }
+    case V_FALSE: put_u8(e, T_FALSE); break;
+    case V_TRUE: put_u8(e, T_TRUE); break;
+    case V_SHRSTR: case V_LNGSTR: {
+      size_t len;
+      const char *str = string_bytes(v, tt, &len);
+      put_string_bytes(e, str, len);
+      break;
+    }
+    default: put_u8(e, T_NIL); break;
+  }
+}
+
+/* Pushes a plain, non-nil key read from a node. */
+static void push_slot(lua_State *L, const lua54_value *v, unsigned tt) {
+  switch (tt) {
+    case V_INT: lua_pushinteger(L, v->i); break;
+    case V_FLOAT: lua_pushnumber(L, v->n); break;
+    case V_FALSE: case V_TRUE: lua_pushboolean(L, tt == V_TRUE); break;
+    default: {
+      size_t len;
+      const char *str = string_bytes(v, tt, &len);
+      lua_pushlstring(L, str, len);
+    }
+  }
+}
+
+#define SELFTEST_LONG "a key longer than Lua's forty-byte short strings"
+
+static int peek_selftest(lua_State *L) {
+#if LUA_VERSION_NUM == 504
+  static const int sizes[][2] = { {0, 0}, {1, 0}, {3, 2}, {29, 0}, {700, 5}, {4099, 1} };
+  if (lua_version(L) != 504) return 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    lua_createtable(L, sizes[i][0], sizes[i][1]);
+    const lua54_table_head *h = lua_topointer(L, -1);
+    int ok = h->tt == LUA_TTABLE && h->alimit == (unsigned)sizes[i][0] && table_asize(h) == h->alimit &&
+             (sizes[i][1] == 0 || 1 << h->lsizenode >= sizes[i][1]);
+    lua_pop(L, 1);
+    if (!ok) return 0;
+  }
+  /* The array part: 42, 1.5, true, false, nil, "s", (never set), math.mininteger, -0.0 */
+  lua_createtable(L, 9, 0);
+  lua_pushinteger(L, 42); lua_rawseti(L, -2, 1);
+  lua_pushnumber(L, 1.5); lua_rawseti(L, -2, 2);
+  lua_pushboolean(L, 1); lua_rawseti(L, -2, 3);
+  lua_pushboolean(L, 0); lua_rawseti(L, -2, 4);
+  lua_pushnil(L); lua_rawseti(L, -2, 5);
+  lua_pushliteral(L, "s"); lua_rawseti(L, -2, 6);
+  lua_pushinteger(L, LUA_MININTEGER); lua_rawseti(L, -2, 8);
+  lua_pushnumber(L, -0.0); lua_rawseti(L, -2, 9);
+  const lua54_table_head *h = lua_topointer(L, -1);
+  const lua54_tvalue *a = h->array;
+  size_t len = 0;
+  int ok = h->alimit == 9 && a != NULL &&
+           a[0].tt == V_INT && a[0].v.i == 42 &&
+           a[1].tt == V_FLOAT && a[1].v.n == 1.5 &&
+           a[2].tt == V_TRUE && a[3].tt == V_FALSE &&
+           is_empty_tag(a[4].tt) && is_empty_tag(a[6].tt) &&
+           a[5].tt == V_SHRSTR && memcmp(string_bytes(&a[5].v, a[5].tt, &len), "s", 2) == 0 && len == 1 &&
+           a[7].tt == V_INT && a[7].v.i == LUA_MININTEGER &&
+           a[8].tt == V_FLOAT && a[8].v.n == 0.0 && signbit(a[8].v.n);
+  lua_pop(L, 1);
+  if (!ok) return 0;
+  /* alimit below the array part's size: keys 1..7 stored one by one, then #t. */
+  lua_newtable(L);
+  for (int i = 1; i <= 7; i++) { lua_pushinteger(L, i); lua_rawseti(L, -2, i); }
+  ok = lua_rawlen(L, -1) == 7;
+  h = lua_topointer(L, -1);
+  ok = ok && h->alimit == 7 && (h->flags & BITRAS) && table_asize(h) == 8 &&
+       h->array[6].tt == V_INT && h->array[6].v.i == 7 && is_empty_tag(h->array[7].tt);
+  lua_pop(L, 1);
+  if (!ok) return 0;
+  /* The hash part: each of these keys and values found once, and nothing else. */
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, 1); lua_setfield(L, -2, "k");
+  lua_pushliteral(L, SELFTEST_LONG); lua_pushnumber(L, 2.5); lua_rawset(L, -3);
+  lua_pushliteral(L, "v"); lua_rawseti(L, -2, 7);
+  lua_pushnumber(L, 1.5); lua_pushboolean(L, 1); lua_rawset(L, -3);
+  lua_pushboolean(L, 0); lua_pushliteral(L, SELFTEST_LONG); lua_rawset(L, -3);
+  h = lua_topointer(L, -1);
+  int found = 0, count = 0;
+  for (size_t i = 0; i < (size_t)1 << h->lsizenode; i++) {
+    const lua54_node *nd = &h->node[i];
+    if (is_empty_tag(nd->tt)) continue;
+    count++;
+    size_t kl = 0, vl = 0;
+    const char *ks = nd->key_tt == V_SHRSTR || nd->key_tt == V_LNGSTR ? string_bytes(&nd->key, nd->key_tt, &kl) : NULL;
+    const char *vs = nd->tt == V_SHRSTR || nd->tt == V_LNGSTR ? string_bytes(&nd->v, nd->tt, &vl) : NULL;
+    if (nd->key_tt == V_SHRSTR && kl == 1 && ks[0] == 'k' && nd->tt == V_INT && nd->v.i == 1) found |= 1;
+    if (nd->key_tt == V_LNGSTR && kl == sizeof SELFTEST_LONG - 1 && memcmp(ks, SELFTEST_LONG, kl) == 0 &&
+        nd->tt == V_FLOAT && nd->v.n == 2.5) found |= 2;
+    if (nd->key_tt == V_INT && nd->key.i == 7 && nd->tt == V_SHRSTR && vl == 1 && vs[0] == 'v') found |= 4;
+    if (nd->key_tt == V_FLOAT && nd->key.n == 1.5 && nd->tt == V_TRUE) found |= 8;
+    if (nd->key_tt == V_FALSE && nd->tt == V_LNGSTR && vl == sizeof SELFTEST_LONG - 1 &&
+        memcmp(vs, SELFTEST_LONG, vl) == 0) found |= 16;
+  }
+  lua_pop(L, 1);
+  return found == 31 && count == 5;
+#else
+  (void)L;
+  return 0;
+#endif
+}
+
+/*
+** Encodes t[1..n] as the array part; the caller has checked that 1..n are in
+** the array part. Plain values (numbers, booleans, nil, strings) are read
+** straight from the slots, anything else with lua_rawgeti.
+*/
+static void encode_array(enc *e, int t, const lua54_table_head *h, lua_Unsigned n) {
+  lua_State *L = e->L;
+  mp_wbuf *b = e->b;
+  int peek = 1;
+  lua_Unsigned i = 0;
+  while (i < n) {
+    if (peek) {
+      const lua54_tvalue *a = h->array;
+      unsigned char *w = (unsigned char *)b->data + b->len;
+      unsigned char *wend = (unsigned char *)b->data + b->cap;
+      for (; i < n; i++) {
+        if (wend - w < 9) {
+          b->len = (size_t)(w - (unsigned char *)b->data);
+          mp_wbuf_reserve(L, b, n - i < 4096 ? 9 * (size_t)(n - i) : 9 * 4096);
+          w = (unsigned char *)b->data + b->len;
+          wend = (unsigned char *)b->data + b->cap;
+        }
+        const lua54_tvalue *v = &a[i];
+        switch (v->tt) {
+          case V_INT: w += put_integer_at(w, v->v.i); continue;
+          case V_FLOAT: {
+            double d = (double)v->v.n;
+            w[0] = T_FLOAT;
+            memcpy(w + 1, &d, 8);
+            w += 9;
+            continue;
+          }
+          case V_NIL: case V_EMPTY: *w++ = T_NIL; continue;
+          case V_FALSE: *w++ = T_FALSE; continue;
+          case V_TRUE: *w++ = T_TRUE; continue;
+          case V_SHRSTR: case V_LNGSTR: {
+            b->len = (size_t)(w - (unsigned char *)b->data);
+            encode_slot(e, &v->v, v->tt);
+            w = (unsigned char *)b->data + b->len;
+            wend = (unsigned char *)b->data + b->cap;
+            continue;
+          }
+          default: break;
+        }
+        break;
+      }
+      b->len = (size_t)(w - (unsigned char *)b->data);
+      if (i == n) break;
+    }
+    int type = lua_rawgeti(L, t, (lua_Integer)i + 1);
+    if (!put_scalar(e, lua_gettop(L), type))
+      child(e, lua_gettop(L), (seg){SEG_INDEX, 0, (lua_Integer)i + 1, NULL});
+    lua_pop(L, 1);
+    i++;
+    /*
+    ** A nested encode can run Lua code (a finalizer) that changes t: read the
+    ** slots again only while the array part still covers 1..n.
+    */
+    peek = h->alimit >= n;
+  }
+}
+
+/* Raises when a finalizer run by a nested encode has reshaped the table being read. */
+static void check_unchanged(enc *e, const lua54_table_head *h, const void *array,
+                            const void *node, unsigned asize, unsigned lsizenode) {
+  if (h->array != array || h->node != node || table_asize(h) != asize || h->lsizenode != lsizenode)
+    enc_error(e, "table changed while it was being sent (by a finalizer?)");
+}
+
+/*
+** Encodes the entries of t that are not in 1..n (n is 0 or 1..n are in the
+** array part): array slots past n, then the hash part, as key/value pairs,
+** counted in *nhash. Returns 0, having written nothing, when a key is not a
+** plain value (a table, a function...): such a key can only be pushed by
+** lua_next, and the caller walks the table with it instead.
+*/
+static int encode_hash(enc *e, int t, const lua54_table_head *h, lua_Unsigned n, uint64_t *nhash) {
+  lua_State *L = e->L;
+  const lua54_tvalue *array = h->array;
+  const lua54_node *node = h->node;
+  unsigned asize = table_asize(h), lsizenode = h->lsizenode;
+  size_t nnodes = (size_t)1 << lsizenode;
+  for (size_t i = 0; i < nnodes; i++) {
+    if (!is_empty_tag(node[i].tt) && !is_plain_tag(node[i].key_tt)) return 0;
+  }
+  uint64_t count = 0;
+  for (lua_Unsigned i = n; i < asize; i++) {          /* array slots past #t (after a hole) */
+    const lua54_tvalue *v = &array[i];
+    if (is_empty_tag(v->tt)) continue;
+    count++;
+    put_integer(e, (lua_Integer)i + 1);
+    if (is_plain_tag(v->tt)) {
+      encode_slot(e, &v->v, v->tt);
+      continue;
+    }
+    lua_pushinteger(L, (lua_Integer)i + 1);
+    lua_rawgeti(L, t, (lua_Integer)i + 1);
+    child(e, lua_gettop(L), (seg){SEG_KEY, lua_gettop(L) - 1, 0, NULL});
+    lua_pop(L, 2);
+    check_unchanged(e, h, array, node, asize, lsizenode);
+  }
+  for (size_t i = 0; i < nnodes; i++) {
+    const lua54_node *nd = &node[i];
+    if (is_empty_tag(nd->tt)) continue;
+    count++;
+    encode_slot(e, &nd->key, nd->key_tt);
+    if (is_plain_tag(nd->tt)) {
+      encode_slot(e, &nd->v, nd->tt);
+      continue;
+    }
+    push_slot(L, &nd->key, nd->key_tt);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, t);
+    child(e, lua_gettop(L), (seg){SEG_KEY, lua_gettop(L) - 1, 0, NULL});
+    lua_pop(L, 2);
+    check_unchanged(e, h, array, node, asize, lsizenode);
+  }
+  *nhash = count;
+  return 1;
+}
+
+/*
+** Walks t with lua_next from the key on top of the stack and writes its
+** entries: while `narr` is not NULL, the keys narr+1, narr+2... met in a row
+** go out as the array part, values only (lua_next walks the array part
+** first, in order); every other entry goes out as a key/value pair, counted
+** in *nhash. Each step copies the key up for the next lua_next instead of
+** popping the value (one lua_pushvalue against one lua_settop), and the stack
+** is cut back every WALK_BATCH steps. Leaves the stack as it found it, minus
+** the first key.
+*/
+#define WALK_BATCH 16
+
+static void encode_walk(enc *e, int t, uint64_t *narr, uint64_t *nhash) {
+  lua_State *L = e->L;
+  luaL_checkstack(L, 2 * WALK_BATCH + 8, "mp: message nesting");
+  int base = lua_gettop(L), k = base;
+  while (lua_next(L, t)) {
+    int v = k + 1;
+    if (narr != NULL && lua_isinteger(L, k) && lua_tointeger(L, k) == (lua_Integer)*narr + 1) {
+      ++*narr;
+      if (!put_scalar(e, v, lua_type(L, v)))
+        child(e, v, (seg){SEG_INDEX, 0, (lua_Integer)*narr, NULL});
+    } else {
+      narr = NULL;
+      /* A key is named by its table's path plus "[<key>]". */
+      if (!put_scalar(e, k, lua_type(L, k))) child(e, k, (seg){SEG_ASKEY, 0, 0, NULL});
+      if (!put_scalar(e, v, lua_type(L, v))) child(e, v, (seg){SEG_KEY, k, 0, NULL});
+      ++*nhash;
+    }
+    if (k - base >= 2 * WALK_BATCH) {
+      lua_copy(L, k, base);
+      lua_settop(L, base);
+      k = base;
+    } else {
+      lua_pushvalue(L, k);
+      k += 2;
+    }
+  }
+  lua_settop(L, base - 1);
+}
+
+/*
+** Writes the entries of table t (address h) from its layout: 1..#t as the
+** array part when they are all in Lua's array part, the rest as pairs.
+** Returns 0, having written nothing, when they are not (the caller walks t).
+*/
+static int encode_by_layout(enc *e, int t, const lua54_table_head *h, uint64_t *narr,
+                            uint64_t *nhash) {
+  lua_State *L = e->L;
+  lua_Unsigned n = h->alimit > 0 ? lua_rawlen(L, t) : 0;   /* a record skips lua_rawlen */
+  if (n > UINT32_MAX || h->alimit < n) return 0;
+  if (n > 0) encode_array(e, t, h, n);
+  *narr = n;
+  if (!encode_hash(e, t, h, n, nhash)) {
+    /* A key only lua_next can push: walk the rest, past n in the array part, then the hash. */
+    if (n > 0) lua_pushinteger(L, (lua_Integer)n);
+    else lua_pushnil(L);
+    encode_walk(e, t, NULL, nhash);
+  }
+  return 1;
+}
+
+static void encode_table(enc *e, int t, const void *p) {
   lua_State *L = e->L;
   enter(e);
   size_t off = e->b->len - e->base;
-  remember(e, t, off);
+  pm_put(L, &e->s->memo, p, off);
   /* Metatables travel only for registered classes, by name. */
   if (lua_getmetatable(L, t)) {
     lua_getiuservalue(L, e->st, UV_CLASS_BY_MT);
@@ -529,38 +1177,18 @@ static void encode_table(enc *e, int t) {
   } else {
     put_u8(e, T_TABLE);
   }
-  /*
-  ** One lua_next pass: the keys 1, 2, 3... met first (lua_next walks the array
-  ** part in order) go out as the array part, values only; every key after the
-  ** first one that breaks the sequence goes out as a key/value pair.
-  */
   room(e, 8);
   size_t counts_at = e->b->len;
   e->b->len += 8;
   uint64_t narr = 0, nhash = 0;
-  int in_array = 1;
-  int k = lua_gettop(L) + 1, v = k + 1;
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    if (in_array) {
-      if (lua_isinteger(L, k) && lua_tointeger(L, k) == (lua_Integer)narr + 1) {
-        narr++;
-        child(e, v, (seg){SEG_INDEX, 0, (lua_Integer)narr, NULL});
-        lua_settop(L, k);
-        continue;
-      }
-      in_array = 0;
-    }
-    /* A key is named by its table's path plus "[<key>]". */
-    child(e, k, (seg){SEG_ASKEY, 0, 0, NULL});
-    child(e, v, (seg){SEG_KEY, k, 0, NULL});
-    lua_settop(L, k);
-    nhash++;
+  if (!e->s->peek || !encode_by_layout(e, t, p, &narr, &nhash)) {
+    lua_pushnil(L);
+    encode_walk(e, t, &narr, &nhash);
   }
   if (narr > UINT32_MAX || nhash > UINT32_MAX) enc_error(e, "table too large to send");
-  unsigned char *p = (unsigned char *)e->b->data + counts_at;
-  put_raw(p, narr, 4);
-  put_raw(p + 4, nhash, 4);
+  unsigned char *counts = (unsigned char *)e->b->data + counts_at;
+  put_raw(counts, narr, 4);
+  put_raw(counts + 4, nhash, 4);
   e->depth--;
 }
 
@@ -606,16 +1234,58 @@ static void push_code(enc *e, int f) {
   lua_pop(L, 1);                          /* the cache */
 }
 
-static void encode_function(enc *e, int f) {
+/*
+** The id of environment table `idx` (see docs/serialization.md, "Environments"):
+** a random 64-bit number given to the table the first time it is exported,
+** kept in two weak tables of the state. A process forked afterwards inherits
+** both, so it finds its own copy of the table under the same id; a process
+** forked before does not know the id and binds the globals instead.
+*/
+static lua_Integer env_id(lua_State *L, int st, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_getiuservalue(L, st, UV_ENV_IDS);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TNUMBER) {
+    lua_Integer id = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    return id;
+  }
+  lua_pop(L, 1);
+  uint64_t bits;
+  int err = mp_random_bytes(&bits, sizeof bits);
+  if (err != 0) luaL_error(L, "mp: cannot get random bytes for an environment id: %s", strerror(err));
+  lua_Integer id = (lua_Integer)bits;
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, id);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_getiuservalue(L, st, UV_ENV_BY_ID);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, id);
+  lua_pop(L, 1);
+  return id;
+}
+
+/* Writes the _ENV upvalue at idx: the globals, or an environment by id. */
+static void put_env(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_type(L, idx) != LUA_TTABLE || lua_topointer(L, idx) == e->globals) {
+    put_u8(e, T_GLOBALS);
+    return;
+  }
+  put_tagged(e, T_ENV, (uint64_t)env_id(L, e->st, idx), 8);
+}
+
+static void encode_function(enc *e, int f, const void *p) {
   lua_State *L = e->L;
   if (lua_iscfunction(L, f)) {
-    if (put_name(e, f, 1, 1)) return;
+    if (put_name(e, f, p, 1, 1)) return;
     refuse(e, f, " (a C function that is not a field of a loaded module)");
   }
-  if (put_name(e, f, 1, 0)) return;
+  if (put_name(e, f, p, 1, 0)) return;
   enter(e);
   size_t off = e->b->len - e->base;
-  remember(e, f, off);
+  pm_put(L, &e->s->memo, p, off);
   push_code(e, f);
   size_t len;
   const char *code = lua_tolstring(L, -1, &len);
@@ -629,37 +1299,31 @@ static void encode_function(enc *e, int f) {
   int nups = ar.nups;
   put_u8(e, (unsigned)nups);
   for (int i = 1; i <= nups; i++) {
-    /*
-    ** _ENV is rebound to the receiver's globals whatever it holds here: a
-    ** function's environment is where it runs, not data (busted, for one, runs
-    ** specs in a proxy of _G that would otherwise be copied, minus its metatable).
-    */
     const char *name = lua_getupvalue(L, f, i);
-    lua_pop(L, 1);
+    int up = lua_gettop(L);
+    /*
+    ** _ENV is where the function runs, not data: it goes as "the receiver's
+    ** globals" or, for another environment, as that environment's id.
+    */
     if (name != NULL && strcmp(name, "_ENV") == 0) {
-      put_u8(e, T_GLOBALS);
+      put_env(e, up);
+      lua_pop(L, 1);
       continue;
     }
     void *id = lua_upvalueid(L, f, i);
-    need_memo(e);
-    lua_pushlightuserdata(L, id);
-    if (lua_rawget(L, e->memo) == LUA_TNUMBER) {
+    pm_slot *slot = pm_find(&e->s->memo, id);
+    if (slot != NULL) {
       /* Shared with a closure sent earlier in this message: join them there too. */
-      lua_Integer packed = lua_tointeger(L, -1);
-      lua_pop(L, 1);
+      uint64_t packed = slot->val;
       size_t owner = (size_t)(packed >> 8);
       ((unsigned char *)e->b->data)[e->base + owner] |= T_SHARED;
       put_tagged(e, T_UPJOIN, owner, 8);
       put_u8(e, (unsigned)(packed & 0xFF));
+      lua_pop(L, 1);
       continue;
     }
-    lua_pop(L, 1);
-    e->s->memo_used++;
-    lua_pushlightuserdata(L, id);
-    lua_pushinteger(L, (lua_Integer)((off << 8) | (size_t)i));
-    lua_rawset(L, e->memo);
-    lua_getupvalue(L, f, i);
-    child(e, lua_gettop(L), (seg){SEG_UPVALUE, 0, i, name});
+    pm_put(L, &e->s->memo, id, ((uint64_t)off << 8) | (unsigned)i);
+    child(e, up, (seg){SEG_UPVALUE, 0, i, name});
     lua_pop(L, 1);
   }
   e->depth--;
@@ -667,51 +1331,25 @@ static void encode_function(enc *e, int f) {
 
 static void encode(enc *e, int idx) {
   lua_State *L = e->L;
-  switch (lua_type(L, idx)) {
-    case LUA_TNIL: put_u8(e, T_NIL); break;
-    case LUA_TBOOLEAN: put_u8(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); break;
-    case LUA_TNUMBER:
-      if (lua_isinteger(L, idx)) {
-        lua_Integer v = lua_tointeger(L, idx);
-        if (v >= -128 && v <= 127) put_tagged(e, T_INT8, (uint64_t)v, 1);
-        else if (v >= INT32_MIN && v <= INT32_MAX) put_tagged(e, T_INT32, (uint64_t)v, 4);
-        else put_tagged(e, T_INT64, (uint64_t)v, 8);
-      } else {
-        double d = (double)lua_tonumber(L, idx);
-        uint64_t bits;
-        memcpy(&bits, &d, 8);
-        put_tagged(e, T_FLOAT, bits, 8);
-      }
-      break;
-    case LUA_TSTRING: {
-      size_t len;
-      const char *s = lua_tolstring(L, idx, &len);
-      if (len <= UINT8_MAX) {
-        unsigned char *p = room(e, 2 + len);
-        p[0] = T_STR8;
-        p[1] = (unsigned char)len;
-        memcpy(p + 2, s, len);
-        e->b->len += 2 + len;
-      } else {
-        if (len <= UINT32_MAX) put_tagged(e, T_STR32, len, 4);
-        else put_tagged(e, T_STR64, len, 8);
-        put_bytes(e, s, len);
-      }
+  int type = lua_type(L, idx);
+  if (put_scalar(e, idx, type)) return;
+  need_state(e);
+  switch (type) {
+    case LUA_TTABLE: {
+      const void *p = lua_topointer(L, idx);
+      if (p == e->globals) { put_u8(e, T_GLOBALS); break; }
+      if (put_ref(e, p) || put_name(e, idx, p, 0, 0)) break;
+      encode_table(e, idx, p);
       break;
     }
-    case LUA_TTABLE:
-      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-      if (lua_rawequal(L, -1, idx)) { lua_pop(L, 1); put_u8(e, T_GLOBALS); break; }
-      lua_pop(L, 1);
-      if (put_ref(e, idx) || put_name(e, idx, 0, 0)) break;
-      encode_table(e, idx);
+    case LUA_TFUNCTION: {
+      const void *p = lua_topointer(L, idx);
+      if (put_ref(e, p)) break;
+      encode_function(e, idx, p);
       break;
-    case LUA_TFUNCTION:
-      if (put_ref(e, idx)) break;
-      encode_function(e, idx);
-      break;
+    }
     case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA:
-      if (put_name(e, idx, 1, 1)) break;
+      if (put_name(e, idx, lua_topointer(L, idx), 1, 1)) break;
       refuse(e, idx, "");
       break;
     default:
@@ -719,7 +1357,9 @@ static void encode(enc *e, int idx) {
   }
 }
 
-void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root) {
+/* Encodes n values at idx; s and st: the state and its index, or NULL and 0 to fetch it when needed. */
+static void encode_values(lua_State *L, serial_state *s, int st, int idx, int n, mp_wbuf *b,
+                          const char *root) {
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
   enc encoder;
@@ -727,10 +1367,11 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   e->L = L;
   e->b = b;
   e->base = b->len;
-  e->s = NULL;                    /* fetched on the first table or function */
-  e->st = e->memo = e->names = 0; /* stack slots, pushed with the first table or function */
-  e->memo_ready = 0;
-  e->names_loaded = e->names_fresh = e->names_rebuilt = 0;
+  e->s = s;
+  e->st = st;
+  e->ready = 0;
+  e->globals = NULL;
+  e->names_fresh = e->names_rebuilt = 0;
   e->root = root != NULL ? root : "value";
   e->nroot = n;
   e->depth = 0;
@@ -741,22 +1382,49 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
   else put_tagged(e, 0xFF, (uint64_t)n, 4);
   for (int k = 0; k < n; k++) {
     e->rootk = k + 1;
-    /*
-    ** Only tables, functions and userdata use the slots, and the first of them
-    ** is always a root value: push the slots then, at the base of the stack.
-    */
-    if (e->st == 0 && nameable(lua_type(L, idx + k))) {
-      luaL_checkstack(L, 10, "mp: message");
-      lua_pushnil(L);
-      e->st = lua_gettop(L);
-      lua_pushnil(L);
-      e->memo = lua_gettop(L);
-      lua_pushnil(L);
-      e->names = lua_gettop(L);
-    }
     encode(e, idx + k);
   }
   lua_settop(L, top);
+}
+
+void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root) {
+  encode_values(L, NULL, 0, idx, n, b, root);
+}
+
+/*
+** Before a fork (core.spawn calls this in the parent): the environments of the
+** Lua functions on the calling thread's stack get their ids now, so that the
+** child, which inherits the id tables, can find its copy of each. This is what
+** makes a function defined in a busted spec file (whose _ENV is busted's
+** environment, on the stack while the spec creates its pool) run in a worker
+** with that environment.
+*/
+void mp_serial_before_fork(lua_State *L) {
+  luaL_checkstack(L, 8, NULL);
+  push_state(L);
+  int st = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  const void *globals = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "f", &ar);
+    int f = lua_gettop(L);
+    if (!lua_iscfunction(L, f)) {
+      const char *name;
+      for (int i = 1; (name = lua_getupvalue(L, f, i)) != NULL; i++) {
+        if (strcmp(name, "_ENV") == 0) {
+          if (lua_type(L, -1) == LUA_TTABLE && lua_topointer(L, -1) != globals)
+            env_id(L, st, -1);
+          lua_pop(L, 1);
+          break;
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_settop(L, st);
+  }
+  lua_pop(L, 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -766,7 +1434,11 @@ typedef struct dec {
   lua_State *L;
   const unsigned char *start, *p, *end;
   size_t pending;          /* elements announced by open containers, not yet read */
-  int st, memo;
+  serial_state *s;         /* NULL until fetched */
+  int st;                  /* index of the state userdata: a slot (nil until fetched) or an upvalue */
+  int memo;                /* slot: offset -> object, made when an object is shared */
+  int keys;                /* slot: the UV_KEYS table, fetched with the first key */
+  int keys_ready;
   int depth;
 } dec;
 
@@ -778,10 +1450,15 @@ static int dec_error(dec *d, const char *msg) {
 
 static inline size_t left(dec *d) { return (size_t)(d->end - d->p); }
 
+static inline uint64_t load_le(const unsigned char *p, int n) {
+  uint64_t v = 0;
+  memcpy(&v, p, (size_t)n);
+  return v;
+}
+
 static inline uint64_t get_num(dec *d, int n) {
   if (left(d) < (size_t)n) truncated(d);
-  uint64_t v = 0;
-  for (int i = n - 1; i >= 0; i--) v = (v << 8) | d->p[i];
+  uint64_t v = load_le(d->p, n);
   d->p += n;
   return v;
 }
@@ -804,11 +1481,12 @@ enum { IS_NIL = 1, IS_NAN = 2 };
 static int decode(dec *d);
 
 static serial_state *dec_state(dec *d) {
+  if (d->s != NULL) return d->s;
   if (lua_type(d->L, d->st) != LUA_TUSERDATA) {
     push_state(d->L);
     lua_replace(d->L, d->st);
   }
-  return lua_touserdata(d->L, d->st);
+  return d->s = lua_touserdata(d->L, d->st);
 }
 
 static void dec_enter(dec *d) {
@@ -834,6 +1512,150 @@ static void push_object(dec *d, uint64_t off) {
     dec_error(d, "reference to an undefined object");
 }
 
+/*
+** Pushes the value at p if it is one of the common scalars, checking its
+** length against end, and returns the position after it; returns NULL,
+** pushing nothing, when decode() must handle it. The loops below keep their
+** read position in a local and call this, which spares them a store and a
+** reload of d->p around every Lua API call.
+*/
+static inline __attribute__((always_inline))
+const unsigned char *scalar_at(lua_State *L, const unsigned char *p, const unsigned char *end) {
+  size_t n = (size_t)(end - p);
+  if (n < 1) return NULL;
+  switch (p[0]) {
+    case T_NIL: lua_pushnil(L); return p + 1;
+    case T_FALSE: lua_pushboolean(L, 0); return p + 1;
+    case T_TRUE: lua_pushboolean(L, 1); return p + 1;
+    case T_INT8:
+      if (n < 2) return NULL;
+      lua_pushinteger(L, (int8_t)p[1]);
+      return p + 2;
+    case T_INT32: {
+      if (n < 5) return NULL;
+      int32_t v;
+      memcpy(&v, p + 1, 4);
+      lua_pushinteger(L, v);
+      return p + 5;
+    }
+    case T_INT64: {
+      if (n < 9) return NULL;
+      int64_t v;
+      memcpy(&v, p + 1, 8);
+      lua_pushinteger(L, (lua_Integer)v);
+      return p + 9;
+    }
+    case T_FLOAT: {
+      if (n < 9) return NULL;
+      double v;
+      memcpy(&v, p + 1, 8);
+      lua_pushnumber(L, (lua_Number)v);
+      return p + 9;
+    }
+    case T_STR8:
+      if (n < 2 || n - 2 < p[1]) return NULL;
+      lua_pushlstring(L, (const char *)p + 2, p[1]);
+      return p + 2 + p[1];
+    default:
+      return NULL;
+  }
+}
+
+/* Pushes the next value: a scalar inline, anything else through decode(). */
+static inline __attribute__((always_inline)) void decode_value(dec *d) {
+  const unsigned char *q = scalar_at(d->L, d->p, d->end);
+  if (q != NULL) d->p = q;
+  else decode(d);
+}
+
+/*
+** Pushes the string key at p, a T_STR8 of 1..KEY_CACHE_MAXLEN bytes that the
+** caller has checked lies before end, and returns the position after it. A
+** record's keys are a few short strings sent again and again; lua_pushlstring
+** hashes and interns each one every time, a lookup in the key cache costs a
+** third of that (see serial_state.keys). d->keys must hold the UV_KEYS table.
+*/
+static inline __attribute__((always_inline))
+const unsigned char *key_at(dec *d, const unsigned char *p, const unsigned char *end) {
+  lua_State *L = d->L;
+  size_t len = p[1];
+  const unsigned char *s = p + 2;
+  uint64_t a = 0, b = 0;
+  if (len >= 8) {
+    memcpy(&a, s, 8);
+    memcpy(&b, s + len - 8, 8);
+  } else if (end - s >= 8) {                /* 8 bytes readable: mask off what follows */
+    memcpy(&a, s, 8);
+    a &= ~(uint64_t)0 >> (64 - 8 * len);
+  } else {
+    for (size_t i = 0; i < len; i++) a |= (uint64_t)s[i] << (8 * i);
+  }
+  uint64_t h = a ^ (a >> 29) ^ b ^ (b >> 31) ^ len;     /* fold, then Fibonacci hashing */
+  unsigned i = (unsigned)((h * 0x9E3779B97F4A7C15ull) >> 57) & (KEY_CACHE - 1);
+  key_slot *k = &d->s->keys[i];
+  if (k->len == len && k->a == a && k->b == b &&
+      (len <= 16 || memcmp(k->s + 8, s + 8, len - 16) == 0)) {
+    lua_rawgeti(L, d->keys, (lua_Integer)i + 1);
+    return s + len;
+  }
+  lua_pushlstring(L, (const char *)s, len);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->keys, (lua_Integer)i + 1);   /* an array slot: never allocates */
+  k->a = a;
+  k->b = b;
+  k->s = lua_tostring(L, -1);
+  k->len = len;
+  return s + len;
+}
+
+/* Makes d->keys hold the key cache's table. */
+static void need_keys(dec *d) {
+  if (d->keys_ready) return;
+  dec_state(d);
+  lua_getiuservalue(d->L, d->st, UV_KEYS);
+  lua_replace(d->L, d->keys);
+  d->keys_ready = 1;
+}
+
+/*
+** Lua has no API call that stores many values into a table at once, but its
+** VM has an instruction that does: OP_SETLIST, which a table constructor
+** `{...}` runs over all its arguments in one C loop. build_array calls such a
+** constructor (on the build thread, where no hook runs) with the n values on
+** top of the stack, and pushes the table it returns: about a third of the
+** cost of n lua_rawseti calls. Tables that can be referenced from inside
+** themselves (SHARED) must exist before their elements and take the usual path.
+*/
+#define BUILD_MIN 16
+#define BUILD_MAX (1 << 16)
+
+static const char builder_code[] = "return {...}";
+
+static int can_build(dec *d, uint64_t narr) {
+  if (narr < BUILD_MIN || narr > BUILD_MAX) return 0;
+  serial_state *s = dec_state(d);
+  if (s->build_busy || d->L == s->build) return 0;
+  return lua_checkstack(d->L, (int)narr + 8);
+}
+
+static void build_array(dec *d, int n) {
+  lua_State *L = d->L;
+  serial_state *s = d->s;
+  lua_State *co = s->build;
+  if (co == NULL) {
+    co = helper_thread(L, d->st, UV_BUILD, builder_code);
+    s->build = co;
+  }
+  if (!lua_checkstack(co, n + 8)) luaL_error(L, "mp.loads: not enough memory");
+  lua_pushvalue(co, 1);
+  lua_xmove(L, co, n);
+  s->build_busy = 1;
+  int status = lua_pcall(co, n, 1, 0);
+  s->build_busy = 0;
+  lua_xmove(co, L, 1);                   /* the table, or the error */
+  if (status != LUA_OK) lua_error(L);
+}
+
 static void decode_table(dec *d, int tag, size_t off) {
   lua_State *L = d->L;
   dec_enter(d);
@@ -854,20 +1676,71 @@ static void decode_table(dec *d, int tag, size_t off) {
   uint64_t narr = get_num(d, 4), nhash = get_num(d, 4);
   announce(d, narr + 2 * nhash);
   if (narr > INT_MAX || nhash > INT_MAX) truncated(d);
-  lua_createtable(L, (int)narr, (int)nhash);
-  int t = lua_gettop(L);
-  if (tag & T_SHARED) dec_remember(d, off, t);
-  for (uint64_t i = 1; i <= narr; i++) {
-    d->pending--;
-    if (decode(d) == IS_NIL) lua_pop(L, 1);
-    else lua_rawseti(L, t, (lua_Integer)i);
-  }
-  for (uint64_t i = 0; i < nhash; i++) {
-    d->pending--;
-    if (decode(d) != 0) dec_error(d, "invalid table key (nil or NaN)");
-    d->pending--;
-    decode(d);
-    lua_rawset(L, t);
+  int t;
+  /*
+  ** d->pending counts the elements announced and not yet started; it is set
+  ** exactly before each decode() call (which may announce more), and the
+  ** scalars read inline in between need not update it.
+  */
+  size_t pending = d->pending;
+  const unsigned char *p = d->p, *end = d->end;
+  if (!(tag & T_SHARED) && nhash == 0 && can_build(d, narr)) {
+    for (uint64_t i = 0; i < narr; i++) {
+      const unsigned char *q = scalar_at(L, p, end);
+      if (q == NULL) {
+        d->p = p;
+        d->pending = pending - (size_t)i - 1;
+        decode(d);
+        q = d->p;
+      }
+      p = q;
+    }
+    d->p = p;
+    d->pending = pending - narr;
+    build_array(d, (int)narr);
+    t = lua_gettop(L);
+  } else {
+    lua_createtable(L, (int)narr, (int)nhash);
+    t = lua_gettop(L);
+    if (tag & T_SHARED) dec_remember(d, off, t);
+    for (uint64_t i = 1; i <= narr; i++) {
+      if (p < end && *p == T_NIL) {          /* a hole: nothing to store */
+        p++;
+        continue;
+      }
+      const unsigned char *q = scalar_at(L, p, end);
+      if (q == NULL) {
+        d->p = p;
+        d->pending = pending - (size_t)i;
+        decode(d);
+        q = d->p;
+      }
+      p = q;
+      lua_rawseti(L, t, (lua_Integer)i);
+    }
+    if (nhash > 0) need_keys(d);
+    for (uint64_t i = 0; i < nhash; i++) {
+      if (end - p >= 3 && p[0] == T_STR8 && p[1] - 1u < KEY_CACHE_MAXLEN &&
+          (size_t)(end - p) - 2 >= p[1]) {
+        p = key_at(d, p, end);
+      } else {
+        d->p = p;
+        d->pending = pending - narr - 2 * (size_t)i - 1;
+        if (decode(d) != 0) dec_error(d, "invalid table key (nil or NaN)");
+        p = d->p;
+      }
+      const unsigned char *q = scalar_at(L, p, end);
+      if (q == NULL) {
+        d->p = p;
+        d->pending = pending - narr - 2 * (size_t)i - 2;
+        decode(d);
+        q = d->p;
+      }
+      p = q;
+      lua_rawset(L, t);
+    }
+    d->p = p;
+    d->pending = pending - narr - 2 * nhash;
   }
   if (mt) {
     lua_pushvalue(L, mt);
@@ -875,6 +1748,18 @@ static void decode_table(dec *d, int tag, size_t off) {
     lua_remove(L, mt);
   }
   d->depth--;
+}
+
+/* Pushes the receiver's copy of the environment with this id, or the globals. */
+static void push_env(dec *d, lua_Integer id) {
+  lua_State *L = d->L;
+  dec_state(d);
+  lua_getiuservalue(L, d->st, UV_ENV_BY_ID);
+  if (lua_rawgeti(L, -1, id) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  }
+  lua_remove(L, -2);
 }
 
 static void decode_function(dec *d, int tag, size_t off) {
@@ -915,6 +1800,10 @@ static void decode_function(dec *d, int tag, size_t off) {
       lua_pop(L, 1);
       lua_upvaluejoin(L, f, (int)i, -1, (int)n);
       lua_pop(L, 1);
+    } else if (left(d) > 0 && *d->p == T_ENV) {
+      d->p++;
+      push_env(d, (lua_Integer)get_num(d, 8));
+      lua_setupvalue(L, f, (int)i);
     } else {
       decode(d);
       lua_setupvalue(L, f, (int)i);
@@ -991,20 +1880,29 @@ static int decode(dec *d) {
     }
     case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); break;
     case T_MODULE: case T_FIELD: decode_name(d, tag); break;
-    default:
+    default:                     /* T_UPJOIN and T_ENV are valid as upvalues only */
       luaL_error(L, "mp.loads: corrupt message (bad tag %d at byte %I)", tag, (lua_Integer)off);
   }
   return 0;
 }
 
-int mp_serial_decode(lua_State *L, const char *data, size_t len) {
-  luaL_checkstack(L, 10, "mp.loads");
+/*
+** Decodes one message. With s NULL (transports), the state and the key cache
+** are fetched when needed into stack slots; mp.loads passes them as its
+** upvalues (indexes st and keys).
+*/
+static int decode_values(lua_State *L, serial_state *s, int st, int keys, const char *data, size_t len) {
   dec d;
   d.L = L;
   d.start = d.p = (const unsigned char *)data;
   d.end = d.start + len;
   d.pending = 0;
   d.depth = 0;
+  d.s = s;
+  d.st = st;
+  d.keys = keys;
+  d.keys_ready = keys != 0;
+  d.memo = 0;
   if (len < 1) dec_error(&d, "empty message");
   if (d.start[0] != FORMAT_VERSION)
     luaL_error(L, "mp.loads: unsupported message format version %d (expected %d)",
@@ -1015,38 +1913,72 @@ int mp_serial_decode(lua_State *L, const char *data, size_t len) {
   announce(&d, n);
   if (n > INT_MAX - 20) truncated(&d);
   luaL_checkstack(L, (int)n + 10, "mp.loads: too many values");
-  int slots = 0;                 /* where the state and memo slots are, once pushed */
+  int slots = 0, nslots = 0;     /* where the memo (and state and key) slots are, once pushed */
   for (uint64_t i = 0; i < n; i++) {
     /*
-    ** Only tables, functions and references use the slots, and the first of
-    ** them is always a root value: push the slots just below it.
+    ** Only tables and functions use the slots, and the first of them is
+    ** always a root value: push the slots just below it.
     */
     if (slots == 0 && left(&d) > 0 && *d.p >= T_TABLE && *d.p != T_GLOBALS &&
         *d.p != T_MODULE && *d.p != T_FIELD) {
-      lua_pushnil(L);            /* the state, fetched when a class or function needs it */
-      slots = lua_gettop(L);
+      slots = lua_gettop(L) + 1;
       lua_pushnil(L);            /* the memo, made when an object is shared */
-      d.st = slots;
-      d.memo = slots + 1;
+      d.memo = slots;
+      if (s == NULL) {
+        lua_pushnil(L);          /* the state, fetched when a class, function or key needs it */
+        lua_pushnil(L);          /* the key cache */
+        d.st = slots + 1;
+        d.keys = slots + 2;
+        nslots = 3;
+      } else {
+        lua_pushvalue(L, keys);  /* a stack slot reads faster than an upvalue */
+        d.keys = slots + 1;
+        nslots = 2;
+      }
     }
     d.pending--;
-    decode(&d);
+    decode_value(&d);
   }
   if (d.p != d.end) dec_error(&d, "trailing bytes after the message");
   if (slots != 0) {
-    lua_rotate(L, slots, -2);    /* state and memo to the top */
-    lua_pop(L, 2);
+    lua_rotate(L, slots, -nslots);   /* the slots to the top */
+    lua_pop(L, nslots);
   }
   return (int)n;
+}
+
+int mp_serial_decode(lua_State *L, const char *data, size_t len) {
+  return decode_values(L, NULL, 0, 0, data, len);
+}
+
+int mp_serial_peek(lua_State *L, int on) {
+  serial_state *s = push_state(L);
+  if (on >= 0) s->peek = on && s->peek_ok;
+  lua_pop(L, 1);
+  return s->peek;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Lua API: mp.core.dumps, loads, register_class                             */
 
+/*
+** Upvalue 1 of these functions is the state userdata, upvalue 2 its key cache
+** table (UV_KEYS): no registry or user value lookup per call.
+*/
+#define STATE_UPVALUE lua_upvalueindex(1)
+#define KEYS_UPVALUE lua_upvalueindex(2)
+
 static int core_dumps(lua_State *L) {
   int n = lua_gettop(L);
-  mp_wbuf *b = mp_serial_scratch(L);
-  mp_serial_encode(L, 1, n, b, "value");
+  serial_state *s = lua_touserdata(L, STATE_UPVALUE);
+  mp_wbuf *b = &s->scratch;
+  if (b->cap > SCRATCH_KEEP) {             /* as mp_serial_scratch */
+    free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+  }
+  b->len = 0;
+  encode_values(L, s, STATE_UPVALUE, 1, n, b, "value");
   lua_pushlstring(L, b->data, b->len);
   if (b->cap > SCRATCH_KEEP) {             /* the message now lives in the string */
     free(b->data);
@@ -1058,8 +1990,8 @@ static int core_dumps(lua_State *L) {
 
 static int core_loads(lua_State *L) {
   size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  return mp_serial_decode(L, s, len);
+  const char *data = luaL_checklstring(L, 1, &len);
+  return decode_values(L, lua_touserdata(L, STATE_UPVALUE), STATE_UPVALUE, KEYS_UPVALUE, data, len);
 }
 
 /*
@@ -1074,29 +2006,28 @@ static int core_register_class(lua_State *L) {
   luaL_argcheck(L, len > 0 && len <= 255, 1, "class name must be 1 to 255 bytes long");
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  push_state(L);
-  lua_getiuservalue(L, 3, UV_CLASS_BY_NAME);     /* 4 */
-  lua_getiuservalue(L, 3, UV_CLASS_BY_MT);       /* 5 */
+  lua_getiuservalue(L, STATE_UPVALUE, UV_CLASS_BY_NAME);   /* 3 */
+  lua_getiuservalue(L, STATE_UPVALUE, UV_CLASS_BY_MT);     /* 4 */
   lua_pushvalue(L, 1);
-  if (lua_rawget(L, 4) == LUA_TTABLE) {          /* forget the old metatable's name */
-    lua_pushnil(L);
-    lua_rawset(L, 5);
-  } else {
-    lua_pop(L, 1);
-  }
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, 5) == LUA_TSTRING) {         /* and this metatable's old name */
+  if (lua_rawget(L, 3) == LUA_TTABLE) {          /* forget the old metatable's name */
     lua_pushnil(L);
     lua_rawset(L, 4);
   } else {
     lua_pop(L, 1);
   }
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, 4) == LUA_TSTRING) {         /* and this metatable's old name */
+    lua_pushnil(L);
+    lua_rawset(L, 3);
+  } else {
+    lua_pop(L, 1);
+  }
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
+  lua_rawset(L, 3);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 1);
   lua_rawset(L, 4);
-  lua_pushvalue(L, 2);
-  lua_pushvalue(L, 1);
-  lua_rawset(L, 5);
   lua_settop(L, 2);
   return 1;
 }
@@ -1129,6 +2060,6 @@ void mp_serial_open(lua_State *L) {
   };
   /* The key is made now, before any fork, so that the whole family shares it. */
   push_state(L);
-  lua_pop(L, 1);
-  luaL_setfuncs(L, funcs, 0);
+  lua_getiuservalue(L, -1, UV_KEYS);
+  luaL_setfuncs(L, funcs, 2);
 }

@@ -37,6 +37,21 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
 /* Decodes one message, pushes its values and returns how many; raises on bad input. */
 int mp_serial_decode(lua_State *L, const char *data, size_t len);
 
+/*
+** Before forking (core.spawn, in the parent): gives the environments of the Lua
+** functions on the stack their ids, so the child can bind its copies of them
+** (docs/serialization.md, "Environments").
+*/
+void mp_serial_before_fork(lua_State *L);
+
+/*
+** For tests and the fuzzer: the encoder reads Lua 5.4's table layout when its
+** self-test passed (serial.c, "Arrays"); on = 0 turns that off, so every table
+** goes through the lua_next walk, 1 turns it back on if the self-test passes,
+** -1 only asks. Returns whether it is on.
+*/
+int mp_serial_peek(lua_State *L, int on);
+
 void mp_serial_open(lua_State *L);   /* mp.core.dumps, loads, register_class */
 
 #endif

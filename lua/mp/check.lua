@@ -1,66 +1,92 @@
 --[[
-Argument checks shared by the Lua half, in the project's conventions:
-"bad argument #n to 'f' (...)" raised at the caller's level, unknown option
-keys named with a did-you-mean, a timeout that is a number (not NaN).
+The conventions every Lua-side function of mp follows, as the C side does
+with mp_checkself, mp_checkoptions and mp_checknargs (src/mp_aux.h): a method
+called with `.` instead of `:` (or on a wrong object), an unknown option key
+and a surplus argument are errors that name the function and point at the
+caller's line -- the first frame outside mp's own Lua files, however deep in
+the library (a constructor's init, a subclass chain) the check runs.
 ]]
+local core = require "mp.core"
+
 local M = {}
-local min = math.min
+local getinfo = debug.getinfo
 
-local function argerror(n, fname, msg, level)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
+-- mp's own Lua files (embedded as mp/<name>.lua, or installed under .../mp/).
+local function in_library(info)
+  local src = info.source
+  -- "mp/" must be a whole directory name: a script in /tmp/ is the user's.
+  return info.what == "C" or src:find("^[@=]mp/[%w_]+%.lua$") ~= nil
+    or src:find("^@.*/mp/[%w_]+%.lua$") ~= nil or src:find("^[@=]mp%.lua$") ~= nil
 end
 
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
+--[[
+The level, as error() counts it in the function that calls this, of the
+first caller outside mp: error(msg, check.level()) points at the user's line.
+]]
+function M.level()
+  local k = 1
+  while true do
+    local info = getinfo(k + 1, "S")
+    if info == nil then return 1 end
+    if not in_library(info) then return k end
+    k = k + 1
+  end
 end
 
+-- error(msg) at the first caller outside mp.
+function M.error(msg)
+  error(msg, M.level())
+end
+
+-- The type of v as an error message names it: an mp class name, __name, or type().
 local function typename(v)
   local mt = getmetatable(v)
-  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(v)
-end
-
--- The closest known key (edit distance at most 2), for "did you mean".
-local function suggest(key, known)
-  local best, bd = nil, 3
-  for _, k in ipairs(known) do
-    local a, b = key, k
-    local prev = {}
-    for j = 0, #b do prev[j] = j end
-    for i = 1, #a do
-      local cur = { [0] = i }
-      for j = 1, #b do
-        cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:byte(i) == b:byte(j) and 0 or 1))
-      end
-      prev = cur
-    end
-    if prev[#b] < bd then best, bd = k, prev[#b] end
-  end
-  return best
-end
-
--- Unknown keys of an options table are errors naming the key and the function.
-local function keys(opts, known, fname, level)
-  for k in pairs(opts) do
-    local ok = false
-    for _, name in ipairs(known) do if k == name then ok = true; break end end
-    if not ok then
-      local s = type(k) == "string" and suggest(k, known)
-      error(string.format("unknown option '%s' to '%s'%s", tostring(k), fname,
-        s and " (did you mean '" .. s .. "'?)" or ""), level + 1)
+  if type(mt) == "table" then
+    local name = rawget(mt, "__name")
+    if type(name) == "string" then
+      return rawget(mt, "super") ~= nil and not name:find("^mp%.") and "mp." .. name or name
     end
   end
+  if v == nil then return "no value" end
+  return type(v)
+end
+M.typename = typename
+
+-- "bad argument #n to 'fname' (msg)" at the first caller outside mp.
+function M.argerror(n, fname, msg)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), M.level())
 end
 
-local function timeout(t, n, fname, what, level)
-  if t ~= nil and (type(t) ~= "number" or t ~= t) then
-    argerror(n, fname, what .. " must be a number, got " .. (type(t) == "number" and "nan" or type(t)), level + 1)
+--[[
+Raises "bad argument #1 to 'fname' (mp.Class expected, got X)" unless self is
+an instance of cls (or of a subclass): what a method called with `.` gets.
+]]
+function M.self(self, cls, fname)
+  local mt = getmetatable(self)
+  if mt == cls then return self end
+  while type(mt) == "table" do
+    mt = rawget(mt, "super")
+    if mt == cls then return self end
   end
-  return t
+  M.argerror(1, fname, string.format("mp.%s expected, got %s", rawget(cls, "__name"), typename(self)))
 end
 
-M.argerror, M.callable, M.typename, M.suggest, M.keys, M.timeout =
-  argerror, callable, typename, suggest, keys, timeout
+--[[
+Raises "bad argument #k to 'fname' (no argument expected here, got X)" when a
+function that takes `max` arguments (self not counted) got `count`: call it as
+check.nargs(fname, max, select("#", ...) + max, (...)) from a function whose
+surplus arguments are `...`.
+]]
+function M.nargs(fname, max, count, first_surplus)
+  if count > max then
+    M.argerror(max + 1, fname, "no argument expected here, got " .. typename(first_surplus))
+  end
+end
+
+-- Raises "unknown option 'k' to 'fname' (did you mean ...?)" unless every key of opts is in the list keys.
+function M.options(opts, fname, keys)
+  local msg = core.option_error(opts, fname, keys)
+  if msg then M.error(msg) end
+end
 
 return M

@@ -47,6 +47,8 @@ define("WorkerLostError", ProcessError)
 define("AuthenticationError", ProcessError)
 define("BufferTooShort", ProcessError)
 define("CancelledError", Error)         -- concurrent.futures.CancelledError: AsyncResult:cancel()
+-- A manager server that cannot be reached (gone, refused, closed the connection).
+define("ConnectionError", ProcessError)
 
 -- The factory the C core calls (mp_raise): kind name, message --> error object.
 function M.new(kind, message, fields)

@@ -13,7 +13,7 @@ local classes = errors.classes
 local now = core.time
 local min, max = math.min, math.max
 local check = require "mp.check"
-local argerror, typename, suggest, check_timeout = check.argerror, check.typename, check.suggest, check.timeout
+local argerror, typename, check_timeout = check.argerror, check.typename, pool.check_timeout
 local is_ar = pool.is_result
 
 -- Runs the pools of the pending results until one more is ready or the deadline.
@@ -93,8 +93,10 @@ function M.wait(sources, timeout, mode)
   check_timeout(timeout, 2, "wait", "timeout", 2)
   mode = mode or "FIRST_COMPLETED"
   if not MODES[mode] then
-    local s = type(mode) == "string" and suggest(mode, { "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED" })
-    argerror(3, "wait", "unknown mode '" .. tostring(mode) .. "'" .. (s and " (did you mean '" .. s .. "'?)" or ""), 2)
+    local msg = type(mode) == "string" and
+      core.option_error({ [mode] = true }, "wait", { "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED" })
+    local s = msg and msg:match("did you mean '([^']+)'")
+    argerror(3, "wait", "unknown mode '" .. tostring(mode) .. "'" .. (s and " (did you mean '" .. s .. "'?)" or ""))
   end
   local ars, others = {}, {}
   for i = 1, #sources do

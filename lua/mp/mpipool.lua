@@ -14,7 +14,6 @@ local core = require "mp.core"
 local pool = require "mp.pool"
 local check = require "mp.check"
 
-local unpack = table.unpack
 local mtype = math.type
 
 return function(c)
@@ -31,22 +30,7 @@ return function(c)
     local initializer, initargs, maxtasks = core.loads(payload:sub(at))
     w:hello()
     local tr = core.pool_transport(index, w)
-    if initializer ~= nil then
-      local ok, err = xpcall(initializer, function(e)
-        local msg = e
-        if type(e) ~= "string" then
-          local mt = getmetatable(e)
-          msg = (mt and mt.__tostring) and tostring(e) or "(error object is a " .. type(e) .. " value)"
-        end
-        return { msg, debug.traceback(nil, 2) }
-      end, unpack(initargs, 1, initargs.n or #initargs))
-      if not ok then
-        tr:send_init_error("initializer failed: " .. tostring(err[1]), err[2])
-        return 1
-      end
-    end
-    core.pool_work(tr, index, maxtasks)
-    return 0
+    return pool.serve(tr, index, initializer, initargs, maxtasks) and 0 or 1
   end
 
   local function serve()
@@ -131,7 +115,7 @@ return function(c)
     if c.spawned or (static and c.rank ~= 0) then serve() end
     local o
     if type(processes) == "table" then
-      check.keys(processes, POOL_KEYS, "Pool", 2)
+      check.options(processes, "Pool", POOL_KEYS)
       o = {}
       for k, v in pairs(processes) do o[k] = v end
     else
@@ -143,7 +127,7 @@ return function(c)
       if n == nil then n = c.size - 1 end
       if mtype(n) == "integer" and n > c.size - 1 then
         check.argerror(1, "Pool", string.format("%d workers asked, but the job has %d worker ranks (mpirun -n %d)",
-          n, c.size - 1, c.size), 2)
+          n, c.size - 1, c.size))
       end
     elseif n == nil then
       n = core.cpu_count()

@@ -36,11 +36,23 @@ local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
 
 local check = require "mp.check"
-local argerror, callable, typename, check_keys, check_timeout =
-  check.argerror, check.callable, check.typename, check.keys, check.timeout
+local argerror, check_keys = check.argerror, check.options
 
-local function check_fn(fn, fname, level)
-  if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn), level + 1) end
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function check_timeout(t, n, fname, what)
+  if t ~= nil and (type(t) ~= "number" or t ~= t) then
+    argerror(n, fname, what .. " must be a number, got " .. (type(t) == "number" and "nan" or type(t)))
+  end
+  return t
+end
+
+local function check_fn(fn, fname)
+  if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn)) end
 end
 
 --[[
@@ -48,13 +60,13 @@ A chunksize is a whole number of at least 1: a float is converted first (2.0
 is 2), so 0.0 and -1.0 get the same error as 0 and -1, and what has no
 integer value (NaN, infinities, 1e300, 2.5) is an error, never the default.
 ]]
-local function check_chunksize(cs, n, fname, level)
+local function check_chunksize(cs, n, fname)
   if cs == nil then return nil end
   local v = math.tointeger(cs)
   if v == nil or type(cs) ~= "number" then
-    argerror(n, fname, "chunksize must be an integer, got " .. (type(cs) == "number" and tostring(cs) or type(cs)), level + 1)
+    argerror(n, fname, "chunksize must be an integer, got " .. (type(cs) == "number" and tostring(cs) or type(cs)))
   end
-  if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v, level + 1) end
+  if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v) end
   return v
 end
 
@@ -91,15 +103,13 @@ M.AsyncResult = AsyncResult
 AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
 
 local function check_ar(self, fname)
-  if getmetatable(self) ~= AsyncResult then
-    argerror(1, fname, "AsyncResult expected, got " .. typename(self), 3)
-  end
+  if getmetatable(self) ~= AsyncResult then check.self(self, AsyncResult, fname) end
 end
 
 -- wait([timeout]) --> true once ready (runs the pool meanwhile).
 function AsyncResult:wait(timeout)
   check_ar(self, "wait")
-  check_timeout(timeout, 1, "wait", "timeout", 2)
+  check_timeout(timeout, 1, "wait", "timeout")
   if not self._ready then self._pool:_wait(function() return self._ready end, timeout) end
   return self._ready and true or false
 end
@@ -108,7 +118,7 @@ end
 function AsyncResult:get(timeout)
   if not self._ready then
     check_ar(self, "get")
-    check_timeout(timeout, 1, "get", "timeout", 2)
+    check_timeout(timeout, 1, "get", "timeout")
     self._pool:_wait(function() return self._ready end, timeout)
     if not self._ready then error(classes.TimeoutError("result not ready within the timeout"), 2) end
   end
@@ -191,15 +201,19 @@ M.Pool = Pool
 Pool.__index, Pool.__newindex = Pool, nil
 
 local function check_pool(self, fname)
-  if getmetatable(self) ~= Pool then argerror(1, fname, "mp.Pool expected, got " .. typename(self), 3) end
+  if getmetatable(self) ~= Pool then check.self(self, Pool, fname) end
 end
 
 local worker_counter = 0
 
--- The worker's life: initializer, then the C loop until end-of-tasks or maxtasks.
-local function worker_main(tr, index, initializer, initargs, maxtasks)
-  core.signal("SIGINT", "ignore")          -- Ctrl-C is the parent's business
-  core.signal("SIGTERM", "default")        -- terminate_workers() ends it
+--[[
+A worker's service of one pool, wherever the worker runs (a process forked
+here, or one another transport started: an MPI rank, lua/mp/mpipool.lua):
+the initializer, then the C loop until the transport says no more tasks or
+maxtasks tasks ran. Returns true, or false when the initializer failed (its
+error has gone to the parent as the worker's result).
+]]
+local function serve(tr, index, initializer, initargs, maxtasks)
   if initializer ~= nil then
     local ok, err = xpcall(initializer, function(e)
       local msg = e
@@ -210,11 +224,20 @@ local function worker_main(tr, index, initializer, initargs, maxtasks)
       return { msg, debug.traceback(nil, 2) }
     end, unpack(initargs, 1, initargs.n or #initargs))
     if not ok then
-      tr:send_init_error("initializer failed: " .. tostring(err[1]), err[2])
-      core.child_exit(1)
+      tr:send_init_error(index, "initializer failed: " .. tostring(err[1]), err[2])
+      return false
     end
   end
   core.pool_work(tr, index, maxtasks)
+  return true
+end
+M.serve = serve
+
+-- A forked worker's life: its signals, then serve; it exits when serve returns.
+local function worker_main(tr, index, initializer, initargs, maxtasks)
+  core.signal("SIGINT", "ignore")          -- Ctrl-C is the parent's business
+  core.signal("SIGTERM", "default")        -- terminate_workers() ends it
+  if not serve(tr, index, initializer, initargs, maxtasks) then core.child_exit(1) end
 end
 
 local function spawn_worker(self, index)
@@ -246,27 +269,26 @@ Pool(processes, initializer, initargs, maxtasksperchild) or
 Pool{processes=, initializer=, initargs=, maxtasksperchild=}.
 ]]
 function Pool:init(processes, initializer, initargs, maxtasksperchild)
-  local level = 4                        -- user code -> __call -> new -> init
   if type(processes) == "table" then
     local o = processes
-    check_keys(o, { "processes", "initializer", "initargs", "maxtasksperchild" }, "Pool", level)
+    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild" })
     processes, initializer, initargs, maxtasksperchild = o.processes, o.initializer, o.initargs, o.maxtasksperchild
   end
   if processes == nil then processes = core.cpu_count() end
   if mtype(processes) ~= "integer" then
     local v = type(processes) == "number" and math.tointeger(processes)
-    if not v then argerror(1, "Pool", "processes must be an integer, got " .. type(processes), level) end
+    if not v then argerror(1, "Pool", "processes must be an integer, got " .. type(processes)) end
     processes = v
   end
-  if processes < 1 then argerror(1, "Pool", "processes must be at least 1", level) end
+  if processes < 1 then argerror(1, "Pool", "processes must be at least 1") end
   if initializer ~= nil and not callable(initializer) then
-    argerror(1, "Pool", "initializer must be callable, got " .. type(initializer), level)
+    argerror(1, "Pool", "initializer must be callable, got " .. type(initializer))
   end
   if initargs ~= nil and type(initargs) ~= "table" then
-    argerror(1, "Pool", "initargs must be a table, got " .. type(initargs), level)
+    argerror(1, "Pool", "initargs must be a table, got " .. type(initargs))
   end
   if maxtasksperchild ~= nil and (mtype(maxtasksperchild) ~= "integer" or maxtasksperchild < 1) then
-    argerror(1, "Pool", "maxtasksperchild must be a positive integer", level)
+    argerror(1, "Pool", "maxtasksperchild must be a positive integer")
   end
   self._owner = mypid
   self._processes = processes
@@ -295,17 +317,17 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
       self._state = TERMINATE
       for _, p in pairs(self._workers) do pcall(p.kill, p) end
       self:_shutdown()
-      error(string.format("Pool: cannot start worker %d of %d: %s", i, processes,
-        (tostring(err):gsub("^[^:\n]+:%d+: ", ""))), level)
+      check.error(string.format("Pool: cannot start worker %d of %d: %s", i, processes,
+        (tostring(err):gsub("^[^:\n]+:%d+: ", ""))))
     end
   end
 end
 
-local function check_running(self, fname, level)
-  if getmetatable(self) ~= Pool then argerror(1, fname, "mp.Pool expected, got " .. typename(self), level + 1) end
-  if self._owner ~= mypid then error("pool used from a process that did not create it", level + 1) end
-  if self._broken then error(self._broken, level + 1) end
-  if self._state ~= RUN then error("Pool not running", level + 1) end
+local function check_running(self, fname)
+  check_pool(self, fname)
+  if self._owner ~= mypid then check.error("pool used from a process that did not create it") end
+  if self._broken then error(self._broken, check.level()) end
+  if self._state ~= RUN then check.error("Pool not running") end
 end
 
 -- Upvalues that may change between calls make the cached encoding stale.
@@ -352,9 +374,9 @@ local function fn_entry(self, fn)
   return e
 end
 
-local function fn_of(self, fn, fname, level)
+local function fn_of(self, fn, fname)
   local e, why = fn_entry(self, fn)
-  if e == nil then argerror(1, fname, (tostring(why):gsub("^function: ", "")), level + 1) end
+  if e == nil then argerror(1, fname, (tostring(why):gsub("^function: ", ""))) end
   return e
 end
 
@@ -684,20 +706,20 @@ local MAP_KEYS = { "chunksize", "progress", "callback", "error_callback", "timeo
 local IMAP_KEYS = { "chunksize", "progress", "buffersize" }
 
 -- chunksize number or options table --> options.
-local function map_options(opts, fname, known, level)
+local function map_options(opts, fname, known)
   if opts == nil then return {} end
-  if type(opts) == "number" then return { chunksize = check_chunksize(opts, 3, fname, level + 1) } end
-  if type(opts) ~= "table" then argerror(3, fname, "chunksize or options table expected, got " .. type(opts), level + 1) end
-  check_keys(opts, known, fname, level + 1)
+  if type(opts) == "number" then return { chunksize = check_chunksize(opts, 3, fname) } end
+  if type(opts) ~= "table" then argerror(3, fname, "chunksize or options table expected, got " .. type(opts)) end
+  check_keys(opts, fname, known)
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
-  o.chunksize = check_chunksize(opts.chunksize, 3, fname, level + 1)
+  o.chunksize = check_chunksize(opts.chunksize, 3, fname)
   for _, k in ipairs { "callback", "error_callback" } do
-    if o[k] ~= nil and not callable(o[k]) then argerror(3, fname, k .. " must be callable", level + 1) end
+    if o[k] ~= nil and not callable(o[k]) then argerror(3, fname, k .. " must be callable") end
   end
-  check_timeout(o.timeout, 3, fname, "timeout", level + 1)
+  check_timeout(o.timeout, 3, fname, "timeout")
   if o.buffersize ~= nil and (mtype(o.buffersize) ~= "integer" or o.buffersize < 1) then
-    argerror(3, fname, "buffersize must be a positive integer", level + 1)
+    argerror(3, fname, "buffersize must be a positive integer")
   end
   return o
 end
@@ -725,8 +747,8 @@ local function progress_bar(count, total)
   end
 end
 
-local function new_job(self, kind, fn, iterable, o, fname, level, stream)
-  local e = fn_of(self, fn, fname, level + 1)
+local function new_job(self, kind, fn, iterable, o, fname, stream)
+  local e = fn_of(self, fn, fname)
   local job = { kind = kind, fn_id = e.id, fn = e.bytes, sent = 0, chunks_sent = 0, consumed = 0 }
   if type(iterable) == "table" then
     job.src, job.n = iterable, #iterable
@@ -737,7 +759,7 @@ local function new_job(self, kind, fn, iterable, o, fname, level, stream)
     for v in iterable do n = n + 1; list[n] = v end
     job.src, job.n = list, n
   else
-    argerror(2, fname, "table or iterator function expected, got " .. type(iterable), level + 1)
+    argerror(2, fname, "table or iterator function expected, got " .. type(iterable))
   end
   -- A chunk never exceeds the list: chunk ends are then computed without overflow.
   local cs = o.chunksize or (job.src and default_chunksize(self, job.n) or 1)
@@ -761,11 +783,11 @@ local function new_job(self, kind, fn, iterable, o, fname, level, stream)
   return job
 end
 
-local function map_job(self, kind, fn, iterable, opts, fname, level)
-  check_running(self, fname, level + 1)
-  check_fn(fn, fname, level + 1)
-  local o = map_options(opts, fname, MAP_KEYS, level + 1)
-  local job = new_job(self, kind, fn, iterable, o, fname, level + 1)
+local function map_job(self, kind, fn, iterable, opts, fname)
+  check_running(self, fname)
+  check_fn(fn, fname)
+  local o = map_options(opts, fname, MAP_KEYS)
+  local job = new_job(self, kind, fn, iterable, o, fname)
   job.timeout = o.timeout
   return job, o
 end
@@ -796,12 +818,12 @@ end
 
 -- pool:map(fn, list [, chunksize | {chunksize=, progress=, timeout=}]) --> results in order, n
 function Pool:map(fn, iterable, opts)
-  return run_map(self, map_job(self, "M", fn, iterable, opts, "map", 2))
+  return run_map(self, map_job(self, "M", fn, iterable, opts, "map"))
 end
 
 -- pool:starmap(fn, list_of_arg_tables [, chunksize | options]) --> fn(unpack(args)) for each, n
 function Pool:starmap(fn, iterable, opts)
-  return run_map(self, map_job(self, "S", fn, iterable, opts, "starmap", 2))
+  return run_map(self, map_job(self, "S", fn, iterable, opts, "starmap"))
 end
 
 local function async_job(self, job, o)
@@ -816,12 +838,12 @@ end
 
 function Pool:map_async(fn, iterable, opts, error_callback)
   if callable(opts) then opts = { callback = opts, error_callback = error_callback } end
-  return async_job(self, map_job(self, "M", fn, iterable, opts, "map_async", 2))
+  return async_job(self, map_job(self, "M", fn, iterable, opts, "map_async"))
 end
 
 function Pool:starmap_async(fn, iterable, opts, error_callback)
   if callable(opts) then opts = { callback = opts, error_callback = error_callback } end
-  return async_job(self, map_job(self, "S", fn, iterable, opts, "starmap_async", 2))
+  return async_job(self, map_job(self, "S", fn, iterable, opts, "starmap_async"))
 end
 
 local APPLY_KEYS = { "callback", "error_callback", "timeout" }
@@ -831,29 +853,29 @@ apply_async(fn, args [, {callback=, error_callback=, timeout=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
 ]]
 function Pool:apply_async(fn, args, opts, error_callback)
-  if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async", 2) end
-  if type(fn) ~= "function" then check_fn(fn, "apply_async", 2) end
+  if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async") end
+  if type(fn) ~= "function" then check_fn(fn, "apply_async") end
   if args == nil then args = {} elseif type(args) ~= "table" then
-    argerror(2, "apply_async", "table of arguments expected, got " .. type(args), 2)
+    argerror(2, "apply_async", "table of arguments expected, got " .. type(args))
   end
   local o = false
   if opts ~= nil or error_callback ~= nil then
     if type(opts) == "table" and not callable(opts) then
-      check_keys(opts, APPLY_KEYS, "apply_async", 2)
+      check_keys(opts, "apply_async", APPLY_KEYS)
       o = { callback = opts.callback, error_callback = opts.error_callback, timeout = opts.timeout }
     else
       o = { callback = opts, error_callback = error_callback }
     end
-    if o.callback ~= nil and not callable(o.callback) then argerror(3, "apply_async", "callback must be callable", 2) end
+    if o.callback ~= nil and not callable(o.callback) then argerror(3, "apply_async", "callback must be callable") end
     if o.error_callback ~= nil and not callable(o.error_callback) then
-      argerror(3, "apply_async", "error_callback must be callable", 2)
+      argerror(3, "apply_async", "error_callback must be callable")
     end
     if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout > 0)) then
-      argerror(3, "apply_async", "timeout must be a positive number", 2)
+      argerror(3, "apply_async", "timeout must be a positive number")
     end
   end
   local e = self._fncache[fn]
-  if not e or e.snap ~= nil then e = fn_of(self, fn, "apply_async", 2) end
+  if not e or e.snap ~= nil then e = fn_of(self, fn, "apply_async") end
   -- [3] reserves the array part for the first value; every field is set here.
   local ar = setmetatable({ e, args, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
   local qt = self._qt + 1
@@ -871,10 +893,10 @@ end
 
 -- apply(fn, args) --> fn's results (all of them)
 function Pool:apply(fn, args)
-  check_running(self, "apply", 2)
-  check_fn(fn, "apply", 2)
+  check_running(self, "apply")
+  check_fn(fn, "apply")
   if args ~= nil and type(args) ~= "table" then
-    argerror(2, "apply", "table of arguments expected, got " .. type(args), 2)
+    argerror(2, "apply", "table of arguments expected, got " .. type(args))
   end
   local ar = self:apply_async(fn, args)
   ar:wait()
@@ -889,9 +911,9 @@ few per worker), so a huge generator runs in flat memory. A nil result ends a
 generic `for` early, as with any Lua iterator.
 ]]
 local function imap_iter(self, fn, iterable, opts, fname, ordered)
-  check_running(self, fname, 3)
-  check_fn(fn, fname, 3)
-  local o = map_options(opts, fname, IMAP_KEYS, 3)
+  check_running(self, fname)
+  check_fn(fn, fname)
+  local o = map_options(opts, fname, IMAP_KEYS)
   local job = new_job(self, "M", fn, iterable, o, fname, 3, true)
   job.ordered = ordered
   submit(self, job)
@@ -1036,6 +1058,8 @@ and starts each worker, which need not be a local process.
   backend.start(index, initializer, initargs, maxtasks) --> a worker object:
     pid, name, sentinel (an fd, or -1), exitcode (nil while it serves; a number,
     or a string saying how it ended), kill(), terminate(), join([timeout]), close()
+The worker serves with M.serve(tr, index, initializer, initargs, maxtasks)
+over its side of that transport (core.pool_transport(index, its_impl)).
 Everything else (jobs, results, callbacks, futures) is this file's, unchanged.
 ]]
 function M.pool_with(backend, ...)
@@ -1064,5 +1088,6 @@ end
 
 -- For lua/mp/futures.lua.
 M.is_result = function(v) return getmetatable(v) == AsyncResult end
+M.check_timeout = check_timeout
 
 return M

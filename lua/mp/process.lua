@@ -5,6 +5,7 @@ multiprocessing.Process API. Forking, waiting and reaping are done in C
 ]]
 local core = require "mp.core"
 local class = require "mp.class"
+local check = require "mp.check"
 
 local M = {}
 
@@ -17,9 +18,7 @@ local function callable(v)
   return type(mt) == "table" and mt.__call ~= nil
 end
 
-local function argerror(n, fname, msg, level)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
-end
+local function argerror(n, fname, msg) check.argerror(n, fname, msg) end
 
 local Process = class.Object:extend("Process")
 M.Process = Process
@@ -38,8 +37,8 @@ local after_fork = {}   -- functions other modules run in every new child
 -- Runs f() in every child right after the fork, before the target (module state resets).
 function M.at_fork(f) after_fork[#after_fork + 1] = f end
 
-local function check_closed(self, level)
-  if rawget(self, "_closed") then error("process object is closed", level + 1) end
+local function check_closed(self)
+  if rawget(self, "_closed") then check.error("process object is closed") end
 end
 
 -- Forget children that have ended, and reap those whose objects were collected.
@@ -70,22 +69,25 @@ Process{target = fn, args = {...}, name = "w", daemon = false}, or positionally
 Process(target, args, name, daemon). Subclasses may override init and call
 Process.init(self, options) to set these.
 ]]
-function Process:init(target, args, name, daemon)
+local OPTIONS = { "target", "args", "name", "daemon", "group" }
+
+function Process:init(target, args, name, daemon, ...)
   local fname = getmetatable(self).__name
-  local level = 4                        -- user code -> __call -> new -> init
+  check.nargs(fname, 4, select("#", ...) + 4, (...))
   if type(target) == "table" and not callable(target) and args == nil then
     local opts = target
+    check.options(opts, fname, OPTIONS)
     target, args, name, daemon = opts.target, opts.args, opts.name, opts.daemon
-    if opts.group ~= nil then argerror(1, fname, "group must be nil", level) end
+    if opts.group ~= nil then argerror(1, fname, "group must be nil") end
   end
   if target ~= nil and not callable(target) then
-    argerror(1, fname, "target must be callable, got " .. type(target), level)
+    argerror(1, fname, "target must be callable, got " .. type(target))
   end
   if args ~= nil and type(args) ~= "table" then
-    argerror(1, fname, "args must be a table, got " .. type(args), level)
+    argerror(1, fname, "args must be a table, got " .. type(args))
   end
   if name ~= nil and type(name) ~= "string" then
-    argerror(1, fname, "name must be a string, got " .. type(name), level)
+    argerror(1, fname, "name must be a string, got " .. type(name))
   end
   self._target = target
   self._args = args or {}
@@ -118,15 +120,17 @@ function Process:run()
   end
 end
 
-function Process:start()
-  check_closed(self, 2)
-  if self._handle ~= nil or self._is_current then error("cannot start a process twice", 2) end
+function Process:start(...)
+  check.self(self, Process, "start")
+  check.nargs("start", 0, select("#", ...), (...))
+  check_closed(self)
+  if self._handle ~= nil or self._is_current then check.error("cannot start a process twice") end
   if self._creator ~= getpid() then
-    error("can only start a process object created by the current process", 2)
+    check.error("can only start a process object created by the current process")
   end
   -- Pool workers are daemonic (killed with their parent) yet may run pools of their own.
   if state.current._daemon and not rawget(self, "_pool_worker") then
-    error("daemonic processes are not allowed to have children", 2)
+    check.error("daemonic processes are not allowed to have children")
   end
   reap()
   local handle = spawn(self._name, self._daemon, bootstrap, self)
@@ -135,50 +139,60 @@ function Process:start()
   state.children[self] = true
 end
 
-local function check_child(self, what, level)
-  check_closed(self, level + 1)
-  if self._is_current then error("cannot " .. what .. " the current process", level + 1) end
-  if self._handle == nil then error("can only " .. what .. " a started process", level + 1) end
-  if self._creator ~= getpid() then error("can only " .. what .. " a child process", level + 1) end
+local function check_child(self, what)
+  check_closed(self)
+  if self._is_current then check.error("cannot " .. what .. " the current process") end
+  if self._handle == nil then check.error("can only " .. what .. " a started process") end
+  if self._creator ~= getpid() then check.error("can only " .. what .. " a child process") end
 end
 
 -- join([timeout]): waits until the process ends or the timeout (seconds) passes.
-function Process:join(timeout)
+function Process:join(timeout, ...)
+  check.self(self, Process, "join")
+  check.nargs("join", 1, select("#", ...) + 1, (...))
   if timeout ~= nil and type(timeout) ~= "number" then
-    argerror(1, "join", "number expected, got " .. type(timeout), 2)
+    argerror(1, "join", "number expected, got " .. type(timeout))
   end
-  check_child(self, "join", 2)
+  check_child(self, "join")
   if self._handle:wait(timeout) ~= nil then state.children[self] = nil end
 end
 
-function Process:is_alive()
+function Process:is_alive(...)
+  check.self(self, Process, "is_alive")
+  check.nargs("is_alive", 0, select("#", ...), (...))
   if self._is_current then return true end
-  check_closed(self, 2)
+  check_closed(self)
   if self._handle == nil then return false end
-  if self._creator ~= getpid() then error("can only test a child process", 2) end
+  if self._creator ~= getpid() then check.error("can only test a child process") end
   if self._handle:poll() == nil then return true end
   state.children[self] = nil
   return false
 end
 
-function Process:terminate()
-  check_child(self, "terminate", 2)
+function Process:terminate(...)
+  check.self(self, Process, "terminate")
+  check.nargs("terminate", 0, select("#", ...), (...))
+  check_child(self, "terminate")
   self._handle:signal(SIGTERM)
 end
 
-function Process:kill()
-  check_child(self, "kill", 2)
+function Process:kill(...)
+  check.self(self, Process, "kill")
+  check.nargs("kill", 0, select("#", ...), (...))
+  check_child(self, "kill")
   self._handle:signal(SIGKILL)
 end
 
 -- close(): releases the process's resources (its sentinel); the object is unusable after.
-function Process:close()
+function Process:close(...)
+  check.self(self, Process, "close")
+  check.nargs("close", 0, select("#", ...), (...))
   if rawget(self, "_closed") then return end
   local handle = self._handle
   if handle ~= nil then
     if handle:poll() == nil then
-      error("Cannot close a process while it is still running. " ..
-            "You should first call join() or terminate().", 2)
+      check.error("Cannot close a process while it is still running. " ..
+                  "You should first call join() or terminate().")
     end
     handle:close()
   end
@@ -188,13 +202,13 @@ end
 
 function getters.name(self) return self._name end
 function setters.name(self, v)
-  if type(v) ~= "string" then error("name must be a string, got " .. type(v), 3) end
+  if type(v) ~= "string" then check.error("name must be a string, got " .. type(v)) end
   self._name = v
 end
 
 function getters.daemon(self) return self._daemon end
 function setters.daemon(self, v)
-  if self._handle ~= nil or self._is_current then error("process has already started", 3) end
+  if self._handle ~= nil or self._is_current then check.error("process has already started") end
   self._daemon = not not v
 end
 
@@ -205,14 +219,14 @@ end
 getters.ident = getters.pid
 
 function getters.exitcode(self)
-  check_closed(self, 3)
+  check_closed(self)
   if self._handle == nil then return nil end
   return self._handle:poll()
 end
 
 function getters.sentinel(self)
-  check_closed(self, 3)
-  if self._handle == nil then error("process not started", 3) end
+  check_closed(self)
+  if self._handle == nil then check.error("process not started") end
   return self._handle:sentinel()
 end
 
@@ -241,7 +255,10 @@ function ParentProcess:init(name, pid)
   rawset(self, "ident", pid)
   rawset(self, "daemon", false)
 end
-function ParentProcess:is_alive() return core.pid_alive(self.pid) end
+function ParentProcess:is_alive()
+  check.self(self, ParentProcess, "is_alive")
+  return core.pid_alive(self.pid)
+end
 function ParentProcess:__tostring()
   return string.format("<ParentProcess name='%s' pid=%d>", self.name, self.pid)
 end
@@ -251,11 +268,37 @@ state.current = setmetatable({
   _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
 }, Process)
 
-function M.current_process() return state.current end
-function M.parent_process() return state.parent end
+--[[
+Makes the calling child the main process of a tree of its own: current_process()
+becomes a new MainProcess, parent_process() nil, and the Process objects it makes
+are named from Process-1 again. For a runner that gives each job a fresh process
+which must see what it would see started alone: mplua-busted runs each spec file
+so (lua/mp/busted.lua). Only in a forked child that has started no process yet:
+its exit stays a child's (core.child_exit), which joins what it starts.
+]]
+function M.become_main()
+  if state.parent == nil then error("become_main: already the main process", 2) end
+  if next(state.children) ~= nil then error("become_main: this process has children", 2) end
+  state.current = setmetatable({
+    _name = "MainProcess", _daemon = false, _identity = {}, _is_current = true, _creator = getpid(),
+  }, Process)
+  state.parent = nil
+  state.counter = 0
+  state.identity = {}
+end
+
+function M.current_process(...)
+  check.nargs("current_process", 0, select("#", ...), (...))
+  return state.current
+end
+function M.parent_process(...)
+  check.nargs("parent_process", 0, select("#", ...), (...))
+  return state.parent
+end
 
 -- mp.active_children(): the children of this process still running (also reaps).
-function M.active_children()
+function M.active_children(...)
+  check.nargs("active_children", 0, select("#", ...), (...))
   reap()
   local list = {}
   for p in pairs(state.children) do list[#list + 1] = p end

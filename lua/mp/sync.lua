@@ -7,23 +7,18 @@ shared integers). The primitives themselves are C (src/lsync.c, src/lshared.c).
 local core = require "mp.core"
 local class = require "mp.class"
 local errors = require "mp.errors"
+local check = require "mp.check"
 
 local M = {}
 
 local function methods_of(obj) return getmetatable(obj).__index end
 
--- Raises a bad-argument error at `level` (default 3: the caller of the function calling this).
-local function argerror(n, fname, msg, level)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level or 3)
-end
+local argerror = check.argerror
 
 -- Raises a "bad self" error at the caller of method `fname` unless self's metatable is mt.
 local function check_self(self, mt, fname)
   if getmetatable(self) ~= mt then
-    local got = type(self)
-    local gmt = getmetatable(self)
-    if type(gmt) == "table" and type(rawget(gmt, "__name")) == "string" then got = gmt.__name end
-    error(string.format("bad argument #1 to '%s' (%s expected, got %s)", fname, mt.__name, got), 3)
+    argerror(1, fname, string.format("%s expected, got %s", mt.__name, check.typename(self)))
   end
 end
 
@@ -46,8 +41,9 @@ end
 
 -- hold and with for the class whose metatable is mt (each checks its own self).
 local function lock_helpers(mt)
-  local function hold(self)
+  local function hold(self, ...)
     check_self(self, mt, "hold")
+    check.nargs("hold", 0, select("#", ...), (...))
     self:acquire()
     local g = guards[self]
     if not g then
@@ -91,8 +87,13 @@ for _, obj in ipairs(lock_like) do
   m.hold, m.with = lock_helpers(getmetatable(obj))
 end
 local cond_mt = getmetatable(lock_like[5])
-methods_of(lock_like[5]).wait_for = function(self, predicate, timeout)
+methods_of(lock_like[5]).wait_for = function(self, predicate, timeout, ...)
   check_self(self, cond_mt, "wait_for")
+  check.nargs("wait_for", 2, select("#", ...) + 2, (...))
+  if type(predicate) ~= "function" then argerror(1, "wait_for", "function expected, got " .. type(predicate)) end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror(2, "wait_for", "number expected for timeout, got " .. type(timeout))
+  end
   return wait_for(self, predicate, timeout)
 end
 lock_like = nil
@@ -115,18 +116,22 @@ local FILLING, DRAINING, RESETTING, BROKEN = 0, 1, -1, -2
 local Barrier = class.Object:extend("Barrier")
 M.Barrier = Barrier
 
-function Barrier:init(parties, action, timeout)
+local BARRIER_OPTIONS = { "parties", "action", "timeout" }
+
+function Barrier:init(parties, action, timeout, ...)
+  check.nargs("Barrier", 3, select("#", ...) + 3, (...))
   if type(parties) == "table" then
+    check.options(parties, "Barrier", BARRIER_OPTIONS)
     parties, action, timeout = parties.parties, parties.action, parties.timeout
   end
   if math.type(parties) ~= "integer" or parties < 1 then
-    argerror(1, "Barrier", "parties must be a positive integer", 4)   -- init < new < caller
+    argerror(1, "Barrier", "parties must be a positive integer")
   end
   if action ~= nil and type(action) ~= "function" then
-    argerror(2, "Barrier", "function expected for action, got " .. type(action), 4)
+    argerror(2, "Barrier", "function expected for action, got " .. type(action))
   end
   if timeout ~= nil and type(timeout) ~= "number" then
-    argerror(3, "Barrier", "number expected for timeout, got " .. type(timeout), 4)
+    argerror(3, "Barrier", "number expected for timeout, got " .. type(timeout))
   end
   rawset(self, "_parties", parties)
   rawset(self, "_action", action)
@@ -179,7 +184,12 @@ local function leave(self)
 end
 
 -- barrier:wait([timeout]) --> arrival index; raises BrokenBarrierError.
-function Barrier:wait(timeout)
+function Barrier:wait(timeout, ...)
+  check.self(self, Barrier, "wait")
+  check.nargs("wait", 1, select("#", ...) + 1, (...))
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror(1, "wait", "number expected for timeout, got " .. type(timeout))
+  end
   if timeout == nil then timeout = self._timeout end
   local cond, s = self._cond, self._s
   cond:acquire()
@@ -199,7 +209,9 @@ function Barrier:wait(timeout)
   return index
 end
 
-function Barrier:reset()
+function Barrier:reset(...)
+  check.self(self, Barrier, "reset")
+  check.nargs("reset", 0, select("#", ...), (...))
   local s = self._s
   self._cond:with(function()
     if s[2] > 0 then
@@ -211,7 +223,9 @@ function Barrier:reset()
   end)
 end
 
-function Barrier:abort()
+function Barrier:abort(...)
+  check.self(self, Barrier, "abort")
+  check.nargs("abort", 0, select("#", ...), (...))
   self._cond:with(break_barrier, self)
 end
 

@@ -19,8 +19,12 @@ struct timespec mp_timespec(double deadline) {
   return ts;
 }
 
+static double wait_slice = MP_WAIT_SLICE;
+
+void mp_set_wait_slice(double s) { wait_slice = s > 0 ? s : MP_WAIT_SLICE; }
+
 double mp_slice_end(double deadline, int *sliced) {
-  double slice = mp_now() + MP_WAIT_SLICE;
+  double slice = mp_now() + wait_slice;
   *sliced = slice < deadline;
   return *sliced ? slice : deadline;
 }

@@ -14,6 +14,13 @@
 */
 #define MP_WAIT_SLICE 0.1
 
+/*
+** The slice in force: MP_WAIT_SLICE, or shorter while work must run often at
+** the wait's end (a pool's callbacks, through the pollers of mp_aux.h). Process-
+** wide, as are the waits that use it; s <= 0 restores MP_WAIT_SLICE.
+*/
+void mp_set_wait_slice(double s);
+
 /* Seconds on CLOCK_MONOTONIC. */
 double mp_now(void);
 
@@ -21,7 +28,7 @@ double mp_now(void);
 struct timespec mp_timespec(double deadline);
 
 /*
-** The end of the next wait slice: min(deadline, now + MP_WAIT_SLICE). Sets
+** The end of the next wait slice: min(deadline, now + the slice). Sets
 ** *sliced when the slice ends before the deadline.
 */
 double mp_slice_end(double deadline, int *sliced);

@@ -77,6 +77,7 @@ static int sleep_on_bell(mp_conn *c, double deadline) {
     else hup = (pfd.revents & POLLHUP) != 0;
   }
   mp_ring_poll_end(r, !c->sticky);
+  if (rc == EINTR) mp_ring_rescue(r);              /* a sender that died mid-send */
   if (mp_ring_readable(r)) return 0;
   if (hup) return MP_CONN_EOF;                     /* published before they closed */
   return rc;
@@ -107,10 +108,10 @@ int mp_conn_recv_begin(mp_conn *c, double deadline, mp_ring_msg *m) {
 
 void mp_conn_recv_end(mp_conn *c, mp_ring_msg *m) {
   mp_ring_get_end(&c->rx, m);
-  if (c->sticky) {
+  if (c->sticky && m->settled > 0) {
     /* Signalled mode: one doorbell byte per message sent, one taken per message. */
-    char b;
-    ssize_t n = read(c->rx.bell_r, &b, 1);
+    char b[64];
+    ssize_t n = read(c->rx.bell_r, b, m->settled < sizeof b ? m->settled : sizeof b);
     (void)n;
   }
 }

@@ -140,8 +140,12 @@ int mp_poolchan_fd(const mp_poolchan *c) { return c->res_r; }
 
 /* ---- messages --------------------------------------------------------- */
 
-/* Sends one message: 0, EAGAIN when non-blocking and full, or an errno. */
-static int send_msg(int fd, const char *data, size_t len, int nonblock) {
+/*
+** Sends one message: 0, EAGAIN when non-blocking and full, or an errno. A big
+** one goes in a memfd, handed to the caller in *keep when keep is not NULL
+** (the worker maps the same pages: the caller keeps the bytes at no cost).
+*/
+static int send_msg(int fd, const char *data, size_t len, int nonblock, int *keep) {
   int flags = MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0);
   if (len <= MP_PC_SMALL) {
     for (;;) {
@@ -177,7 +181,8 @@ static int send_msg(int fd, const char *data, size_t len, int nonblock) {
   while (sendmsg(fd, &m, flags) < 0) {
     if (errno != EINTR) { err = errno; break; }
   }
-  close(mfd);      /* the receiver holds its own copy once sent */
+  if (err == 0 && keep != NULL) *keep = mfd;
+  else close(mfd);      /* the receiver holds its own copy once sent */
   return err;
 }
 
@@ -225,18 +230,19 @@ static int pc_flush(void *t) {
   mp_poolchan *c = t;
   if (!c->stalled) return 0;
   if (c->task_w < 0) return EPIPE;
-  int err = send_msg(c->task_w, c->stall.data, c->stall.len, 1);
+  int err = send_msg(c->task_w, c->stall.data, c->stall.len, 1, NULL);
   if (err == EWOULDBLOCK) err = EAGAIN;
   if (err == 0) c->stalled = 0;
   return err;
 }
 
 /* A batch the socket has no room for is copied and kept; flush sends it. */
-static int pc_send(void *t, const char *batch, size_t len) {
+static int pc_send(void *t, const char *batch, size_t len, int *keep) {
   mp_poolchan *c = t;
+  *keep = -1;
   if (c->task_w < 0) return EPIPE;
   if (c->stalled) return EAGAIN;
-  int err = send_msg(c->task_w, batch, len, 1);
+  int err = send_msg(c->task_w, batch, len, 1, keep);
   if (err == EWOULDBLOCK) err = EAGAIN;
   if (err != EAGAIN) return err;
   c->stall.len = 0;
@@ -392,7 +398,7 @@ static int pc_take(void *t, int index, const char **data, size_t *len) {
       return errno;
     }
     if (n == 0) { atomic_store(&s->taking, 0); return EPIPE; }
-    mp_fault("pool_take");       /* test builds: stall between taking and naming */
+    MP_FAULT("pool_take");       /* test builds: stall (or die) between taking and naming */
     mp_pc_msg msg;
     int err = open_msg(&m, c->rbuf, (size_t)n, &msg, &c->maps[0], &c->maplens[0]);
     if (err == 0 && msg.data[0] != 'K') err = EPROTO;
@@ -411,7 +417,7 @@ static void pc_begin(void *t, int index, uint64_t id) {
 }
 
 static int send_all(mp_poolchan *c, const char *p, size_t len) {
-  return send_msg(c->res_w, p, len, 0);
+  return send_msg(c->res_w, p, len, 0, NULL);
 }
 
 /* Sends the journal's finished results as one container and empties it. */
@@ -471,10 +477,6 @@ static int pc_end(void *t, int index) {
   return err;
 }
 
-static int pc_send_result(void *t, const char *msg, size_t len) {
-  return send_all(t, msg, len);
-}
-
 static void pc_close_tasks(void *t) { mp_poolchan_close_tasks(t); }
 static int pc_fd(void *t) { return mp_poolchan_fd(t); }
 static void pc_after_fork(void *t, int worker) { mp_poolchan_after_fork(t, worker); }
@@ -485,6 +487,6 @@ const mp_pool_transport_ops mp_poolchan_ops = {
   .send = pc_send, .flush = pc_flush, .recv = pc_recv, .wait = pc_wait,
   .started = pc_started, .lost = pc_lost, .idle = pc_idle, .busy = pc_busy,
   .running = pc_running, .take = pc_take, .begin = pc_begin, .keep = pc_keep,
-  .end = pc_end, .send_result = pc_send_result, .close_tasks = pc_close_tasks,
-  .fd = pc_fd, .after_fork = pc_after_fork, .close = pc_close,
+  .end = pc_end, .close_tasks = pc_close_tasks, .fd = pc_fd,
+  .after_fork = pc_after_fork, .close = pc_close,
 };

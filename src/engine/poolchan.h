@@ -22,7 +22,10 @@
 ** messages, and tells which worker holds which batch when one is lost.
 **
 **   parent: send(batch)      hand one batch to some idle worker (never blocks:
-**                            EAGAIN keeps it, flush retries it)
+**                            EAGAIN keeps it, flush retries it); a transport
+**                            that holds the bytes in a file of its own (the
+**                            local one: a big batch's memfd) may hand that fd
+**                            to the caller to keep instead of the bytes
 **           recv(msgs)       the result messages available now
 **           wait(deadline)   sleep until results, a lost worker, room to send,
 **                            or a wait slice (EINTR)
@@ -33,7 +36,9 @@
 **   worker: take(i, &batch)  the next batch, named as held by worker i
 **           begin(i, id)     task id starts (0: between tasks)
 **           keep(i, result)  a finished result, safe before the next task
-**           end(i)           the batch is done: its results are sent
+**           end(i)           the batch is done: its results are sent (also
+**                            called outside a batch, after keep of an
+**                            initializer's error: then no batch ends)
 **   both:   close_tasks()    no more batches (workers' take then says EPIPE)
 **           fd()             polls readable when results are in, or -1 when
 **                            the transport has no fd (MPI: waits poll it)
@@ -139,7 +144,7 @@ int mp_poolchan_fd(const mp_poolchan *c);
 typedef struct mp_pool_transport_ops {
   uint32_t magic, version;          /* MP_POOL_OPS_MAGIC, MP_POOL_OPS_VERSION */
   const char *name;
-  int (*send)(void *t, const char *batch, size_t len);          /* 0, EAGAIN (kept), errno */
+  int (*send)(void *t, const char *batch, size_t len, int *keep); /* 0, EAGAIN, errno; *keep: fd or -1 */
   int (*flush)(void *t);                                         /* 0 when nothing is kept */
   int (*recv)(void *t, mp_pc_msg *out, int max, int *n);
   int (*wait)(void *t, double deadline, int *lost);              /* 0, ETIMEDOUT, EINTR */
@@ -152,7 +157,6 @@ typedef struct mp_pool_transport_ops {
   void (*begin)(void *t, int index, uint64_t id);
   int (*keep)(void *t, int index, const char *result, size_t len);
   int (*end)(void *t, int index);
-  int (*send_result)(void *t, const char *msg, size_t len);      /* outside a batch */
   void (*close_tasks)(void *t);
   int (*fd)(void *t);                                            /* -1: none */
   void (*after_fork)(void *t, int worker);

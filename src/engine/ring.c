@@ -10,17 +10,45 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "futex.h"
+#include "nosigpipe.h"
 #include "olock.h"
 #include "ring.h"
 
 #define RING_MAGIC 0x6d707267u   /* "mprg" */
-#define RING_VERSION 1
+#define RING_VERSION 2
 #define HDR_BYTES 4096           /* the data area starts on a page */
-#define REC_HDR 8                /* a record: 8-byte length, payload, pad to 8 */
 #define PUNCH ((uint64_t)2 << 20)   /* consumed memory goes back to the kernel in 2 MiB steps */
 #define HOT ((uint64_t)1 << 20)     /* a producer that is not ahead wraps back after this */
-#define SKIP_MARK UINT64_MAX        /* record header: go on at the start of the area */
+
+/*
+** Records. A record is an 8-byte header word, its payload, and padding to 8
+** bytes. The header's top byte is the record's kind, the low 56 bits the
+** payload's length:
+**   WHOLE  a message (the common case: kind 0, so the word is the length);
+**   FIRST  the first chunk of a message larger than the ring: the payload is
+**          the message's total length (8 bytes), then its first bytes;
+**   MORE   a middle chunk of that message;
+**   LAST   the chunk that completes it;
+**   SKIP   (all ones) nothing more this lap: go on at the start of the area.
+** A producer copies a whole record and then publishes it with one store of the
+** tail, so a consumer never sees a partial record. A message larger than the
+** ring travels as FIRST, MORE..., LAST while its producer holds the producers'
+** lock, so the chunks of two messages never interleave.
+*/
+#define REC_HDR 8
+#define K_WHOLE 0x00u
+#define K_FIRST 0x01u
+#define K_MORE 0x02u
+#define K_LAST 0x03u
+#define K_SKIP 0xffu
+#define SKIP_MARK UINT64_MAX
+#define LEN_MASK (((uint64_t)1 << 56) - 1)
+
+static inline uint64_t rec_word(unsigned kind, uint64_t n) { return ((uint64_t)kind << 56) | n; }
+static inline unsigned rec_kind(uint64_t w) { return (unsigned)(w >> 56); }
+static inline uint64_t rec_len(uint64_t w) { return w & LEN_MASK; }
 
 /*
 ** The shared header. Each side's fields share a cache line with its lock and
@@ -38,16 +66,19 @@ struct mp_ring_hdr {
   ** taking a lock never waits for a line the other side just read.
   */
   alignas(64) mp_olock wlock;           /* producers, private */
-  _Atomic uint64_t nput;                /* records put (qsize = nput - nget) */
+  _Atomic uint64_t nput;                /* messages put (qsize = nput - nget) */
   uint64_t head_seen;                   /* the head when producers last looked */
   uint64_t nget_seen;                   /* nget then (for maxsize) */
+  _Atomic uint32_t w_pending;           /* the journal below is being applied */
+  uint64_t w_jtail, w_jnput;            /* journal: the tail and nput a put publishes */
 
   alignas(64) _Atomic uint64_t tail;    /* published by producers: end of the records */
 
   alignas(64) mp_olock rlock;           /* consumers, private */
-  uint64_t rd_end;                      /* end of a streamed record being taken */
   uint64_t tail_seen;                   /* the tail when consumers last looked */
   uint64_t punched;                     /* memory before this was given back (2 MiB aligned) */
+  _Atomic uint32_t r_pending;           /* the journal below is being applied */
+  uint64_t r_jhead, r_jnget;            /* journal: the head and nget a get publishes */
   _Atomic uint64_t ndone;               /* JoinableQueue: task_done calls (unfinished = nput - ndone) */
 
   alignas(64) _Atomic uint64_t head;    /* published by consumers: start of the next record */
@@ -169,6 +200,8 @@ static void copy_out(mp_ring *r, uint64_t pos, char *dst, size_t n) {
 ** crossing of a 2 MiB boundary tries again. The first stretch is the hot zone,
 ** reused lap after lap: it stays. Small rings stay resident whole.
 */
+static void repair_producers(mp_ring *r);
+
 static void release_consumed(mp_ring *r, uint64_t upto) {
   mp_ring_hdr *h = r->hdr;
   if (r->cap < 2 * PUNCH) return;
@@ -176,7 +209,7 @@ static void release_consumed(mp_ring *r, uint64_t upto) {
   if (end <= h->punched) return;
   int rc = mp_olock_try(&h->wlock);
   if (rc == EBUSY) return;
-  if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);
+  if (rc == EOWNERDEAD) repair_producers(r);
   uint64_t tail = atomic_load(&h->tail);
   for (uint64_t c = h->punched; c < end; c += PUNCH) {
     if ((c & (r->cap - 1)) != 0 && tail <= c + r->cap)
@@ -187,9 +220,8 @@ static void release_consumed(mp_ring *r, uint64_t upto) {
 }
 
 /* Moves the head to `to`: publishes, wakes a waiting producer, frees consumed memory. */
-static void advance_head(mp_ring *r, uint64_t from, uint64_t to) {
+static void advance_head(mp_ring *r, uint64_t to) {
   mp_ring_hdr *h = r->hdr;
-  (void)from;
   atomic_store(&h->head, to);
   if (atomic_load(&h->writer_waiting) && atomic_exchange(&h->writer_waiting, 0)) {
     atomic_fetch_add(&h->space_seq, 1);
@@ -198,8 +230,12 @@ static void advance_head(mp_ring *r, uint64_t from, uint64_t to) {
   if ((to & ~(PUNCH - 1)) > h->punched) release_consumed(r, to);
 }
 
-/* Publishes the tail, wakes a sleeping consumer and rings the doorbell for pollers. */
-static void publish_tail(mp_ring *r, uint64_t to) {
+/*
+** Publishes the tail, wakes a sleeping consumer and rings the doorbell for
+** pollers. `whole`: this completes a message (a receiver in signalled mode
+** takes one doorbell byte per message, so only such publications write one).
+*/
+static void publish_tail(mp_ring *r, uint64_t to, int whole) {
   mp_ring_hdr *h = r->hdr;
   atomic_store(&h->tail, to);
   /* The waker clears the flag: one wake-up per sleep, not one per message
@@ -211,10 +247,108 @@ static void publish_tail(mp_ring *r, uint64_t to) {
   /* Ring once for the pollers (they clear bell_rung before looking), or
   ** once per message for a receiver in signalled mode. */
   if (r->bell_w >= 0 && (atomic_load(&h->pollers) || atomic_load(&h->signalled))) {
-    if (atomic_load(&h->signalled) || !atomic_exchange(&h->bell_rung, 1)) {
-      ssize_t n = write(r->bell_w, "", 1);   /* a full doorbell is already ringing */
+    int sig = atomic_load(&h->signalled) != 0;
+    if ((sig && whole) || (!sig && !atomic_exchange(&h->bell_rung, 1))) {
+      /* A full doorbell is already ringing; a reader gone is found by peer_gone. */
+      ssize_t n = mp_write_nosigpipe(r->bell_w, "", 1);
       (void)n;
     }
+  }
+}
+
+/*
+** Counting. qsize is nput - nget, maxsize is checked against it and a
+** JoinableQueue's unfinished count is nput - ndone, so each counter must move
+** together with its position: nput exactly when a message's last byte is
+** published (the tail), nget exactly when its record is consumed (the head).
+** A process may die between the two stores. So each side first writes a
+** journal of the pair it is about to publish, raises a pending flag, stores
+** both, and lowers the flag: whoever takes the lock over from a dead holder
+** finds the flag raised and stores the journal's pair again (roll forward;
+** storing the same values twice is harmless). A holder that died before
+** raising the flag left the published pair untouched: nothing to repair.
+** Every step, as the fault points name it:
+**   put: copy the record (invisible: beyond the tail) / journal + flag
+**        ("ring.put.journaled") / nput ("ring.put.counted") / tail / flag down.
+**   get: journal + flag ("ring.get.journaled") / nget ("ring.get.counted") /
+**        head / flag down.
+*/
+static void commit_put(mp_ring *r, uint64_t tail) {
+  mp_ring_hdr *h = r->hdr;
+  h->w_jtail = tail;
+  h->w_jnput = atomic_load_explicit(&h->nput, memory_order_relaxed) + 1;
+  atomic_store_explicit(&h->w_pending, 1, memory_order_release);
+  MP_FAULT("ring.put.journaled");
+  atomic_store_explicit(&h->nput, h->w_jnput, memory_order_relaxed);
+  MP_FAULT("ring.put.counted");
+  publish_tail(r, tail, 1);
+  atomic_store_explicit(&h->w_pending, 0, memory_order_release);
+}
+
+static void commit_get(mp_ring *r, uint64_t head) {
+  mp_ring_hdr *h = r->hdr;
+  h->r_jhead = head;
+  h->r_jnget = atomic_load_explicit(&h->nget, memory_order_relaxed) + 1;
+  atomic_store_explicit(&h->r_pending, 1, memory_order_release);
+  MP_FAULT("ring.get.journaled");
+  atomic_store_explicit(&h->nget, h->r_jnget, memory_order_relaxed);
+  MP_FAULT("ring.get.counted");
+  advance_head(r, head);
+  atomic_store_explicit(&h->r_pending, 0, memory_order_release);
+}
+
+/* The producers' lock was taken over from a dead holder: repair what it left. */
+static void repair_producers(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  atomic_store(&h->writer_waiting, 0);              /* the dead one's flag */
+  if (atomic_load_explicit(&h->w_pending, memory_order_acquire)) {
+    atomic_store(&h->nput, h->w_jnput);
+    publish_tail(r, h->w_jtail, 1);
+    atomic_store(&h->w_pending, 0);
+  }
+  /*
+  ** A message the dead one was streaming (FIRST, MORE... without its LAST) is
+  ** left as it is: nput never counted it, the consumer reading it sees the
+  ** next record is not its MORE or LAST (or that no live process holds this
+  ** lock) and drops it, and a consumer that finds its chunks later skips them.
+  */
+}
+
+/* The consumers' lock was taken over from a dead holder: repair what it left. */
+static void repair_consumers(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  atomic_store(&h->reader_waiting, 0);
+  if (atomic_load_explicit(&h->r_pending, memory_order_acquire)) {
+    atomic_store(&h->nget, h->r_jnget);
+    advance_head(r, h->r_jhead);
+    atomic_store(&h->r_pending, 0);
+  }
+  /* A streamed message the dead one was taking: its remaining chunks are
+  ** skipped by get_begin (a MORE or LAST at the head belongs to nobody). */
+}
+
+/*
+** A process that sleeps on the other side's progress checks, at the end of
+** each wait slice, whether that side's lock is held by a dead process, and if
+** so takes it over just long enough to repair: a producer that died after
+** journaling a message would otherwise keep it from a waiting consumer until
+** some other producer came, and a consumer that died after journaling a get
+** would keep a full queue full. Only tried, never waited for (each side holds
+** its own lock here), so the two locks cannot deadlock.
+*/
+static void rescue_producers(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  if (mp_olock_owner_dead(&h->wlock) && mp_olock_try(&h->wlock) == EOWNERDEAD) {
+    repair_producers(r);
+    mp_olock_release(&h->wlock);
+  }
+}
+
+static void rescue_consumers(mp_ring *r) {
+  mp_ring_hdr *h = r->hdr;
+  if (mp_olock_owner_dead(&h->rlock) && mp_olock_try(&h->rlock) == EOWNERDEAD) {
+    repair_consumers(r);
+    mp_olock_release(&h->rlock);
   }
 }
 
@@ -226,38 +360,45 @@ static void publish_tail(mp_ring *r, uint64_t to) {
 */
 #define SPIN_ROUNDS 1000   /* about 50 us here (a pause is ~50 ns) */
 
-/* Whether a producer holding wlock may write a record of `total` bytes now. */
-static int room_for(mp_ring *r, uint64_t total) {
+/* Whether a new message may be put (maxsize items); producers' lock held. */
+static int room_for_item(mp_ring *r) {
   mp_ring_hdr *h = r->hdr;
-  if (h->maxsize != 0) {
-    uint64_t put = atomic_load_explicit(&h->nput, memory_order_relaxed);
-    if (put - h->nget_seen >= h->maxsize) {
-      h->nget_seen = atomic_load_explicit(&h->nget, memory_order_relaxed);
-      if (put - h->nget_seen >= h->maxsize) return 0;
-    }
-  }
-  uint64_t need = total <= r->cap ? total : REC_HDR;
+  if (h->maxsize == 0) return 1;
+  uint64_t put = atomic_load_explicit(&h->nput, memory_order_relaxed);
+  if (put - h->nget_seen < h->maxsize) return 1;
+  h->nget_seen = atomic_load_explicit(&h->nget, memory_order_relaxed);
+  return put - h->nget_seen < h->maxsize;
+}
+
+/* Free bytes in the ring; producers' lock held. The consumers' line is read
+** only when the last look is not enough for `need` bytes. */
+static uint64_t bytes_free(mp_ring *r, uint64_t need) {
+  mp_ring_hdr *h = r->hdr;
   uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-  /* The consumers' line is read only when the last look is not enough. */
   uint64_t used = tail - h->head_seen;
-  if (used <= r->cap && r->cap - used >= need) return 1;
+  if (used <= r->cap && r->cap - used >= need) return r->cap - used;
   h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
-  return r->cap - (tail - h->head_seen) >= need;
+  return r->cap - (tail - h->head_seen);
+}
+
+/* What a put of a record of `total` bytes (a first chunk when larger than the ring) waits for. */
+static int room_for(mp_ring *r, uint64_t need, int new_item) {
+  return (!new_item || room_for_item(r)) && bytes_free(r, need) >= need;
 }
 
 /* The wlock holder sleeps until a consumer made progress. 0, ETIMEDOUT, EINTR. */
-static int wait_space(mp_ring *r, uint64_t total, double deadline) {
+static int wait_space(mp_ring *r, uint64_t need, int new_item, double deadline) {
   mp_ring_hdr *h = r->hdr;
   if (deadline > -INFINITY) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
       cpu_relax();
-      if (room_for(r, total)) return 0;
+      if (room_for(r, need, new_item)) return 0;
     }
   }
   atomic_store(&h->writer_waiting, 1);
   uint32_t seq = atomic_load(&h->space_seq);
   int rc = 0;
-  if (!room_for(r, total)) rc = mp_futex_wait(&h->space_seq, seq, deadline);
+  if (!room_for(r, need, new_item)) rc = mp_futex_wait(&h->space_seq, seq, deadline);
   atomic_store(&h->writer_waiting, 0);
   return rc;
 }
@@ -279,44 +420,116 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
   return rc;
 }
 
-/* A record larger than the ring: header, then the payload as room appears. */
-static int put_stream(mp_ring *r, const char *data, size_t len) {
-  mp_ring_hdr *h = r->hdr;
-  uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-  uint64_t end = tail + rec_size(len);
-  uint64_t hdr = len;
-  copy_in(r, tail, (const char *)&hdr, REC_HDR);
-  atomic_store_explicit(&h->nput, atomic_load_explicit(&h->nput, memory_order_relaxed) + 1,
-                        memory_order_relaxed);
-  tail += REC_HDR;
-  publish_tail(r, tail);
-  uint64_t payload_end = tail + len;
-  while (tail < end) {
-    h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
-    uint64_t room = r->cap - (tail - h->head_seen);
-    if (room == 0) {
-      /* Slices end with EINTR: go on, unless nobody can read this any more. */
-      if (wait_space(r, REC_HDR, INFINITY) == EINTR && peer_gone(r)) return EPIPE;
-      continue;
+/* Waits for room for `need` bytes (or one more item); the put's error or 0. */
+static int await_room(mp_ring *r, uint64_t need, int new_item, double deadline) {
+  while (!room_for(r, need, new_item)) {
+    int rc = wait_space(r, need, new_item, deadline);
+    if (rc == EINTR) {
+      rescue_consumers(r);
+      if (room_for(r, need, new_item)) return 0;
     }
-    uint64_t n = end - tail < room ? end - tail : room;
-    if (tail < payload_end) {
-      uint64_t m = payload_end - tail < n ? payload_end - tail : n;
-      copy_in(r, tail, data + (len - (payload_end - tail)), (size_t)m);
-    }
-    tail += n;
-    publish_tail(r, tail);
+    if (rc != 0 && peer_gone(r)) return EPIPE;
+    if (rc != 0) return rc;
   }
   return 0;
 }
 
+/*
+** A message larger than the ring, in chunks (FIRST, MORE..., LAST), each
+** published as soon as it is written so that a consumer takes it while the
+** rest is written. A chunk waits for a quarter of the ring (or what is left),
+** so a slow consumer does not cut the message into slivers. Until FIRST is
+** published nothing happened and the deadline is the put's; after it, a
+** deadline that passes or a pipe whose reader is gone abandons the message:
+** the producers' lock is released with the message unfinished, and its
+** reader drops what it took (see read_stream). Slice ends (EINTR) mid-message
+** go on: the message is finished or abandoned, never restarted.
+*/
+static int put_stream(mp_ring *r, const char *data, size_t len, double deadline) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t sent = 0;
+  int first = 1;
+  while (sent < len) {
+    uint64_t extra = first ? 8 : 0;
+    uint64_t rest = rec_size(len - sent + extra);
+    uint64_t want = rest < r->cap / 4 ? rest : r->cap / 4;
+    int rc;
+    for (;;) {
+      rc = await_room(r, want, first, deadline);
+      if (rc != EINTR || first) break;
+      if (peer_gone(r)) { rc = EPIPE; break; }     /* a slice ended mid-message */
+    }
+    if (rc != 0) return rc;
+    uint64_t room = bytes_free(r, want) & ~(uint64_t)7;
+    uint64_t n = room - REC_HDR - extra;           /* data bytes in this chunk */
+    if (n > len - sent) n = len - sent;
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+    unsigned kind = first ? K_FIRST : sent + n == len ? K_LAST : K_MORE;
+    uint64_t word = rec_word(kind, n + extra);
+    copy_in(r, tail, (const char *)&word, REC_HDR);
+    if (first) {
+      uint64_t total = len;
+      copy_in(r, tail + REC_HDR, (const char *)&total, 8);
+    }
+    copy_in(r, tail + REC_HDR + extra, data + sent, (size_t)n);
+    uint64_t end = tail + rec_size(n + extra);
+    sent += n;
+    if (kind == K_LAST) {
+      commit_put(r, end);
+    } else {
+      publish_tail(r, end, 0);
+      MP_FAULT(first ? "ring.stream.first" : "ring.stream.more");
+    }
+    first = 0;
+  }
+  return 0;
+}
+
+/*
+** A process may die between any two steps. What each death leaves, and who
+** repairs it (P = the next process to take the producers' lock, C = the next
+** to take the consumers' lock; both also take a dead holder's lock over at
+** the end of a wait slice, see rescue_*):
+**
+** put (a message that fits)
+**   lock CAS / owner tag store  the lock word names a dead pid: P takes over
+**                               (olock.h checks pid, zombie state, start time).
+**   waiting for room            writer_waiting left 1: P clears it (repair);
+**                               consumers waking nobody is harmless.
+**   SKIP mark, record copied    beyond the tail: invisible, overwritten by P.
+**   journal + pending flag      P rolls forward: nput and tail as journaled.
+**   nput stored                 P rolls forward (stores the same nput, the tail).
+**   tail stored (published)     P rolls forward (same values); the message is out.
+**   pending flag cleared        nothing to repair; the lock is P's to take.
+** put (a message in chunks)
+**   FIRST, MORE published       no count was made; the reader drops the partial
+**                               message when the next record is not its chunk or
+**                               no live process holds the lock (read_stream);
+**                               chunks nobody is reading are skipped by C.
+**   LAST                        as a message that fits (journal, roll forward).
+** get
+**   lock, waiting for data      reader_waiting left 1: C clears it.
+**   record located / copied     nothing consumed: C takes the same message.
+**   journal + pending flag      C rolls forward: nget and head as journaled (the
+**                               message is gone with the dead consumer).
+**   nget stored, head stored    C rolls forward (same values).
+**   SKIP: punched, then head    C sees the mark again and moves on (idempotent).
+** get (a message in chunks)
+**   FIRST or MORE consumed      the rest is nobody's: C skips MORE chunks, and
+**                               counts the LAST one as taken (its producer
+**                               counted it) through the journal.
+** release_consumed (a consumer holding the producers' lock by try)
+**   madvise done, punched not   the next call punches again only stretches the
+**                               tail has not reached again: harmless.
+*/
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   mp_ring_hdr *h = r->hdr;
   uint64_t total = rec_size(len);
+  if (total > r->cap && deadline == -INFINITY) return ETIMEDOUT;   /* cannot go without waiting */
   int rc = mp_olock_acquire(&h->wlock, deadline);
-  if (rc == EOWNERDEAD) atomic_store(&h->writer_waiting, 0);   /* the dead one's flag */
+  if (rc == EOWNERDEAD) repair_producers(r);
   else if (rc != 0) return rc;
-  rc = 0;
+  MP_FAULT("ring.put.locked");
   /* A pipe whose reader is gone: EPIPE, checked when the ring is full and
   ** every quarter of the ring, not per message. */
   uint64_t tail0 = atomic_load_explicit(&h->tail, memory_order_relaxed);
@@ -324,17 +537,9 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
     mp_olock_release(&h->wlock);
     return EPIPE;
   }
-  while (!room_for(r, total)) {
-    rc = wait_space(r, total, deadline);
-    if (rc != 0 && peer_gone(r)) rc = EPIPE;
-    if (rc != 0) {
-      mp_olock_release(&h->wlock);
-      return rc;
-    }
-  }
   if (total > r->cap) {
-    rc = put_stream(r, data, len);
-  } else {
+    rc = put_stream(r, data, len, deadline);
+  } else if ((rc = await_room(r, total, 1, deadline)) == 0) {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
     uint64_t off = tail & (r->cap - 1);
     if (r->cap > 2 * HOT && off >= HOT && total <= HOT) {
@@ -352,67 +557,73 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
         tail += r->cap - off;
       }
     }
-    uint64_t hdr = len;
-    copy_in(r, tail, (const char *)&hdr, REC_HDR);
+    uint64_t word = rec_word(K_WHOLE, len);
+    copy_in(r, tail, (const char *)&word, REC_HDR);
     copy_in(r, tail + REC_HDR, data, len);
-    atomic_store_explicit(&h->nput, atomic_load_explicit(&h->nput, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-    publish_tail(r, tail + total);
+    MP_FAULT("ring.put.copied");
+    commit_put(r, tail + total);
   }
   mp_olock_release(&h->wlock);
   return rc;
-}
-
-static void count_get(mp_ring_hdr *h) {
-  atomic_store_explicit(&h->nget, atomic_load_explicit(&h->nget, memory_order_relaxed) + 1,
-                        memory_order_relaxed);
 }
 
 int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
   mp_ring_hdr *h = r->hdr;
   int rc = mp_olock_acquire(&h->rlock, deadline);
   if (rc == EOWNERDEAD) {
-    /* The previous consumer died holding the lock. Its flag goes; a streamed
-    ** record it was taking is lost with it and is skipped below. */
-    atomic_store(&h->reader_waiting, 0);
-    if (h->rd_end > atomic_load(&h->head)) count_get(h);
+    repair_consumers(r);
   } else if (rc == ETIMEDOUT && deadline == -INFINITY) {
     return EBUSY;                      /* another consumer holds the lock */
   } else if (rc != 0) {
     return rc;
   }
+  MP_FAULT("ring.get.locked");
+  m->settled = 0;
   for (;;) {
     uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
     /* The producers' line is read only when the last look is used up. */
     uint64_t tail = h->tail_seen;
-    if (tail < head + REC_HDR || head < h->rd_end)
+    if (tail < head + REC_HDR)
       tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
-    if (head < h->rd_end) {
-      if (tail > head) {
-        advance_head(r, head, tail < h->rd_end ? tail : h->rd_end);
-        continue;
-      }
-    } else if (tail - head >= REC_HDR) {
-      uint64_t len;
-      copy_out(r, head, (char *)&len, REC_HDR);
-      if (len == SKIP_MARK) {
+    if (tail - head >= REC_HDR) {
+      uint64_t word;
+      copy_out(r, head, (char *)&word, REC_HDR);
+      if (word == SKIP_MARK) {
         /* The producer wrapped early: nothing was written after the mark. */
         uint64_t next = (head | (r->cap - 1)) + 1;
         release_consumed(r, head);        /* what this lap's walk consumed */
         h->punched = next;                /* the skipped rest was not written */
-        advance_head(r, next, next);
+        advance_head(r, next);
         continue;
       }
-      uint64_t total = rec_size(len);
-      m->len = len;
-      m->streamed = total > r->cap;
-      if (m->streamed) {
-        h->rd_end = head + total;   /* before the head moves: a successor skips the rest */
-        advance_head(r, head, head + REC_HDR);
+      unsigned kind = rec_kind(word);
+      uint64_t len = rec_len(word), size = rec_size(len);
+      if (size > tail - head || kind > K_LAST) {
+        /* Published records are whole: only a scribbled ring gets here. */
+        mp_olock_release(&h->rlock);
+        return EPROTO;
+      }
+      if (kind == K_MORE || kind == K_LAST) {
+        /*
+        ** The rest of a streamed message whose consumer died while taking it:
+        ** nobody's. Skip it; its LAST was counted by its producer, so it is
+        ** counted as taken (by the dead consumer) when it goes.
+        */
+        if (kind == K_LAST) { commit_get(r, head + size); m->settled++; }
+        else advance_head(r, head + size);
+        continue;
+      }
+      m->pos = head;
+      if (kind == K_FIRST) {
+        if (len < 8) { mp_olock_release(&h->rlock); return EPROTO; }
+        copy_out(r, head + REC_HDR, (char *)&m->len, 8);
+        m->streamed = 1;
         m->p1 = m->p2 = NULL;
         m->n1 = m->n2 = 0;
         return 0;
       }
+      m->len = len;
+      m->streamed = 0;
       size_t off = (size_t)((head + REC_HDR) & (r->cap - 1));
       m->p1 = r->data + off;
       m->n1 = r->cap - off < len ? r->cap - off : (size_t)len;
@@ -421,6 +632,10 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
       return 0;
     }
     rc = wait_data(r, tail, deadline);
+    if (rc == EINTR) {
+      rescue_producers(r);
+      if (atomic_load(&h->tail) != tail) continue;
+    }
     if (rc != 0 && rc != EAGAIN) {
       mp_olock_release(&h->rlock);
       return rc;
@@ -428,40 +643,87 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
   }
 }
 
+/*
+** Whether the message being streamed to this consumer is abandoned: no live
+** process holds the producers' lock (its producer gave up or died) and no
+** chunk came meanwhile. A dead holder's lock is taken over and repaired here,
+** so that a LAST chunk it wrote but did not publish still arrives.
+*/
+static int stream_abandoned(mp_ring *r, uint64_t head) {
+  mp_ring_hdr *h = r->hdr;
+  if (atomic_load(&h->wlock.word) != 0) {
+    if (!mp_olock_owner_dead(&h->wlock)) return 0;
+    rescue_producers(r);
+  }
+  return atomic_load_explicit(&h->tail, memory_order_acquire) == head;
+}
+
 int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
   mp_ring_hdr *h = r->hdr;
-  uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
-  uint64_t payload_end = head + m->len;
-  uint64_t start = head;
-  while (head < h->rd_end) {
+  uint64_t got = 0;
+  for (;;) {
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
     uint64_t tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (tail == head) {
-      /* A pipe whose writers are all gone will not finish this record. */
-      if (wait_data(r, tail, INFINITY) == EINTR && writers_gone(r) &&
-          atomic_load(&h->tail) == tail) return EPIPE;
+      if (wait_data(r, tail, INFINITY) != EINTR) continue;
+      /* A slice ended: is anybody still writing this message? */
+      if (writers_gone(r) && atomic_load(&h->tail) == tail) return EPIPE;
+      if (stream_abandoned(r, head)) return ECANCELED;
       continue;
     }
-    uint64_t to = tail < h->rd_end ? tail : h->rd_end;
-    if (dst != NULL && head < payload_end) {
-      uint64_t n = (to < payload_end ? to : payload_end) - head;
-      copy_out(r, head, dst + (head - start), (size_t)n);
+    uint64_t word;
+    copy_out(r, head, (char *)&word, REC_HDR);
+    if (word == SKIP_MARK) {
+      uint64_t next = (head | (r->cap - 1)) + 1;
+      release_consumed(r, head);
+      h->punched = next;
+      advance_head(r, next);
+      continue;
     }
-    advance_head(r, head, to);
-    head = to;
+    unsigned kind = rec_kind(word);
+    uint64_t len = rec_len(word), size = rec_size(len);
+    uint64_t left = m->len - got;
+    if (size > tail - head) return EPROTO;
+    if (got == 0 && head == m->pos) {
+      /* FIRST, as get_begin found it: the total, then data. */
+      uint64_t n = len - 8;
+      if (n >= left) return EPROTO;
+      if (dst != NULL) copy_out(r, head + REC_HDR + 8, dst, (size_t)n);
+      got = n;
+      advance_head(r, head + size);
+      MP_FAULT("ring.stream.took_first");
+      continue;
+    }
+    if (kind == K_MORE && len < left) {
+      if (dst != NULL) copy_out(r, head + REC_HDR, dst + got, (size_t)len);
+      got += len;
+      advance_head(r, head + size);
+      continue;
+    }
+    if (kind == K_LAST && len == left) {
+      if (dst != NULL) copy_out(r, head + REC_HDR, dst + got, (size_t)len);
+      commit_get(r, head + size);
+      m->settled++;
+      return 0;
+    }
+    /* Another message (or a chunk that does not fit this one): ours was abandoned. */
+    return ECANCELED;
   }
-  return 0;
 }
 
 void mp_ring_get_end(mp_ring *r, mp_ring_msg *m) {
   mp_ring_hdr *h = r->hdr;
   if (!m->streamed) {
-    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
-    count_get(h);
-    advance_head(r, head, head + rec_size(m->len));
-  } else {
-    count_get(h);
+    MP_FAULT("ring.get.copied");
+    commit_get(r, m->pos + rec_size(m->len));
+    m->settled++;
   }
   mp_olock_release(&h->rlock);
+}
+
+void mp_ring_rescue(mp_ring *r) {
+  rescue_producers(r);
+  rescue_consumers(r);
 }
 
 uint64_t mp_ring_count(mp_ring *r) {

@@ -6,9 +6,9 @@
 ** Shape: a single-producer/single-consumer ring made multi-producer and
 ** multi-consumer by two owner-checked locks (olock.h), one per side, so
 ** producers never contend with consumers. The positions are 64-bit counters
-** that never wrap; a record is an 8-byte length and the payload, padded to 8.
+** that never wrap; a record is an 8-byte header and the payload, padded to 8.
 ** A producer copies a whole record and then publishes it with one store of
-** the tail, so consumers only ever see complete messages.
+** the tail, so consumers only ever see complete records.
 **
 ** Nobody makes a system call per message: a consumer sleeps on a futex only
 ** when the ring is empty (a producer wakes it only when the waiting flag is
@@ -19,15 +19,18 @@
 ** MAP_NORESERVE) so that a 100 MiB item can be put before any consumer
 ** exists; pages are allocated when first written, and consumers hand every
 ** fully consumed 2 MiB stretch back to the kernel (MADV_REMOVE), so memory in
-** use follows what is queued, not the reservation. A record larger than the
-** whole area is streamed through it in chunks while the producer holds its
-** lock; only such records are visible before they are complete.
+** use follows what is queued, not the reservation. A message larger than the
+** whole area travels in chunk records (first, more..., last) while its
+** producer holds its lock, each published when written.
 **
-** A dead lock holder is detected by the next process that wants the lock.
-** A consumer killed while holding its lock, even in the middle of a streamed
-** record, leaves the ring usable: the next consumer skips the rest of the
-** record the dead one was taking. (A producer killed in the middle of a
-** streamed record -- larger than the whole area -- is not repaired.)
+** Death of a process, at any instruction (ring.c reasons through each step):
+** the next process that wants a dead holder's lock takes it over and repairs
+** what the holder left. Counters move with their positions through a small
+** journal, so qsize, maxsize and JoinableQueue.join stay exact. A producer
+** that dies (or gives up at its deadline) in the middle of a chunked message
+** leaves it unfinished: its reader drops it and every later message arrives
+** intact; a consumer that dies taking one leaves its remaining chunks, which
+** the next consumer skips.
 **
 ** Engine code: no Lua; functions return 0 or an errno value.
 */
@@ -53,12 +56,15 @@ typedef struct mp_ring {
 
 /* A message taken by mp_ring_get_begin, still in the ring (consumer lock held). */
 typedef struct mp_ring_msg {
+  uint64_t pos;         /* where its (first) record starts */
   uint64_t len;         /* payload bytes */
   const char *p1;       /* the payload: p1[0..n1) then p2[0..n2) when it wraps */
   size_t n1;
   const char *p2;
   size_t n2;
   int streamed;         /* larger than the ring: read it with mp_ring_read_stream */
+  unsigned settled;     /* messages this get counted as taken (orphans skipped, and this
+                           one once consumed): a signalled receiver takes that many bells */
 } mp_ring_msg;
 
 /* Maps a new ring; maxsize 0 means unbounded (in items). */
@@ -78,8 +84,12 @@ void mp_ring_unmap(mp_ring *r);
 /*
 ** Puts one message. Waits until `deadline` for room (maxsize items, or bytes).
 ** Returns 0, ETIMEDOUT (full), EINTR (slice ended, nothing done: check for
-** interrupts and call again), EPIPE (a pipe whose reader is gone), or an errno. A record larger than the ring is
-** streamed and, once started, runs to the end without returning EINTR.
+** interrupts and call again), EPIPE (a pipe whose reader is gone), or an
+** errno. A message larger than the ring goes in chunks: once its first chunk
+** is out it runs to the end without returning EINTR, or, when the deadline
+** passes or the reader is gone, is abandoned (ETIMEDOUT, EPIPE: its reader
+** drops it). With deadline -INFINITY (do not wait) such a message is
+** ETIMEDOUT at once: it cannot pass without waiting for a consumer.
 */
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline);
 
@@ -88,18 +98,29 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline);
 ** held and *m describes the message in place: copy or decode it, then call
 ** mp_ring_get_end (or mp_ring_read_stream when m->streamed). ETIMEDOUT when
 ** empty, EINTR as for put; with deadline -INFINITY (do not wait), EBUSY when
-** another consumer holds the lock.
+** another consumer holds the lock; EPROTO when the ring is corrupt.
 */
 int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m);
 
 /*
 ** Copies a streamed message (m->len bytes) into dst, or drops it if dst is
-** NULL. EPIPE when a pipe's writers all closed before the end of it.
+** NULL. 0 when complete; ECANCELED when its producer abandoned it (died, or
+** gave up at its deadline): drop what was copied, call mp_ring_get_end and
+** take the next message; EPIPE when a pipe's writers all closed before the
+** end of it; EPROTO when the ring is corrupt.
 */
 int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst);
 
 /* Consumes the message, releases the consumer lock and wakes a waiting producer. */
 void mp_ring_get_end(mp_ring *r, mp_ring_msg *m);
+
+/*
+** Repairs what a process that died holding either side's lock left (a message
+** it journaled but did not publish, a get it journaled but did not finish).
+** Blocking calls do this at the end of each wait slice; a waiter that sleeps
+** elsewhere (a pipe's doorbell, mp.wait) calls it at its slice ends too.
+*/
+void mp_ring_rescue(mp_ring *r);
 
 /* Items in the ring now (approximate while others put and get). */
 uint64_t mp_ring_count(mp_ring *r);

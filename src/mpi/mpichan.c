@@ -251,9 +251,13 @@ static int mpc_flush(void *t) {
   return dispatch(c);
 }
 
-/* Takes every batch: a copy waits in `pending` until a worker has room. */
-static int mpc_send(void *t, const char *batch, size_t len) {
+/*
+** Takes every batch: a copy waits in `pending` until a worker has room. The
+** bytes are always copied (into an Isend's buffer or `pending`): no fd to keep.
+*/
+static int mpc_send(void *t, const char *batch, size_t len, int *keep) {
   mpichan *c = t;
+  *keep = -1;
   if (c->foreign) return EPERM;
   if (len < MP_PC_CHDR || batch[0] != 'K') return EINVAL;
   if (c->pcount == 0) {
@@ -704,6 +708,7 @@ static int mpc_take(void *t, int index, const char **data, size_t *len) {
       switch (st.MPI_TAG) {
         case MPC_TASK:
           if (n < MP_PC_CHDR || c->in.data[0] != 'K') return EPROTO;
+          c->in_batch = 1;
           *data = c->in.data;
           *len = n;
           return 0;
@@ -760,11 +765,17 @@ static int mpc_keep(void *t, int index, const char *r, size_t len) {
   return 0;
 }
 
-static int mpc_end(void *t, int index) { return send_journal(t, 1); }
-
-static int mpc_send_result(void *t, const char *msg, size_t len) {
+/*
+** The end of a batch is flagged (the parent then pops the oldest batch it
+** counts this worker holding). end() outside a batch (after an initializer's
+** error was kept) sends the journal unflagged: the worker may already hold a
+** batch it never ran, which must stay counted so that its loss resends it.
+*/
+static int mpc_end(void *t, int index) {
   mpichan *c = t;
-  return send_now(c, msg, len, c->prank, MPC_RESULT, c->pcomm);
+  int in_batch = c->in_batch;
+  c->in_batch = 0;
+  return send_journal(c, in_batch);
 }
 
 const mp_pool_transport_ops mpc_ops = {
@@ -772,6 +783,6 @@ const mp_pool_transport_ops mpc_ops = {
   .send = mpc_send, .flush = mpc_flush, .recv = mpc_recv, .wait = mpc_wait,
   .started = mpc_started, .lost = mpc_lost, .idle = mpc_idle, .busy = mpc_busy,
   .running = mpc_running, .take = mpc_take, .begin = mpc_begin, .keep = mpc_keep,
-  .end = mpc_end, .send_result = mpc_send_result, .close_tasks = mpc_close_tasks,
-  .fd = mpc_fd, .after_fork = mpc_after_fork, .close = mpc_close_op,
+  .end = mpc_end, .close_tasks = mpc_close_tasks, .fd = mpc_fd,
+  .after_fork = mpc_after_fork, .close = mpc_close_op,
 };

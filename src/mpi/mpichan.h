@@ -95,6 +95,7 @@ typedef struct mpichan {
   MPI_Request jreq[2];
   int jcur;
   uint32_t jn;
+  int in_batch;               /* a TASK was taken and its end() has not come yet */
   int finish;                 /* FINISH came: the rank leaves */
 } mpichan;
 

@@ -1,6 +1,6 @@
 --[[
 One pool workload, for instruction counts of the parent (bench/NOTES.md):
-  valgrind --tool=callgrind --child-silent-after-fork=yes build/mplua bench/pool_count.lua WORKLOAD
+  valgrind --tool=callgrind --child-silent-after-fork=yes build/mplua bench/tools/pool_count.lua WORKLOAD
 WORKLOAD: none (pool start and warm-up only: subtract it), map1e6, map1e4cs1, apply1e4.
 ]]
 local what = arg[1] or "none"
