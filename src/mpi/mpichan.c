@@ -435,16 +435,14 @@ static int mpc_wait(void *t, double deadline, int *lost) {
   int idx[256];
   int nf = gather_fds(c, fds, idx, 256);
   double since = mp_now();
+  int sliced;
+  double until = mp_slice_end(deadline, &sliced);     /* once: the slice runs from the call */
   for (;;) {
     progress_sends(c);
     int err = dispatch(c);
     if (err) return err;
     if (any_message(c)) return 0;
-    double now = mp_now();
-    if (now >= deadline) return ETIMEDOUT;
-    int sliced;
-    double until = mp_slice_end(deadline, &sliced);
-    if (now >= until) return sliced ? EINTR : ETIMEDOUT;
+    if (mp_now() >= until) return sliced ? EINTR : ETIMEDOUT;
     if (pause_since(since, until, nf ? fds : NULL, nf) && reap(c, fds, idx, nf)) {
       *lost = 1;
       return 0;
@@ -583,6 +581,8 @@ int mpc_join(mpichan *c, int i, double deadline) {
   int idx[256];
   int nf = gather_fds(c, fds, idx, 256);
   double since = mp_now();
+  int sliced;
+  double until = mp_slice_end(deadline, &sliced);     /* once: the slice runs from the call */
   for (;;) {
     progress_sends(c);
     MPI_Message m;
@@ -596,11 +596,7 @@ int mpc_join(mpichan *c, int i, double deadline) {
       else control(c, j, st.MPI_TAG, c->ctl.data, n);
     }
     if (w->state == MPC_W_EXITED || w->state == MPC_W_DEAD) return 0;
-    double now = mp_now();
-    if (now >= deadline) return ETIMEDOUT;
-    int sliced;
-    double until = mp_slice_end(deadline, &sliced);
-    if (now >= until) return EINTR;
+    if (mp_now() >= until) return sliced ? EINTR : ETIMEDOUT;
     if (pause_since(since, until, nf ? fds : NULL, nf)) reap(c, fds, idx, nf);
   }
 }
