@@ -665,7 +665,15 @@ static int tr_pump(lua_State *L) {
     }
     if (t->suspect) recover(L, t, &e);
     if (e.n > 0 || lost) break;
-    err = t->ops->wait(t->impl, deadline, &lost);
+    /*
+    ** The binding slices the wait (mp's slice: 10 ms while pollers exist), so
+    ** a transport built in another module, with its own copy of the clock,
+    ** never sleeps past it: Ctrl-C, handlers and pollers run on time.
+    */
+    int sliced;
+    double until = mp_slice_end(deadline, &sliced);
+    err = t->ops->wait(t->impl, until, &lost);
+    if (err == ETIMEDOUT && sliced) err = EINTR;
     if (err == ETIMEDOUT) break;
     if (err == EINTR) mp_check_interrupt(L);      /* a signal, or a slice's end */
     else if (err) return mp_raise_errno(L, err, "pool: waiting for results");

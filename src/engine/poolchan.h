@@ -28,7 +28,9 @@
 **                            to the caller to keep instead of the bytes
 **           recv(msgs)       the result messages available now
 **           wait(deadline)   sleep until results, a lost worker, room to send,
-**                            or a wait slice (EINTR)
+**                            the deadline (ETIMEDOUT; the binding passes one
+**                            no later than mp's wait slice), or a signal or
+**                            a slice of its own (EINTR)
 **           started(i, fd)   worker i is up; fd polls readable when it ends
 **           lost(i, &held)   worker i ended: what it held (batch, running
 **                            task, journal of finished results); clears it
