@@ -16,6 +16,8 @@ local check = require "mp.check"
 local argerror, typename, check_timeout = check.argerror, check.typename, pool.check_timeout
 local is_ar = pool.is_result
 
+local POLL_FDLESS = 0.002      -- seconds between polls of a pool without an fd
+
 -- Runs the pools of the pending results until one more is ready or the deadline.
 local function wait_any(pending, deadline, others)
   local pools = {}
@@ -28,14 +30,18 @@ local function wait_any(pending, deadline, others)
     end, left < math.huge and max(left, 0) or nil)
     return
   end
-  -- Several pools, or other sources: wait on all their fds at once, then pump.
-  local fds = {}
+  --[[
+  Several pools, or other sources: wait on all their fds at once, then pump.
+  A pool whose transport has no fd (mp.mpi's) can only be polled: the wait
+  is then cut to POLL_FDLESS, so its results are seen within that.
+  ]]
+  local fds, fdless = {}, false
   for _, s in ipairs(others or {}) do fds[#fds + 1] = s end
   for p in pairs(pools) do
-    local fd = p._tr and p._tr:fileno() or -1      -- an MPI pool has none: pumped below
-    if fd >= 0 then fds[#fds + 1] = fd end
+    local fd = p._tr and p._tr:fileno() or -1
+    if fd >= 0 then fds[#fds + 1] = fd elseif p._tr then fdless = true end
   end
-  local left = min(deadline - now(), 0.1)
+  local left = min(deadline - now(), fdless and POLL_FDLESS or 0.1)
   if left > 0 then core.wait(fds, left) end
   for p in pairs(pools) do if p._tr then p:_pump(0) end end
 end
