@@ -117,6 +117,64 @@ describe_mpi("mp.mpi", function()
     assert.are.same({}, gone(pids))
   end)
 
+  it("gives an MPI pool's futures the local Pool's behaviour: wait modes, cancel, callbacks, timeouts", function()
+    local r = run_mpi([[
+      local mp = require "mp"
+      local mpi = require "mp.mpi"
+      local pool <close> = mpi.Pool()
+      local function slow(s) require("mp").sleep(s); return s end
+      -- mp.wait: FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED, mixed with a pipe.
+      local a, b = pool:apply_async(slow, {0.4}), pool:apply_async(function() return "fast" end)
+      local done, not_done = mp.wait({a, b}, 10)
+      print("first", #done, #not_done, done[1] == b)
+      local bad = pool:apply_async(function() error("bad task") end)
+      done = mp.wait({a, bad}, 10, "FIRST_EXCEPTION")
+      print("exception", #done, done[1] == bad)
+      done, not_done = mp.wait({a, b, bad}, 10, "ALL_COMPLETED")
+      print("all", #done, #not_done)
+      local rd, wr = mp.Pipe(false)
+      local c = pool:apply_async(slow, {0.3})
+      wr:send("x")
+      done = mp.wait({c, rd}, 10)
+      print("pipe", #done, done[1] == rd, c:get(10))
+      -- cancel: tasks beyond 2 per worker wait in rank 0 and can be cancelled there.
+      local ars = {}
+      for i = 1, 10 do ars[i] = pool:apply_async(function(x) return x end, {i}) end
+      print("cancel", ars[10]:cancel(), ars[10]:cancelled(), ars[1]:cancel())
+      local ok, err = pcall(ars[10].get, ars[10], 1)
+      local s = 0
+      for i = 1, 9 do s = s + ars[i]:get(10) end
+      print("cancelled", ok, mp.CancelledError:is(err), s)
+      -- callbacks and error callbacks, of apply_async and map_async.
+      local got, failed, mapped = nil, nil, nil
+      pool:apply_async(function() return 5 end, {}, {callback = function(v) got = v end}):wait(10)
+      local e = pool:apply_async(function() error("oops") end, {}, {error_callback = function(x) failed = x end})
+      e:wait(10)
+      pool:map_async(function(x) return -x end, {1, 2, 3}, {callback = function(v) mapped = v end}):wait(10)
+      print("callbacks", got, mp.RemoteError:is(failed), failed and failed.message:find("oops") ~= nil,
+        mapped and table.concat(mapped, ","))
+      -- A per-task timeout on a rank of mpirun's job is not enforced: the task runs to its end.
+      print("timeout", pool:apply_async(slow, {0.3}, {timeout = 0.1}):get(10))
+      -- as_completed over an MPI pool and a local pool at once.
+      local lp <close> = mp.Pool(1)
+      local n = 0
+      for _ in mp.as_completed({pool:apply_async(slow, {0.1}), lp:apply_async(slow, {0.1})}, 10) do n = n + 1 end
+      print("as_completed", n)
+      print("end")
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.matches("first%s+1%s+1%s+true", r.stdout)
+    assert.matches("exception%s+1%s+true", r.stdout)
+    assert.matches("all%s+3%s+0", r.stdout)
+    assert.matches("pipe%s+1%s+true%s+0.3", r.stdout)
+    assert.matches("cancel%s+true%s+true%s+false", r.stdout)
+    assert.matches("cancelled%s+false%s+true%s+45", r.stdout)
+    assert.matches("callbacks%s+5%s+true%s+true%s+%-1,%-2,%-3", r.stdout)
+    assert.matches("timeout%s+0.3", r.stdout)
+    assert.matches("as_completed%s+2", r.stdout)
+    assert.matches("\nend\n", r.stdout)
+  end)
+
   it("ends the job within seconds, with mpirun's message and a non-zero exit, when a worker rank is killed", function()
     local mp = require "mp"
     local t0 = mp.time()
