@@ -94,7 +94,7 @@ static int tr_close(lua_State *L) {
 static const mp_pool_transport_ops *foreign_ops(lua_State *L, int idx) {
   const mp_pool_transport_ops *ops = NULL;
   if (lua_type(L, idx) == LUA_TUSERDATA && luaL_getmetafield(L, idx, "__pool_ops") != LUA_TNIL) {
-    ops = lua_touserdata(L, -1);
+    if (lua_islightuserdata(L, -1)) ops = lua_touserdata(L, -1);   /* never a block of unknown size */
     lua_pop(L, 1);
   }
   if (ops == NULL || ops->magic != MP_POOL_OPS_MAGIC)
