@@ -62,4 +62,27 @@ mp.SyncManager = manager.SyncManager
 mp.is_proxy = manager.is_proxy
 mp.SharedMemory = core.SharedMemory
 
+-- Start methods and contexts (lua/mp/context.lua, docs/processes.md)
+local context = require "mp.context"
+mp.set_start_method = context.set_start_method
+mp.get_start_method = context.get_start_method
+mp.get_all_start_methods = context.get_all_start_methods
+mp.get_context = context.get_context
+mp.forkserver_start = process.forkserver_start
+-- A context's Pool: Pool{..., context = method} (positional arguments become options).
+context.build(mp, function(method, processes, ...)
+  local opts = processes
+  if type(processes) ~= "table" then
+    local initializer, initargs, maxtasksperchild = ...
+    opts = { processes = processes, initializer = initializer, initargs = initargs,
+             maxtasksperchild = maxtasksperchild }
+  else
+    local copy = {}
+    for k, v in pairs(opts) do copy[k] = v end
+    opts = copy
+  end
+  if opts.context == nil then opts.context = method end
+  return pool.Pool(opts)
+end)
+
 return mp

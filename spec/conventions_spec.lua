@@ -15,6 +15,31 @@ Per class: make() builds an instance; methods maps each method to the number
 of arguments it takes after self (its surplus test passes one more); `options`
 is a constructor taking an options table and a key close to a real one.
 ]]
+--[[
+Objects make() builds that hold resources (a pool's workers, a segment) are
+released at the end of the test body, before the helper's leftover check:
+every test body below runs through released().
+]]
+local releases = {}
+local function pool(o)
+  local p = mp.Pool(o or 1)
+  releases[#releases + 1] = function() p:terminate() end
+  return p
+end
+local function shm(o)
+  local sm = mp.SharedMemory(o or { create = true, size = 16 })
+  releases[#releases + 1] = function() pcall(sm.close, sm); pcall(sm.unlink, sm) end
+  return sm
+end
+local function released(body)
+  return function()
+    local ok, err = pcall(body)
+    for i = #releases, 1, -1 do releases[i]() end
+    releases = {}
+    if not ok then error(err, 0) end
+  end
+end
+
 local signatures = {
   Queue = { make = function() return mp.Queue() end,
     options = { ctor = mp.Queue, name = "Queue", near = "maxsiz", meant = "maxsize" },
@@ -55,10 +80,25 @@ local signatures = {
   Barrier = { make = function() return mp.Barrier(1) end,
     options = { ctor = mp.Barrier, name = "Barrier", near = "partys", meant = "parties", base = { parties = 1 } },
     methods = { wait = 1, reset = 0, abort = 0 } },
+  Pool = { make = function() return pool() end,
+    options = { ctor = pool,
+                name = "Pool", near = "proceses", meant = "processes", base = { processes = 1 } },
+    methods = { map = 3, starmap = 3, imap = 3, imap_unordered = 3, map_async = 4, starmap_async = 4,
+                apply = 2, apply_async = 4, close = 0, join = 0, terminate = 0, terminate_workers = 0,
+                kill_workers = 0 } },
+  AsyncResult = { make = function() return pool():apply_async(function() return 1 end) end,
+    methods = { get = 1, wait = 1, ready = 0, successful = 0, exception = 1, cancel = 0, cancelled = 0 } },
+  SharedMemory = { make = function() return shm() end,
+    options = { ctor = shm,
+                name = "SharedMemory", near = "sise", meant = "size", base = { create = true, size = 16 } },
+    methods = { read = 2, write = 2, close = 0, unlink = 0 } },
   Process = { make = function() return mp.Process{ target = function() end } end,
     options = { ctor = mp.Process, name = "Process", near = "taget", meant = "target" },
     methods = { start = 0, join = 1, is_alive = 0, terminate = 0, kill = 0, close = 0 } },
 }
+
+-- What every class has from mp.class (and run, which a Process subclass overrides): not methods.
+local CLASS_FUNCTIONS = { new = true, extend = true, is = true, init = true, run = true }
 
 -- The callable methods of an object: its metatable's __index table, or its class chain.
 local function methods_of(obj)
@@ -66,13 +106,16 @@ local function methods_of(obj)
   local mt = getmetatable(obj)
   local index = mt and mt.__index
   if type(index) == "table" then
-    for k, v in pairs(index) do if type(v) == "function" then found[k] = true end end
+    for k, v in pairs(index) do
+      if type(v) == "function" and type(k) == "string" and not k:find("^_") and not CLASS_FUNCTIONS[k] then
+        found[k] = true
+      end
+    end
   elseif type(mt) == "table" and rawget(mt, "super") then
     local cls = mt
     while cls do
       for k, v in pairs(cls) do
-        if type(v) == "function" and type(k) == "string" and not k:find("^_") and k ~= "new" and k ~= "extend"
-           and k ~= "is" and k ~= "init" and k ~= "run" then
+        if type(v) == "function" and type(k) == "string" and not k:find("^_") and not CLASS_FUNCTIONS[k] then
           found[k] = true
         end
       end
@@ -91,17 +134,18 @@ local function call(obj, code)
 end
 
 describe("the API's conventions, for every class", function()
+
   for cname, sig in pairs(signatures) do
     describe(cname, function()
-      it("lists every method it has in this spec's signatures", function()
+      it("lists every method it has in this spec's signatures", released(function()
         for m in pairs(methods_of(sig.make())) do
           assert.is_not_nil(sig.methods[m], cname .. ":" .. m .. " has no signature in conventions_spec.lua")
         end
-      end)
+      end))
 
       for m, nargs in pairs(sig.methods) do
         if nargs then
-          it(":" .. m .. " called with '.' is a bad-self error at the caller's line", function()
+          it(":" .. m .. " called with '.' is a bad-self error at the caller's line", released(function()
             local obj = sig.make()
             local ok, err = call(obj, "o." .. m .. "()")
             assert.is_false(ok)
@@ -109,21 +153,21 @@ describe("the API's conventions, for every class", function()
             ok, err = call(obj, "o." .. m .. "(42)")
             assert.is_false(ok)
             assert.matches("expected, got number%)$", err)
-          end)
+          end))
         end
         if nargs and nargs < math.huge then
-          it(":" .. m .. " rejects a surplus argument", function()
+          it(":" .. m .. " rejects a surplus argument", released(function()
             local obj = sig.make()
             local ok, err = call(obj, "o:" .. m .. "(" .. ("nil, "):rep(nargs) .. "'surplus')")
             assert.is_false(ok)
             assert.matches("^spec/conventions_spec%.lua:1: bad argument #" .. (nargs + 1) .. " to '" .. m ..
               "' %(no argument expected here, got string%)", err)
-          end)
+          end))
         end
       end
 
       if sig.options then
-        it("rejects an unknown option key, suggesting a close one", function()
+        it("rejects an unknown option key, suggesting a close one", released(function()
           local o = sig.options
           local opts = {}
           for k, v in pairs(o.base or {}) do opts[k] = v end
@@ -136,14 +180,15 @@ describe("the API's conventions, for every class", function()
           ok, err = pcall(function() return o.ctor(opts) end)
           assert.is_false(ok)
           assert.matches("unknown option 'zzzzzzzz' to '" .. o.name .. "' %(options: ", err)
-        end)
+        end))
       end
     end)
   end
 
   it("covers every class the module exports", function()
     for _, name in ipairs { "Queue", "SimpleQueue", "JoinableQueue", "Lock", "RLock", "Semaphore",
-                            "BoundedSemaphore", "Condition", "Event", "Value", "Array", "Barrier", "Process" } do
+                            "BoundedSemaphore", "Condition", "Event", "Value", "Array", "Barrier", "Process",
+                            "Pool", "AsyncResult", "SharedMemory" } do
       assert.is_not_nil(signatures[name], name)
     end
   end)
@@ -180,5 +225,17 @@ describe("a number in the block position", function()
     assert.has_error(function() q:get(false, 1) end)
     assert.has_error(function() q:get{ block = false, timeout = 1 } end)
     assert.has_error(function() mp.Lock():acquire(false, 1) end)
+  end)
+end)
+
+describe("an error raised inside mp's own Lua code and caught by its loops", function()
+  it("is given the position of the first caller outside mp", function()
+    local check = require "mp.check"
+    local line = debug.getinfo(1, "l").currentline + 1
+    local msg = check.relocate("mp/pool.lua:462: interrupted!")
+    assert.equal("spec/conventions_spec.lua:" .. line .. ": interrupted!", msg)
+    assert.equal("/tmp/x/mplua.lua:3: mine", check.relocate("/tmp/x/mplua.lua:3: mine"))
+    local t = {}
+    assert.equal(t, check.relocate(t))
   end)
 end)

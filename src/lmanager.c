@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "mp_aux.h"
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/clock.h"
 #include "engine/identity.h"
@@ -88,6 +89,28 @@ static int listener_close(lua_State *L) {
   u->fd = -1;
   return 0;
 }
+
+/*
+** A listener travels (mp_travel.h) to a manager server started through the
+** fork server (Manager{context = "forkserver"}): its socket, passed with
+** SCM_RIGHTS, is the same listening socket.
+*/
+static int listener_export(lua_State *L, int idx, mp_travel_desc *d) {
+  listener_ud *u = lua_touserdata(L, idx);
+  if (u->fd < 0) luaL_error(L, "cannot send a closed listener");
+  d->fds[d->nfds++] = u->fd;
+  return 0;
+}
+
+static void listener_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep) {
+  if (d->nfds != 1 || dep) luaL_error(L, "mp.loads: corrupt listener description");
+  listener_ud *u = mp_newself(L, c, 0);
+  u->fd = -1;
+  u->owner = mp_self_pid();
+  u->fd = mp_travel_dup(L, d->fds[0]);
+}
+
+static const mp_travel LISTENER_TRAVEL = { listener_export, listener_import };
 
 /* core.manager_listen(address) --> listener, the address as bound (a TCP port 0 filled in) */
 static int core_manager_listen(lua_State *L) {
@@ -455,6 +478,7 @@ void mp_manager_open(lua_State *L) {
   };
   mp_newclass(L, &LISTENER_C, listener_methods, listener_meta);
   lua_pop(L, 1);
+  mp_travel_register(&LISTENER_C, &LISTENER_TRAVEL);
   mp_newclass(L, &SERVER_C, server_methods, server_meta);
   lua_pop(L, 1);
   mp_newclass(L, &CLIENT_C, client_methods, client_meta);

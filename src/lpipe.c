@@ -2,6 +2,7 @@
 ** Binding for mp.Pipe's Connections (engine/conn.c) and mp.wait.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include "mp_aux.h"
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/clock.h"
 #include "engine/conn.h"
@@ -23,6 +25,9 @@ typedef struct conn_ud {
   int closed;
 } conn_ud;
 
+static int conn_export(lua_State *L, int idx, mp_travel_desc *d);
+static void conn_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep);
+static const mp_travel CONN_TRAVEL = { conn_export, conn_import };
 static const mp_class CONN_C = { CONN_T, sizeof(conn_ud), NULL };
 
 static conn_ud *check_open(lua_State *L) {
@@ -190,7 +195,8 @@ static int conn_tostring(lua_State *L) {
 
 static conn_ud *new_conn(lua_State *L) {
   conn_ud *u = mp_newself(L, &CONN_C, 0);
-  u->c.rx.bell_r = u->c.rx.bell_w = u->c.tx.bell_r = u->c.tx.bell_w = -1;
+  mp_ring_empty(&u->c.rx);
+  mp_ring_empty(&u->c.tx);
   u->closed = 1;                          /* until the rings exist */
   return u;
 }
@@ -217,6 +223,68 @@ static int core_pipe(lua_State *L) {
   a->c = ca; a->closed = 0;
   b->c = cb; b->closed = 0;
   return 2;
+}
+
+/*
+** Travelling (mp_travel.h): each direction's ring (memfd) with the doorbell
+** end this end holds: the read end for what it receives, the write end for
+** what it sends. So the receiver's copy counts in EOF and EPIPE exactly as
+** an inherited copy does.
+*/
+enum { C_RX = 1, C_TX = 2 };
+
+static int conn_export(lua_State *L, int idx, mp_travel_desc *d) {
+  conn_ud *u = lua_touserdata(L, idx);
+  if (u->closed) luaL_error(L, "cannot send a closed connection");
+  int flags = (mp_conn_readable(&u->c) ? C_RX : 0) | (mp_conn_writable(&u->c) ? C_TX : 0);
+  mp_travel_put(d, (uint64_t)flags);
+  int memfd;
+  size_t len;
+  if (flags & C_RX) {
+    if (mp_ring_export(&u->c.rx, &memfd, &len) != 0) luaL_error(L, "cannot send a closed connection");
+    mp_travel_put(d, len);
+    d->fds[d->nfds++] = memfd;
+    d->fds[d->nfds++] = u->c.rx.bell_r;
+  }
+  if (flags & C_TX) {
+    if (mp_ring_export(&u->c.tx, &memfd, &len) != 0) luaL_error(L, "cannot send a closed connection");
+    mp_travel_put(d, len);
+    d->fds[d->nfds++] = memfd;
+    d->fds[d->nfds++] = u->c.tx.bell_w;
+  }
+  return 0;
+}
+
+/* Attaches one direction from fds[0] (memfd) and fds[1] (its doorbell end). */
+static void attach_direction(lua_State *L, mp_ring *r, const int *fds, uint64_t len, int reading) {
+  int memfd = mp_travel_dup(L, fds[0]);
+  int bell = fcntl(fds[1], F_DUPFD_CLOEXEC, 3);
+  if (bell < 0) {
+    int err = errno;
+    close(memfd);
+    mp_raise_errno(L, err, "cannot receive a connection");
+  }
+  int err = mp_ring_attach(r, memfd, (size_t)len, reading ? bell : -1, reading ? -1 : bell);
+  if (err) mp_raise_errno(L, err, "cannot receive a connection");
+}
+
+static void conn_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep) {
+  (void)c;
+  size_t pos = 0;
+  uint64_t flags = mp_travel_get(L, d, &pos);
+  int want = ((flags & C_RX) ? 2 : 0) + ((flags & C_TX) ? 2 : 0);
+  if (dep || flags == 0 || flags > (C_RX | C_TX) || d->nfds != want)
+    luaL_error(L, "mp.loads: corrupt connection description");
+  conn_ud *u = new_conn(L);                  /* closed until both directions are there */
+  int k = 0;
+  if (flags & C_RX) { attach_direction(L, &u->c.rx, d->fds + k, mp_travel_get(L, d, &pos), 1); k += 2; }
+  if (flags & C_TX) attach_direction(L, &u->c.tx, d->fds + k, mp_travel_get(L, d, &pos), 0);
+  u->closed = 0;
+  if (mp_conn_adopt(&u->c) != 0) {
+    mp_conn_close(&u->c);
+    u->closed = 1;
+    luaL_error(L, "not enough memory");
+  }
 }
 
 /* For mp.wait: the Connection at idx, or NULL. */
@@ -367,6 +435,7 @@ void mp_pipe_open(lua_State *L) {
     {NULL, NULL}
   };
   mp_newclass(L, &CONN_C, methods, metamethods);
+  mp_travel_register(&CONN_C, &CONN_TRAVEL);
   lua_getfield(L, -1, "__index");           /* the methods table, as upvalue 1 */
   lua_pushcclosure(L, conn_index, 1);
   lua_setfield(L, -2, "__index");

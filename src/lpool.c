@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "mp_aux.h"
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/clock.h"
 #include "engine/identity.h"
@@ -54,6 +55,48 @@ typedef struct pool_tr {
 } pool_tr;
 
 static const mp_class TR_C = { "mp.PoolTransport", sizeof(pool_tr), NULL };
+
+/*
+** A transport travels (mp_travel.h) to a worker started through the fork
+** server (Pool{context = "forkserver"}): the worker's ends of the local
+** transport, passed with SCM_RIGHTS; the child gets a worker-side transport.
+*/
+static int tr_export(lua_State *L, int idx, mp_travel_desc *d) {
+  pool_tr *t = lua_touserdata(L, idx);
+  size_t len;
+  if (t->impl != NULL && t->ops != &mp_poolchan_ops)     /* another module's (mp.mpi): its own workers */
+    luaL_error(L, "cannot send a pool transport of type '%s': only the local one travels", t->ops->name);
+  if (t->impl == NULL || t->foreign || mp_poolchan_worker_ends(&t->local, d->fds, &len) != 0)
+    luaL_error(L, "cannot send a pool transport: only its pool's process may start its workers");
+  d->nfds = 3;
+  mp_travel_put(d, (uint64_t)t->nworkers);
+  mp_travel_put(d, len);
+  return 0;
+}
+
+static void tr_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep) {
+  size_t pos = 0;
+  uint64_t n = mp_travel_get(L, d, &pos), len = mp_travel_get(L, d, &pos);
+  if (d->nfds != 3 || dep || n < 1 || n > 4096) luaL_error(L, "mp.loads: corrupt pool transport description");
+  pool_tr *t = mp_newself(L, c, 4);               /* as core.pool_transport's (4: none here) */
+  mp_poolchan_init(&t->local);                   /* safe empty state */
+  t->foreign = 1;
+  t->nworkers = (int)n;
+  for (int i = 1; i <= 3; i++) { lua_newtable(L); lua_setiuservalue(L, -2, i); }
+  int fds[3] = { -1, -1, -1 };
+  for (int i = 0; i < 3; i++) fds[i] = mp_travel_dup(L, d->fds[i]);   /* closed by the attach below */
+  int err = mp_poolchan_attach(&t->local, fds[0], fds[1], fds[2], (size_t)len, (int)n);
+  if (err) mp_raise_errno(L, err, "cannot receive a pool transport");
+  t->ops = &mp_poolchan_ops;
+  t->impl = &t->local;
+  if (mp_pt_init(&t->pt, (int)n) != 0) {
+    mp_poolchan_close(&t->local);
+    t->impl = NULL;
+    luaL_error(L, "not enough memory");
+  }
+}
+
+static const mp_travel TR_TRAVEL = { tr_export, tr_import };
 
 static void check_mem(lua_State *L, int err) {
   if (err) luaL_error(L, "not enough memory");
@@ -1018,6 +1061,7 @@ void mp_pool_open(lua_State *L) {
     {NULL, NULL}
   };
   mp_newclass(L, &TR_C, methods, metamethods);
+  mp_travel_register(&TR_C, &TR_TRAVEL);
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lprocess.h"
 #include "mp_aux.h"
 #include "mp_signal.h"
 #include "serial.h"
@@ -41,13 +42,41 @@ static int child_msghandler(lua_State *L) {
   }
   luaL_traceback(L, L, msg, 1);
   /*
-  ** The frames below core.spawn belong to the parent's script, which the child
-  ** never returns to: cut them, as Python's traceback starts at _bootstrap.
+  ** The frames below core.spawn (or the fork server's start) belong to the
+  ** parent's script, which the child never returns to: cut them, as Python's
+  ** traceback starts at _bootstrap.
   */
+  static const char *const entries[] = {
+    "\n\t[C]: in function 'mp.core.spawn'",
+    "\n\t[C]: in function 'mp.core.forkserver_start'",
+    "\n\t[C]: in function 'mp.core.forkserver_spawn'",
+    NULL
+  };
   const char *trace = lua_tostring(L, -1);
-  const char *cut = strstr(trace, "\n\t[C]: in function 'mp.core.spawn'");
+  const char *cut = NULL;
+  for (int i = 0; entries[i] != NULL; i++) {
+    const char *at = strstr(trace, entries[i]);
+    if (at != NULL && (cut == NULL || at < cut)) cut = at;
+  }
   if (cut != NULL) lua_pushlstring(L, trace, (size_t)(cut - trace));
   return 1;
+}
+
+mp_child **mp_process_new_handle(lua_State *L) {
+  child_handle *h = mp_newself(L, &CHILD_C, 0);   /* h->c NULL: safe empty state */
+  return &h->c;
+}
+
+void mp_process_run_child(lua_State *L, int nargs, const char *name, size_t namelen) {
+  int base = lua_gettop(L) - nargs;               /* the function */
+  lua_pushcfunction(L, child_msghandler);
+  lua_insert(L, base);                            /* below the function */
+  int status = lua_pcall(L, nargs, 0, base);
+  if (status != LUA_OK) {
+    fflush(stdout);
+    fprintf(stderr, "Process %.*s:\n%s\n", (int)namelen, name, lua_tostring(L, -1));
+  }
+  mp_exit_child(status == LUA_OK ? 0 : 1);
 }
 
 /*
@@ -75,14 +104,7 @@ static int core_spawn(lua_State *L) {
   /* The child. */
   mp_signal_after_fork();
   lua_pop(L, 1);                                     /* the handle */
-  lua_pushcfunction(L, child_msghandler);
-  lua_insert(L, 3);                                  /* below bootstrap */
-  int status = lua_pcall(L, nargs, 0, 3);
-  if (status != LUA_OK) {
-    fflush(stdout);
-    fprintf(stderr, "Process %.*s:\n%s\n", (int)namelen, name, lua_tostring(L, -1));
-  }
-  mp_exit_child(status == LUA_OK ? 0 : 1);
+  mp_process_run_child(L, nargs, name, namelen);
 }
 
 static int handle_pid(lua_State *L) {

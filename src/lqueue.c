@@ -6,12 +6,14 @@
 ** (no feeder thread, unlike Python).
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "mp_aux.h"
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/clock.h"
 #include "engine/ring.h"
@@ -29,6 +31,10 @@ typedef struct queue_ud {
   const mp_class *cls;
   mp_ring ring;      /* ring.hdr == NULL once closed */
 } queue_ud;
+
+static int q_export(lua_State *L, int idx, mp_travel_desc *d);
+static void q_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep);
+static const mp_travel QUEUE_TRAVEL = { q_export, q_import };
 
 static const mp_class QUEUE_C = { QUEUE_T, sizeof(queue_ud), NULL };
 static const mp_class SIMPLE_C = { SIMPLE_T, sizeof(queue_ud), NULL };
@@ -244,9 +250,44 @@ static int q_tostring(lua_State *L) {
 /* Pushes a new queue of class tname. */
 static void new_queue(lua_State *L, const mp_class *cls, lua_Integer maxsize, size_t bytes, int joinable) {
   queue_ud *q = mp_newself(L, cls, 0);
-  q->ring.bell_r = q->ring.bell_w = -1;       /* safe empty state before anything can fail */
+  mp_ring_empty(&q->ring);                     /* safe empty state before anything can fail */
   int err = mp_ring_create(&q->ring, bytes, maxsize > 0 ? (uint64_t)maxsize : 0, joinable);
   if (err) mp_raise_errno(L, err, "cannot create queue");
+}
+
+/*
+** Travelling (mp_travel.h): the ring's memfd and both doorbell ends, which a
+** queue handle holds. The receiver maps the same ring: a queue made by one
+** process, used by a fork-server child it was given to.
+*/
+static int q_export(lua_State *L, int idx, mp_travel_desc *d) {
+  queue_ud *q = lua_touserdata(L, idx);
+  int memfd;
+  size_t len;
+  if (mp_ring_export(&q->ring, &memfd, &len) != 0) luaL_error(L, "cannot send a closed queue");
+  mp_travel_put(d, len);
+  d->fds[d->nfds++] = memfd;
+  d->fds[d->nfds++] = q->ring.bell_r;
+  d->fds[d->nfds++] = q->ring.bell_w;
+  return 0;
+}
+
+static void q_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep) {
+  size_t pos = 0;
+  uint64_t len = mp_travel_get(L, d, &pos);
+  if (d->nfds != 3 || dep) luaL_error(L, "mp.loads: corrupt queue description");
+  queue_ud *q = mp_newself(L, c, 0);
+  mp_ring_empty(&q->ring);                     /* safe empty state before anything can fail */
+  int memfd = mp_travel_dup(L, d->fds[0]);
+  int r = -1, w = -1;
+  if ((r = fcntl(d->fds[1], F_DUPFD_CLOEXEC, 3)) < 0 || (w = fcntl(d->fds[2], F_DUPFD_CLOEXEC, 3)) < 0) {
+    int err = errno;
+    close(memfd);
+    if (r >= 0) close(r);
+    mp_raise_errno(L, err, "cannot receive a queue");
+  }
+  int err = mp_ring_attach(&q->ring, memfd, (size_t)len, r, w);   /* takes the three fds */
+  if (err) mp_raise_errno(L, err, "cannot receive a queue");
 }
 
 /* The ring size option: a power of two, at least 4096 (default: a 1 GiB reservation). */
@@ -347,6 +388,9 @@ void mp_queue_open(lua_State *L) {
   mp_newclass(L, &SIMPLE_C, simple, metamethods);
   mp_newclass(L, &JOINABLE_C, joinable, metamethods);
   lua_pop(L, 3);
+  mp_travel_register(&QUEUE_C, &QUEUE_TRAVEL);
+  mp_travel_register(&SIMPLE_C, &QUEUE_TRAVEL);
+  mp_travel_register(&JOINABLE_C, &QUEUE_TRAVEL);
   static const luaL_Reg funcs[] = {
     {"Queue", core_queue},
     {"SimpleQueue", core_simple_queue},

@@ -18,6 +18,7 @@
 #include "lshm.h"
 #include "lsync.h"
 #include "mp_aux.h"
+#include "mp_travel.h"
 #include "engine/shpages.h"
 #include "engine/sync.h"
 
@@ -45,9 +46,14 @@ typedef struct shared_ud {
   size_t n;                   /* elements (1 for a Value) */
   size_t bytes;               /* allocated size */
   uint32_t owner;             /* the creating process: only it frees */
+  int imported;               /* received from another process: unimported, never freed */
   const typeinfo *t;
   const mp_shm_ud *shm;       /* a view of this SharedMemory (user value 2): never freed here */
 } shared_ud;
+
+static int shared_export(lua_State *L, int idx, mp_travel_desc *d);
+static void shared_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep);
+static const mp_travel SHARED_TRAVEL = { shared_export, shared_import };
 
 static const mp_class VALUE_C = { VALUE_T, sizeof(shared_ud), NULL },
                       ARRAY_C = { ARRAY_T, sizeof(shared_ud), NULL };
@@ -367,10 +373,60 @@ static int array_new(lua_State *L, int raw) {
 static int core_array(lua_State *L) { return array_new(L, 0); }
 static int core_raw_array(lua_State *L) { return array_new(L, 1); }
 
+/*
+** Travelling (mp_travel.h): the elements' block in the shared pages (the fd
+** of its region, its offset), the typecode and the count; the lock goes
+** along (or nil for a raw one). See lsync.c for the lifetime rule. A view of
+** a SharedMemory does not travel: the segment has a name for that.
+*/
+static int shared_export(lua_State *L, int idx, mp_travel_desc *d) {
+  shared_ud *u = lua_touserdata(L, idx);
+  if (u->shm != NULL)
+    luaL_error(L, "cannot send an %s that views a SharedMemory: send the segment's name "
+               "and make the view in the other process", u->cls->tname);
+  int fd;
+  size_t len, off;
+  if (u->data == NULL || mp_shm_export(u->data, &fd, &len, &off) != 0)
+    luaL_error(L, "cannot send an %s: its memory is gone", u->cls->tname);
+  mp_travel_put(d, len);
+  mp_travel_put(d, off);
+  mp_travel_put(d, (uint64_t)(unsigned char)u->t->code);
+  mp_travel_put(d, u->n);
+  d->fds[d->nfds++] = fd;
+  lua_getiuservalue(L, idx, 1);
+  return 1;
+}
+
+static void shared_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep) {
+  size_t pos = 0;
+  uint64_t len = mp_travel_get(L, d, &pos), off = mp_travel_get(L, d, &pos);
+  uint64_t code = mp_travel_get(L, d, &pos), n = mp_travel_get(L, d, &pos);
+  const typeinfo *t = NULL;
+  for (const typeinfo *k = types; k->code; k++)
+    if ((uint64_t)(unsigned char)k->code == code) t = k;
+  if (d->nfds != 1 || !dep || t == NULL || (c == &VALUE_C && n != 1) || n > (SIZE_MAX / 2) / t->size ||
+      (!lua_isnil(L, -1) && !mp_sync_is_lock(L, -1)))
+    luaL_error(L, "mp.loads: corrupt %s description", c->tname);
+  shared_ud *u = mp_newself(L, c, 2);          /* data NULL: safe empty state */
+  u->t = t;
+  int fd = mp_travel_dup(L, d->fds[0]);
+  void *p;
+  int err = mp_shm_import(fd, (size_t)len, (size_t)off, (size_t)n * t->size, &p);   /* takes fd */
+  if (err) mp_raise_errno(L, err, "cannot receive a shared value");
+  u->data = p;
+  u->n = (size_t)n;
+  u->bytes = (size_t)n * t->size;
+  u->imported = 1;
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  lua_remove(L, -2);                           /* the lock (or nil): user value 1 */
+}
+
 static int shared_gc(lua_State *L) {
   shared_ud *u = mp_checkself(L, 1, mp_upclass(L));
   if (u->data != NULL) {
-    if (u->shm == NULL && u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
+    if (u->imported) mp_shm_unimport(u->data);
+    else if (u->shm == NULL && u->owner == mp_self_pid()) mp_shm_free(u->data, u->bytes);
     u->data = NULL;
     u->n = 0;
   }
@@ -659,5 +715,7 @@ void mp_shared_open(lua_State *L) {
   lua_setfield(L, -2, "value");     /* the marker value_index looks for */
   lua_pop(L, 2);
   new_class(L, &ARRAY_C, array_methods, array_meta, array_index);
+  mp_travel_register(&VALUE_C, &SHARED_TRAVEL);
+  mp_travel_register(&ARRAY_C, &SHARED_TRAVEL);
   luaL_setfuncs(L, funcs, 0);
 }

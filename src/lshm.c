@@ -121,8 +121,8 @@ static size_t check_range(lua_State *L, mp_shm_ud *u, lua_Integer i, size_t n, i
 
 /* sm:read([i [, n]]) --> n bytes from position i (default: all of it from i) */
 static int shm_read(lua_State *L) {
-  mp_checknargs(L, 3);
   mp_shm_ud *u = check_open(L);
+  mp_checknargs(L, 3);
   lua_Integer i = luaL_optinteger(L, 2, 1);
   lua_Integer n;
   if (lua_isnoneornil(L, 3)) {
@@ -139,17 +139,17 @@ static int shm_read(lua_State *L) {
 /* sm:write(i, s): copies s to position i. */
 static int shm_write(lua_State *L) {
   mp_shm_ud *u = check_open(L);
+  mp_checknargs(L, 3);
   lua_Integer i = luaL_checkinteger(L, 2);
   size_t len;
   const char *s = luaL_checklstring(L, 3, &len);
-  mp_checknargs(L, 3);
   size_t off = check_range(L, u, i, len, 2);
   if (len > 0) memcpy(u->base + off, s, len);
   return 0;
 }
 
-/* close(), __close and __gc: unmaps this process's view. Never unlinks. */
-static int shm_close(lua_State *L) {
+/* __close (which also gets the error) and __gc: unmaps this process's view. Never unlinks. */
+static int shm_gc(lua_State *L) {
   mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
   if (!u->closed) mp_nshm_unmap(u->base, u->size);
   u->base = NULL;
@@ -157,8 +157,16 @@ static int shm_close(lua_State *L) {
   return 0;
 }
 
+/* sm:close() */
+static int shm_close(lua_State *L) {
+  mp_checkself(L, 1, &SHM_C);
+  mp_checknargs(L, 1);
+  return shm_gc(L);
+}
+
 static int shm_unlink(lua_State *L) {
   mp_shm_ud *u = mp_checkself(L, 1, &SHM_C);
+  mp_checknargs(L, 1);
   int err = mp_nshm_unlink(u->name);
   if (err == ENOENT) return luaL_error(L, "no SharedMemory named '%s' (already unlinked?)", u->name);
   if (err) return luaL_error(L, "cannot unlink SharedMemory '%s': %s", u->name, strerror(err));
@@ -188,7 +196,7 @@ void mp_shm_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
-    {"__gc", shm_close}, {"__close", shm_close}, {"__tostring", shm_tostring}, {NULL, NULL}
+    {"__gc", shm_gc}, {"__close", shm_gc}, {"__tostring", shm_tostring}, {NULL, NULL}
   };
   mp_newclass(L, &SHM_C, methods, meta);
   lua_getfield(L, -1, "__index");           /* the methods table, as upvalue 1 */

@@ -14,6 +14,7 @@
 
 #include "lsync.h"
 #include "mp_aux.h"
+#include "mp_travel.h"
 #include "engine/shpages.h"
 #include "engine/sync.h"
 
@@ -31,6 +32,7 @@ typedef struct prim_ud {
   const mp_class *cls;                  /* first: the class word (mp_aux.h) */
   void *shm;                            /* NULL once collected */
   uint32_t owner;                       /* the creating process: only it frees */
+  int imported;                         /* received from another process: unimported, never freed */
 } prim_ud;
 
 typedef struct lock_ud {
@@ -42,6 +44,10 @@ typedef struct cond_ud {
   prim_ud h;
   lock_ud *lock;                        /* kept alive by user value 1 */
 } cond_ud;
+
+static int prim_export(lua_State *L, int idx, mp_travel_desc *d);
+static void prim_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep);
+static const mp_travel PRIM_TRAVEL = { prim_export, prim_import };
 
 static const mp_class LOCK_C = { LOCK_T, sizeof(lock_ud), NULL },
                       RLOCK_C = { RLOCK_T, sizeof(lock_ud), NULL },
@@ -82,10 +88,62 @@ static void *new_prim(lua_State *L, const mp_class *c) {
 static int prim_gc(lua_State *L) {
   prim_ud *u = mp_checkself(L, 1, mp_upclass(L));
   if (u->shm != NULL) {
-    if (u->owner == mp_self_pid()) mp_shm_free(u->shm, SLOT);
+    if (u->imported) mp_shm_unimport(u->shm);
+    else if (u->owner == mp_self_pid()) mp_shm_free(u->shm, SLOT);
     u->shm = NULL;
   }
   return 0;
+}
+
+/*
+** Travelling (mp_travel.h): the primitive's slot in the shared pages, named
+** by the fd of its region and its offset there. A Condition takes its lock
+** along. The receiver maps the region (once for all the objects in it) and
+** uses the same slot; only the creator ever frees it, so the rule for
+** inherited objects holds for these too: keep it alive in the creator while
+** others use it (docs/sync.md).
+*/
+static int prim_export(lua_State *L, int idx, mp_travel_desc *d) {
+  prim_ud *u = lua_touserdata(L, idx);
+  int fd;
+  size_t len, off;
+  if (u->shm == NULL || mp_shm_export(u->shm, &fd, &len, &off) != 0)
+    luaL_error(L, "cannot send %s: its memory is gone", u->cls->tname);
+  mp_travel_put(d, len);
+  mp_travel_put(d, off);
+  mp_travel_put(d, (u->cls == &LOCK_C || u->cls == &RLOCK_C) ? (uint64_t)((lock_ud *)u)->recursive : 0);
+  d->fds[d->nfds++] = fd;
+  if (u->cls == &COND_C) {
+    lua_getiuservalue(L, idx, 1);
+    return 1;
+  }
+  return 0;
+}
+
+static void prim_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep) {
+  size_t pos = 0;
+  uint64_t len = mp_travel_get(L, d, &pos), off = mp_travel_get(L, d, &pos);
+  uint64_t recursive = mp_travel_get(L, d, &pos);
+  if (d->nfds != 1 || dep != (c == &COND_C)) luaL_error(L, "mp.loads: corrupt %s description", c->tname);
+  lock_ud *lock = NULL;
+  if (dep) {
+    lock = mp_testself(L, -1, &ANY_LOCK_C);
+    if (lock == NULL) luaL_error(L, "mp.loads: corrupt %s description (its lock)", c->tname);
+  }
+  prim_ud *u = mp_newself(L, c, 1);            /* shm NULL: safe empty state */
+  int fd = mp_travel_dup(L, d->fds[0]);
+  void *p;
+  int err = mp_shm_import(fd, (size_t)len, (size_t)off, SLOT, &p);   /* takes fd */
+  if (err) mp_raise_errno(L, err, "cannot receive a synchronization primitive");
+  u->shm = p;
+  u->imported = 1;
+  if (c == &LOCK_C || c == &RLOCK_C) ((lock_ud *)u)->recursive = recursive != 0;
+  if (dep) {
+    ((cond_ud *)u)->lock = lock;
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    lua_remove(L, -2);                         /* the lock: kept as user value 1 */
+  }
 }
 
 /* Runs pending signal handlers and Ctrl-C under lua_pcall (for cleanup paths). */
@@ -496,5 +554,7 @@ void mp_sync_open(lua_State *L) {
   };
   new_class(L, &SEM_C, sem_methods, sem_tostring);
   new_class(L, &BSEM_C, sem_methods, sem_tostring);
+  static const mp_class *const travelling[] = { &LOCK_C, &RLOCK_C, &SEM_C, &BSEM_C, &COND_C, &EVENT_C, NULL };
+  for (int i = 0; travelling[i] != NULL; i++) mp_travel_register(travelling[i], &PRIM_TRAVEL);
   luaL_setfuncs(L, funcs, 0);
 }

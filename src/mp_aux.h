@@ -151,6 +151,7 @@ int mp_poller_fds(lua_State *L, int *fds, int max);
 /* The `mp.core` table is built by one open function per subsystem. */
 void mp_time_open(lua_State *L);
 void mp_process_open(lua_State *L);
+void mp_forkserver_open(lua_State *L);
 void mp_signal_open(lua_State *L);
 void mp_sync_open(lua_State *L);
 void mp_shared_open(lua_State *L);

@@ -8,6 +8,11 @@
 #include "mplua.h"
 #include "mp_aux.h"
 #include "mp_embedded.h"
+#include "engine/proc.h"
+
+/* The public constants are the engine's. */
+_Static_assert(MPLUA_FORK_PROCESS == MP_FORK_PROCESS && MPLUA_FORK_SERVER == MP_FORK_SERVER &&
+               MPLUA_FORK_SERVED == MP_FORK_SERVED, "fork hook kinds");
 
 typedef void (*subsystem_open)(lua_State *L);
 
@@ -15,6 +20,7 @@ typedef void (*subsystem_open)(lua_State *L);
 static const subsystem_open subsystems[] = {
   mp_time_open,
   mp_process_open,
+  mp_forkserver_open,
   mp_signal_open,
   mp_sync_open,
   mp_shared_open,
@@ -36,7 +42,28 @@ int luaopen_mp_core(lua_State *L) {
   for (int i = 0; subsystems[i] != NULL; i++) subsystems[i](L);
   lua_pushliteral(L, MPLUA_VERSION);
   lua_setfield(L, -2, "version");
+  lua_pushinteger(L, MPLUA_VERSION_NUM);
+  lua_setfield(L, -2, "version_num");
   return 1;
+}
+
+void mplua_set_fork_hooks(mplua_fork_hook prepare, mplua_fork_hook parent,
+                          mplua_fork_hook child, void *ud) {
+  mp_fork_set_hooks(prepare, parent, child, ud);
+}
+
+int mplua_forkserver_start(lua_State *L) {
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "mp");
+  lua_remove(L, -2);
+  if (!lua_istable(L, -1) || lua_getfield(L, -1, "forkserver_start") != LUA_TFUNCTION) {
+    lua_settop(L, top);
+    lua_pushliteral(L, "mplua_forkserver_start: mp is not open in this state (luaopen_mp)");
+    return LUA_ERRRUN;
+  }
+  lua_remove(L, -2);
+  return lua_pcall(L, 0, 0, 0);
 }
 
 static const mp_embedded_module *find_module(const char *name) {

@@ -37,6 +37,7 @@
 
 #include <lauxlib.h>
 
+#include "mp_travel.h"
 #include "serial.h"
 #include "engine/siphash.h"
 
@@ -73,7 +74,9 @@ enum {
   T_GLOBALS,   /* - : the receiving state's global table */
   T_MODULE,    /* len:u32 name: package.loaded[name] */
   T_FIELD,     /* len:u32 name len:u32 field: package.loaded[name][field] */
-  T_ENV        /* id:u64: an exported environment, else the globals (upvalues only) */
+  T_ENV,       /* id:u64: an exported environment, else the globals (upvalues only) */
+  T_OBJECT     /* namelen:u8 name desclen:u8 desc nfds:u8 fdindex:u32*nfds dep:u8 [value]:
+                  an mp object (mp_travel.h), its fds in the message's fd list */
 };
 #define T_SHARED 0x80
 
@@ -339,6 +342,7 @@ typedef struct enc {
   int nroot, rootk;        /* number of root values; which one is being encoded */
   int depth;
   int npath;
+  mp_oob *oob;             /* where mp objects' fds go; NULL: they cannot be sent */
   seg path[MAX_DEPTH + 2];
 } enc;
 
@@ -1329,6 +1333,48 @@ static void encode_function(enc *e, int f, const void *p) {
   e->depth--;
 }
 
+/*
+** An mp object (mp_travel.h): its class name, its description, the indexes
+** of its fds in the out-of-band list, and the value that travels with it.
+*/
+static void encode_object(enc *e, int idx, const mp_class *c, const mp_travel *t) {
+  lua_State *L = e->L;
+  if (e->oob == NULL) {
+    const char *msg = lua_pushfstring(L,
+      "an %s cannot travel inside a message (a Queue item, a Pipe message, mp.dumps): "
+      "pass it to the process as an argument of Process (or an upvalue of its target), "
+      "or create it before the process starts (a Pool's workers inherit what exists when it starts)", c->tname);
+    enc_error(e, msg);
+  }
+  const void *p = lua_topointer(L, idx);
+  if (put_ref(e, p)) return;
+  enter(e);
+  pm_put(L, &e->s->memo, p, e->b->len - e->base);
+  mp_travel_desc d;
+  memset(&d, 0, sizeof d);
+  int dep = t->export_obj(L, idx, &d);
+  size_t nlen = strlen(c->tname);
+  put_u8(e, T_OBJECT);
+  put_u8(e, (unsigned)nlen);
+  put_bytes(e, c->tname, nlen);
+  put_u8(e, (unsigned)d.len);
+  put_bytes(e, d.bytes, d.len);
+  put_u8(e, (unsigned)d.nfds);
+  for (int i = 0; i < d.nfds; i++) {
+    uint64_t k = mp_oob_add(L, e->oob, d.fds[i]);
+    put_raw(room(e, 4), k, 4);
+    e->b->len += 4;
+  }
+  put_u8(e, (unsigned)dep);
+  if (dep) {
+    lua_pushliteral(L, "lock");
+    int key = lua_gettop(L);
+    child(e, key - 1, (seg){SEG_KEY, key, 0, NULL});
+    lua_pop(L, 2);
+  }
+  e->depth--;
+}
+
 static void encode(enc *e, int idx) {
   lua_State *L = e->L;
   int type = lua_type(L, idx);
@@ -1348,18 +1394,25 @@ static void encode(enc *e, int idx) {
       encode_function(e, idx, p);
       break;
     }
-    case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA:
+    case LUA_TUSERDATA: case LUA_TLIGHTUSERDATA: {
+      const mp_travel *t;
+      const mp_class *c = mp_travel_class(L, idx, &t);
+      if (c != NULL) { encode_object(e, idx, c, t); break; }
       if (put_name(e, idx, lua_topointer(L, idx), 1, 1)) break;
       refuse(e, idx, "");
       break;
+    }
     default:
       refuse(e, idx, "");
   }
 }
 
-/* Encodes n values at idx; s and st: the state and its index, or NULL and 0 to fetch it when needed. */
+/*
+** Encodes n values at idx; s and st: the state and its index, or NULL and 0 to
+** fetch it when needed; oob: where mp objects' fds go, or NULL (refused).
+*/
 static void encode_values(lua_State *L, serial_state *s, int st, int idx, int n, mp_wbuf *b,
-                          const char *root) {
+                          const char *root, mp_oob *oob) {
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
   enc encoder;
@@ -1376,6 +1429,7 @@ static void encode_values(lua_State *L, serial_state *s, int st, int idx, int n,
   e->nroot = n;
   e->depth = 0;
   e->npath = 0;
+  e->oob = oob;
   if (n < 0 || (lua_Unsigned)n > UINT32_MAX) luaL_error(L, "mp: bad value count");
   put_u8(e, FORMAT_VERSION);
   if (n < 0xFF) put_u8(e, (unsigned)n);
@@ -1388,7 +1442,11 @@ static void encode_values(lua_State *L, serial_state *s, int st, int idx, int n,
 }
 
 void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root) {
-  encode_values(L, NULL, 0, idx, n, b, root);
+  encode_values(L, NULL, 0, idx, n, b, root, NULL);
+}
+
+void mp_serial_encode_oob(lua_State *L, int idx, int n, mp_wbuf *b, const char *root, mp_oob *oob) {
+  encode_values(L, NULL, 0, idx, n, b, root, oob);
 }
 
 /*
@@ -1440,6 +1498,8 @@ typedef struct dec {
   int keys;                /* slot: the UV_KEYS table, fetched with the first key */
   int keys_ready;
   int depth;
+  const int *fds;          /* the fds that came with the message (mp objects), or NULL */
+  size_t nfds;
 } dec;
 
 static int dec_error(dec *d, const char *msg) {
@@ -1841,6 +1901,44 @@ static void decode_name(dec *d, int tag) {
   }
 }
 
+/* An mp object: its class builds a new one on the fds that came with the message. */
+static void decode_object(dec *d, int tag, size_t off) {
+  lua_State *L = d->L;
+  dec_enter(d);
+  size_t nlen = (size_t)get_num(d, 1);
+  const char *name = get_bytes(d, nlen);
+  const mp_travel *t;
+  const mp_class *c = mp_travel_find(name, nlen, &t);
+  if (c == NULL) {
+    lua_pushlstring(L, name, nlen);
+    luaL_error(L, "mp.loads: unknown kind of mp object '%s'", lua_tostring(L, -1));
+  }
+  mp_travel_desc desc;
+  memset(&desc, 0, sizeof desc);
+  desc.len = (size_t)get_num(d, 1);
+  if (desc.len > MP_TRAVEL_DESC) dec_error(d, "corrupt mp object");
+  memcpy(desc.bytes, get_bytes(d, desc.len), desc.len);
+  desc.nfds = (int)get_num(d, 1);
+  if (desc.nfds > MP_TRAVEL_FDS) dec_error(d, "corrupt mp object");
+  for (int i = 0; i < desc.nfds; i++) {
+    uint64_t k = get_num(d, 4);
+    if (d->fds == NULL)
+      luaL_error(L, "mp.loads: an %s arrived without its fds (it cannot travel this way)", c->tname);
+    if (k >= d->nfds) dec_error(d, "corrupt mp object (fd index)");
+    desc.fds[i] = d->fds[k];
+  }
+  int dep = (int)get_num(d, 1);
+  if (dep > 1) dec_error(d, "corrupt mp object");
+  if (dep) {
+    announce(d, 1);
+    d->pending--;
+    decode(d);
+  }
+  t->import_obj(L, c, &desc, dep);
+  if (tag & T_SHARED) dec_remember(d, off, lua_gettop(L));
+  d->depth--;
+}
+
 static int decode(dec *d) {
   lua_State *L = d->L;
   if (left(d) < 1) truncated(d);
@@ -1880,6 +1978,7 @@ static int decode(dec *d) {
     }
     case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); break;
     case T_MODULE: case T_FIELD: decode_name(d, tag); break;
+    case T_OBJECT: case T_OBJECT | T_SHARED: decode_object(d, tag, off); break;
     default:                     /* T_UPJOIN and T_ENV are valid as upvalues only */
       luaL_error(L, "mp.loads: corrupt message (bad tag %d at byte %I)", tag, (lua_Integer)off);
   }
@@ -1889,11 +1988,14 @@ static int decode(dec *d) {
 /*
 ** Decodes one message. With s NULL (transports), the state and the key cache
 ** are fetched when needed into stack slots; mp.loads passes them as its
-** upvalues (indexes st and keys).
+** upvalues (indexes st and keys). fds: what came with it for mp objects, or NULL.
 */
-static int decode_values(lua_State *L, serial_state *s, int st, int keys, const char *data, size_t len) {
+static int decode_values(lua_State *L, serial_state *s, int st, int keys, const char *data, size_t len,
+                         const int *fds, size_t nfds) {
   dec d;
   d.L = L;
+  d.fds = fds;
+  d.nfds = nfds;
   d.start = d.p = (const unsigned char *)data;
   d.end = d.start + len;
   d.pending = 0;
@@ -1948,7 +2050,11 @@ static int decode_values(lua_State *L, serial_state *s, int st, int keys, const 
 }
 
 int mp_serial_decode(lua_State *L, const char *data, size_t len) {
-  return decode_values(L, NULL, 0, 0, data, len);
+  return decode_values(L, NULL, 0, 0, data, len, NULL, 0);
+}
+
+int mp_serial_decode_oob(lua_State *L, const char *data, size_t len, const int *fds, size_t nfds) {
+  return decode_values(L, NULL, 0, 0, data, len, fds, nfds);
 }
 
 int mp_serial_peek(lua_State *L, int on) {
@@ -1978,7 +2084,7 @@ static int core_dumps(lua_State *L) {
     b->cap = 0;
   }
   b->len = 0;
-  encode_values(L, s, STATE_UPVALUE, 1, n, b, "value");
+  encode_values(L, s, STATE_UPVALUE, 1, n, b, "value", NULL);
   lua_pushlstring(L, b->data, b->len);
   if (b->cap > SCRATCH_KEEP) {             /* the message now lives in the string */
     free(b->data);
@@ -1991,7 +2097,7 @@ static int core_dumps(lua_State *L) {
 static int core_loads(lua_State *L) {
   size_t len;
   const char *data = luaL_checklstring(L, 1, &len);
-  return decode_values(L, lua_touserdata(L, STATE_UPVALUE), STATE_UPVALUE, KEYS_UPVALUE, data, len);
+  return decode_values(L, lua_touserdata(L, STATE_UPVALUE), STATE_UPVALUE, KEYS_UPVALUE, data, len, NULL, 0);
 }
 
 /*

@@ -38,6 +38,17 @@ void mp_serial_encode(lua_State *L, int idx, int n, mp_wbuf *b, const char *root
 int mp_serial_decode(lua_State *L, const char *data, size_t len);
 
 /*
+** The same for transports that pass fds (the fork server, the pool): mp
+** objects (mp_travel.h) are encoded with their fds added to `oob`, which the
+** transport sends along the bytes; the receiver decodes with the fds that
+** came (borrowed: it closes them after). mp_serial_encode and
+** mp_serial_decode refuse mp objects.
+*/
+struct mp_oob;
+void mp_serial_encode_oob(lua_State *L, int idx, int n, mp_wbuf *b, const char *root, struct mp_oob *oob);
+int mp_serial_decode_oob(lua_State *L, const char *data, size_t len, const int *fds, size_t nfds);
+
+/*
 ** Before forking (core.spawn, in the parent): gives the environments of the Lua
 ** functions on the stack their ids, so the child can bind its copies of them
 ** (docs/serialization.md, "Environments").

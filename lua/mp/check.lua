@@ -52,6 +52,21 @@ local function typename(v)
 end
 M.typename = typename
 
+--[[
+An error message positioned inside one of mp's own Lua files ("mp/pool.lua:462:
+interrupted!", raised by a Ctrl-C hook while the pool's loop ran) gets the
+position of the first caller outside mp instead; anything else is returned as
+it is. For errors caught and raised again by mp's own loops.
+]]
+function M.relocate(err)
+  if type(err) ~= "string" then return err end
+  local rest = err:match("^[^\n]-mp/[%w_]+%.lua:%d+: (.*)$") or err:match("^mp%.lua:%d+: (.*)$")
+  if rest == nil then return err end
+  local info = getinfo(M.level(), "Sl")
+  if info == nil or info.currentline < 0 then return rest end
+  return string.format("%s:%d: %s", info.short_src, info.currentline, rest)
+end
+
 -- "bad argument #n to 'fname' (msg)" at the first caller outside mp.
 function M.argerror(n, fname, msg)
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), M.level())

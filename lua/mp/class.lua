@@ -15,6 +15,14 @@ local function copy_metamethods(from, to)
   end
 end
 
+local function class_meta(cls, parent)
+  return {
+    __index = parent,
+    __call = function(c, ...) return c:new(...) end,
+    __tostring = function() return "class " .. rawget(cls, "__name") end,
+  }
+end
+
 local CLASS_ONLY = { __index = true, __newindex = true, __name = true, __getters = true, __setters = true }
 
 function M.class(name, parent)
@@ -45,11 +53,7 @@ function M.class(name, parent)
       rawset(self, k, v)
     end
   end
-  return setmetatable(cls, {
-    __index = parent,
-    __call = function(c, ...) return c:new(...) end,
-    __tostring = function() return "class " .. name end,
-  })
+  return setmetatable(cls, class_meta(cls, parent))
 end
 
 local Object = M.class("Object")
@@ -77,6 +81,21 @@ function Object.is(cls, value)
     mt = rawget(mt, "super")
   end
   return false
+end
+
+--[[
+class.restore(cls): a class that arrived by value from another process (the
+serializer sends tables without their metatables) gets back what M.class
+gave it: its own metatable, and the links of its getters and setters to the
+parent's. Its `super` must already be a working class (restore the parents
+first). Returns cls.
+]]
+function M.restore(cls)
+  local parent = rawget(cls, "super")
+  local getters, setters = rawget(cls, "__getters"), rawget(cls, "__setters")
+  if type(getters) == "table" then setmetatable(getters, { __index = parent and parent.__getters }) end
+  if type(setters) == "table" then setmetatable(setters, { __index = parent and parent.__setters }) end
+  return setmetatable(cls, class_meta(cls, parent))
 end
 
 M.copy_metamethods = copy_metamethods

@@ -299,22 +299,7 @@ function condition_methods.wait(self, timeout, ...)
   check.nargs("wait", 1, select("#", ...) + 1, (...))
   return wcall(self, timeout, "wait", timeout)
 end
-function condition_methods.wait_for(self, predicate, timeout)
-  local r = predicate()
-  if r then return r end
-  local deadline = timeout and core.time() + timeout
-  while not r do
-    if deadline then
-      local left = deadline - core.time()
-      if left <= 0 then break end
-      self:wait(left)
-    else
-      self:wait()
-    end
-    r = predicate()
-  end
-  return r
-end
+condition_methods.wait_for = require("mp.sync").wait_for
 method_class("ConditionProxy", { "Condition" }, condition_methods)
 
 local event_methods = callers { "set", "clear", "is_set" }
@@ -446,7 +431,20 @@ local function registry_of(cls)
   return all
 end
 
-local OPTIONS = { "address", "authkey", "timeout", "initializer", "initargs" }
+--[[
+The server knows its built-in types by their constructors' identity, which a
+copy made by the serializer (a server started through the fork server) would
+lose: they travel as `true`, and server.run puts its own constructors back.
+]]
+local function builtins_by_name(registry)
+  for typeid, ctor in pairs(registry) do
+    local t = server.types[typeid]
+    if t and t.new == ctor then registry[typeid] = true end
+  end
+  return registry
+end
+
+local OPTIONS = { "address", "authkey", "timeout", "initializer", "initargs", "context" }
 
 local function check_options(opts, fname)
   check.options(opts, fname, OPTIONS)
@@ -462,11 +460,12 @@ local function check_options(opts, fname)
   if opts.initializer ~= nil and not callable(opts.initializer) then
     check.error("bad argument #1 to '" .. fname .. "' (initializer must be a function)")
   end
+  if opts.context ~= nil then process.context_method(opts.context, fname) end
 end
 
 --[[
-Manager{address =, authkey =, timeout =, initializer =, initargs =}: starts the
-server process. address: a Unix socket path or "host:port" (TCP; port 0 picks
+Manager{address =, authkey =, timeout =, initializer =, initargs =, context =}:
+starts the server process (context: its start method, as Process's option). address: a Unix socket path or "host:port" (TCP; port 0 picks
 one); default a socket in a new private directory. authkey: default 32 random
 bytes. timeout: seconds a call may take (default 30) before TimeoutError.
 ]]
@@ -494,11 +493,12 @@ function BaseManager:init(opts)
   end
   counters[cls] = (counters[cls] or 0) + 1
   local cfg = {
-    listener = listener, authkey = authkey, owner = getpid(), registry = registry_of(cls),
+    listener = listener, authkey = authkey, owner = getpid(), registry = builtins_by_name(registry_of(cls)),
     initializer = opts.initializer, initargs = opts.initargs, socket = socket, dir = dir,
   }
+  -- context: the server's start method (the listener travels to a fork-server child).
   local p = process.Process { target = server.run, args = { cfg }, daemon = true,
-                              name = fname .. "-" .. counters[cls] }
+                              name = fname .. "-" .. counters[cls], context = opts.context }
   ok, bound = pcall(function() p:start(); return bound end)
   listener:close()
   if not ok then

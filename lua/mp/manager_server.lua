@@ -1091,6 +1091,9 @@ initializer, initargs, socket and dir (removed at exit when set).
 function M.run(cfg)
   server_pid = core.getpid()
   registry = cfg.registry
+  for typeid, ctor in pairs(registry) do      -- built-ins travel by name (manager.lua)
+    if ctor == true and types[typeid] then registry[typeid] = types[typeid].new end
+  end
   -- Ctrl-C in a terminal reaches the whole process group: the owner decides (as Python's server).
   core.signal("SIGINT", "ignore")
   core.signal("SIGTERM", function() stopping = true end)

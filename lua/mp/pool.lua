@@ -115,9 +115,10 @@ function AsyncResult:wait(timeout)
 end
 
 -- get([timeout]) --> the results; raises the task's error, or TimeoutError.
-function AsyncResult:get(timeout)
+function AsyncResult:get(timeout, surplus)
+  check_ar(self, "get")
+  if surplus ~= nil then check.nargs("get", 1, 2, surplus) end
   if not self._ready then
-    check_ar(self, "get")
     check_timeout(timeout, 1, "get", "timeout")
     self._pool:_wait(function() return self._ready end, timeout)
     if not self._ready then error(classes.TimeoutError("result not ready within the timeout"), 2) end
@@ -254,6 +255,7 @@ local function spawn_worker(self, index)
     args = { self._tr, index, self._initializer, self._initargs, self._maxtasks, n = 5 },
     name = "PoolWorker-" .. worker_counter,
     daemon = true,
+    context = self._method,
   }
   p._pool_worker = true
   spawning = self
@@ -271,8 +273,10 @@ Pool{processes=, initializer=, initargs=, maxtasksperchild=}.
 function Pool:init(processes, initializer, initargs, maxtasksperchild)
   if type(processes) == "table" then
     local o = processes
-    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild" })
+    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild", "context" })
     processes, initializer, initargs, maxtasksperchild = o.processes, o.initializer, o.initargs, o.maxtasksperchild
+    -- the workers' start method (docs/processes.md): the transport travels to fork-server workers
+    if o.context ~= nil then self._method = process.context_method(o.context, "Pool") end
   end
   if processes == nil then processes = core.cpu_count() end
   if mtype(processes) ~= "integer" then
@@ -662,7 +666,7 @@ function Pool:_wait(done, timeout, tick)
   end)
   if not ok then
     self:terminate()
-    error(err, 0)
+    error(check.relocate(err), 0)
   end
   return done()
 end
@@ -801,7 +805,7 @@ local function run_map(self, job)
   end)
   if not okw then
     self:terminate()
-    error(ok, 0)
+    error(check.relocate(ok), 0)
   end
   if not ok then
     if job.timeout and self._tr ~= nil then
@@ -852,7 +856,10 @@ local APPLY_KEYS = { "callback", "error_callback", "timeout" }
 apply_async(fn, args [, {callback=, error_callback=, timeout=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
 ]]
-function Pool:apply_async(fn, args, opts, error_callback)
+function Pool:apply_async(fn, args, opts, error_callback, surplus)
+  -- The per-task path tests inline: self, a surplus argument, a running pool.
+  if getmetatable(self) ~= Pool then check.self(self, Pool, "apply_async") end
+  if surplus ~= nil then check.nargs("apply_async", 4, 5, surplus) end
   if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async") end
   if type(fn) ~= "function" then check_fn(fn, "apply_async") end
   if args == nil then args = {} elseif type(args) ~= "table" then
@@ -1089,5 +1096,26 @@ end
 -- For lua/mp/futures.lua.
 M.is_result = function(v) return getmetatable(v) == AsyncResult end
 M.check_timeout = check_timeout
+
+--[[
+Every other public method checks, before anything else, that it was called
+with `:` on an object of its class and that no surplus argument was passed
+(mp.check: errors at the caller's line). The wrapper ends in a tail call, so
+the method's own errors still count levels from the caller.
+]]
+local function guard(cls, methods)
+  for name, max in pairs(methods) do
+    local f = cls[name]
+    cls[name] = function(self, ...)
+      if getmetatable(self) ~= cls then check.self(self, cls, name) end
+      local n = select("#", ...)
+      if n > max then check.nargs(name, max, n, (select(max + 1, ...))) end
+      return f(self, ...)
+    end
+  end
+end
+guard(Pool, { map = 3, starmap = 3, imap = 3, imap_unordered = 3, map_async = 4, starmap_async = 4,
+              apply = 2, close = 0, join = 0, terminate = 0, terminate_workers = 0, kill_workers = 0 })
+guard(AsyncResult, { wait = 1, ready = 0, successful = 0, exception = 1, cancel = 0, cancelled = 0 })
 
 return M

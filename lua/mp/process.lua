@@ -9,7 +9,7 @@ local check = require "mp.check"
 
 local M = {}
 
-local getpid, spawn = core.getpid, core.spawn
+local getpid, spawn, fs_spawn = core.getpid, core.spawn, core.forkserver_spawn
 local SIGTERM, SIGKILL = core.signals.SIGTERM, core.signals.SIGKILL
 
 local function callable(v)
@@ -35,7 +35,25 @@ local state = {
 local after_fork = {}   -- functions other modules run in every new child
 
 -- Runs f() in every child right after the fork, before the target (module state resets).
+-- The fork server runs them too when it starts: it is a fork of this process.
 function M.at_fork(f) after_fork[#after_fork + 1] = f end
+
+--[[
+Start methods (docs/processes.md). The default method is fixed at its first
+use (mp.get_start_method() or a start) unless set before; lua/mp/context.lua
+holds the public API. A Process uses, in this order: its `context` option,
+its class's _start_method (the classes of mp.get_context(m)), the default.
+]]
+local METHODS = { fork = true, forkserver = true }
+M.METHODS = METHODS
+local default_method = nil    -- nil: not fixed yet ("fork" when first used)
+
+function M.default_method(fix)
+  if default_method == nil and fix then default_method = "fork" end
+  return default_method
+end
+
+function M.set_default_method(method) default_method = method end
 
 local function check_closed(self)
   if rawget(self, "_closed") then check.error("process object is closed") end
@@ -69,7 +87,19 @@ Process{target = fn, args = {...}, name = "w", daemon = false}, or positionally
 Process(target, args, name, daemon). Subclasses may override init and call
 Process.init(self, options) to set these.
 ]]
-local OPTIONS = { "target", "args", "name", "daemon", "group" }
+local OPTIONS = { "target", "args", "name", "daemon", "group", "context" }
+
+-- The method named by a context option: "fork", "forkserver", or a context of mp.get_context.
+local function context_method(ctx, fname)
+  if type(ctx) == "string" and METHODS[ctx] then return ctx end
+  if type(ctx) == "table" then
+    local ok, m = pcall(function() return ctx:get_start_method() end)
+    if ok and METHODS[m] then return m end
+  end
+  argerror(1, fname, "context must be 'fork', 'forkserver' or a context from mp.get_context, got " ..
+    (type(ctx) == "string" and string.format("%q", ctx) or check.typename(ctx)))
+end
+M.context_method = context_method
 
 function Process:init(target, args, name, daemon, ...)
   local fname = getmetatable(self).__name
@@ -79,6 +109,7 @@ function Process:init(target, args, name, daemon, ...)
     check.options(opts, fname, OPTIONS)
     target, args, name, daemon = opts.target, opts.args, opts.name, opts.daemon
     if opts.group ~= nil then argerror(1, fname, "group must be nil") end
+    if opts.context ~= nil then self._method = context_method(opts.context, fname) end
   end
   if target ~= nil and not callable(target) then
     argerror(1, fname, "target must be callable, got " .. type(target))
@@ -95,10 +126,9 @@ function Process:init(target, args, name, daemon, ...)
   if daemon ~= nil then self._daemon = not not daemon end
 end
 
--- The child's entry point, called by core.spawn in the new process.
-local function bootstrap(self)
-  local parent = state.current
-  state.parent = M.ParentProcess(parent._name, core.getppid())
+-- A new child becomes `self`: module state resets, then run.
+local function enter(self, parent)
+  state.parent = parent
   state.current = self
   state.counter = 0
   state.identity = self._identity
@@ -110,6 +140,41 @@ local function bootstrap(self)
   os.exit = core.child_exit
   for _, f in ipairs(after_fork) do f() end
   self:run()
+end
+
+-- The child's entry point, called by core.spawn in the new process.
+local function bootstrap(self)
+  enter(self, M.ParentProcess(state.current._name, core.getppid()))
+end
+
+--[[
+The fork server's child: the process object arrives by value (the serializer
+sends tables without metatables), with the chain of its classes below the
+first one this copy of the state knows by name (a subclass made after the
+server started); they get their metatables back, parents first.
+]]
+local function fs_bootstrap(self, chain, base, parent_name, parent_pid)
+  for i = #chain, 1, -1 do class.restore(chain[i]) end
+  setmetatable(self, chain[1] or base)
+  enter(self, M.ParentProcess(parent_name, parent_pid))
+end
+
+-- The fork server, right after it is forked: what any child does to shared state.
+local function server_init()
+  for _, f in ipairs(after_fork) do f() end
+end
+
+-- Classes every copy of the state knows (sent by name); others travel by value.
+local known_classes = {}
+
+-- The classes of obj from its own up to the first known one (excluded), and that one.
+local function class_chain(obj)
+  local chain, cls = {}, getmetatable(obj)
+  while not known_classes[cls] do
+    chain[#chain + 1] = cls
+    cls = rawget(cls, "super")
+  end
+  return chain, cls
 end
 
 function Process:run()
@@ -133,7 +198,15 @@ function Process:start(...)
     check.error("daemonic processes are not allowed to have children")
   end
   reap()
-  local handle = spawn(self._name, self._daemon, bootstrap, self)
+  local method = self._method or self._start_method or M.default_method(true)
+  local handle
+  if method == "forkserver" then
+    M.forkserver_start()
+    local chain, base = class_chain(self)
+    handle = fs_spawn(self._daemon, self._name, self, chain, base, state.current._name, getpid())
+  else
+    handle = spawn(self._name, self._daemon, bootstrap, self)
+  end
   self._handle = handle
   self._pid = handle:pid()
   state.children[self] = true
@@ -246,6 +319,17 @@ function Process:__tostring()
   return table.concat(parts, " ") .. ">"
 end
 
+--[[
+mp.forkserver_start(): starts this state's fork server now, if it is not
+running (a host calls it before it starts threads, and while it is small:
+the server is a fork of this process as it is now). Returns its pid (nil in
+a process that uses another process's server).
+]]
+function M.forkserver_start(...)
+  check.nargs("forkserver_start", 0, select("#", ...), (...))
+  return core.forkserver_start(fs_bootstrap, server_init)
+end
+
 -- mp.parent_process() in a child: name and pid of the process that started it.
 local ParentProcess = class.Object:extend("ParentProcess")
 M.ParentProcess = ParentProcess
@@ -262,6 +346,18 @@ end
 function ParentProcess:__tostring()
   return string.format("<ParentProcess name='%s' pid=%d>", self.name, self.pid)
 end
+
+--[[
+The classes of the contexts (mp.get_context(m).Process): Python names them
+ForkProcess and ForkServerProcess; their instances default to that method.
+]]
+M.ForkProcess = Process:extend("ForkProcess")
+M.ForkProcess._start_method = "fork"
+M.ForkServerProcess = Process:extend("ForkServerProcess")
+M.ForkServerProcess._start_method = "forkserver"
+known_classes[Process] = true
+known_classes[M.ForkProcess] = true
+known_classes[M.ForkServerProcess] = true
 
 -- The main process: Python's _MainProcess.
 state.current = setmetatable({
@@ -285,6 +381,7 @@ function M.become_main()
   state.parent = nil
   state.counter = 0
   state.identity = {}
+  default_method = nil              -- a main process chooses its own start method
 end
 
 function M.current_process(...)

@@ -62,7 +62,7 @@ local function lock_helpers(mt)
   return hold, with
 end
 
--- cond:wait_for(predicate, timeout) --> the predicate's last result
+-- cond:wait_for(predicate, timeout) --> the predicate's last result (any object with wait(timeout))
 local function wait_for(self, predicate, timeout)
   local result = predicate()
   if result then return result end
@@ -115,6 +115,8 @@ local FILLING, DRAINING, RESETTING, BROKEN = 0, 1, -1, -2
 
 local Barrier = class.Object:extend("Barrier")
 M.Barrier = Barrier
+-- A Barrier travels with its class (its Condition and Array go as mp objects, mp_travel.h).
+core.register_class("mp.Barrier", Barrier)
 
 local BARRIER_OPTIONS = { "parties", "action", "timeout" }
 
@@ -240,5 +242,7 @@ function Barrier:__tostring()
   return string.format("Barrier(parties=%d, n_waiting=%d, broken=%s)",
     self.parties, self.n_waiting, tostring(self.broken))
 end
+
+M.wait_for = wait_for   -- the algorithm, for other Condition-like objects (manager proxies)
 
 return M

@@ -9,10 +9,12 @@
 
 #include "clock.h"
 #include "conn.h"
+#include "proc.h"
 
 static void empty(mp_conn *c) {
   memset(c, 0, sizeof *c);
-  c->rx.bell_r = c->rx.bell_w = c->tx.bell_r = c->tx.bell_w = -1;
+  mp_ring_empty(&c->rx);
+  mp_ring_empty(&c->tx);
 }
 
 /*
@@ -30,22 +32,50 @@ static int direction(mp_ring *rx, mp_ring *tx) {
   return 0;
 }
 
+/*
+** The doorbells say who holds which end: a fork server (a fork of this
+** process that lives on) must not hold copies of them, or a recv would never
+** see end-of-file. proc.c points them at /dev/null in the server.
+*/
+static int hide(mp_conn *c) {
+  int fds[2] = { c->rx.bell_r, c->tx.bell_w };
+  for (int i = 0; i < 2; i++) {
+    if (fds[i] >= 0 && mp_fork_hide_from_server(fds[i]) != 0) {
+      if (i == 1 && fds[0] >= 0) mp_fork_show_to_server(fds[0]);
+      return ENOMEM;
+    }
+  }
+  c->hidden = 1;
+  return 0;
+}
+
 int mp_conn_pipe(mp_conn *a, mp_conn *b, int duplex) {
   empty(a);
   empty(b);
   int err = direction(&a->rx, &b->tx);
   if (err) return err;
-  if (duplex && (err = direction(&b->rx, &a->tx)) != 0) {
+  if (duplex) err = direction(&b->rx, &a->tx);
+  if (err == 0) err = hide(a);
+  if (err == 0) err = hide(b);
+  if (err) {
     mp_conn_close(a);
     mp_conn_close(b);
-    return err;
   }
-  return 0;
+  return err;
+}
+
+int mp_conn_adopt(mp_conn *c) {
+  return hide(c);
 }
 
 void mp_conn_close(mp_conn *c) {
   if (c->sticky && c->rx.hdr != NULL) mp_ring_signalled(&c->rx, 0);
   c->sticky = 0;
+  if (c->hidden) {
+    if (c->rx.bell_r >= 0) mp_fork_show_to_server(c->rx.bell_r);
+    if (c->tx.bell_w >= 0) mp_fork_show_to_server(c->tx.bell_w);
+    c->hidden = 0;
+  }
   mp_ring_unmap(&c->rx);
   mp_ring_unmap(&c->tx);
 }

@@ -24,10 +24,17 @@ typedef struct mp_conn {
   mp_ring rx;          /* what this end receives (rx.hdr NULL: send-only) */
   mp_ring tx;          /* what this end sends (tx.hdr NULL: receive-only) */
   int sticky;          /* fileno() handed out: keep the doorbell rung */
+  int hidden;          /* its doorbells are registered with mp_fork_hide_from_server */
 } mp_conn;
 
 /* Makes the two ends. Duplex: both send and receive. Otherwise a receives, b sends. */
 int mp_conn_pipe(mp_conn *a, mp_conn *b, int duplex);
+
+/*
+** An end whose rings were attached here (mp_ring_attach: received from
+** another process): registers its doorbells like mp_conn_pipe's. 0 or ENOMEM.
+*/
+int mp_conn_adopt(mp_conn *c);
 
 /* Unmaps and closes this process's copies (idempotent). */
 void mp_conn_close(mp_conn *c);

@@ -259,7 +259,11 @@ static int poll_round(mp_srv *s, double deadline) {
   double now = mp_now();
   if (s->owner != 0 && now >= s->next_check) {
     s->next_check = now + OWNER_CHECK;
-    if ((uint32_t)getppid() != s->owner) return MP_SRV_ORPHAN;
+    /*
+    ** Our parent is the owner, unless a fork server started us (Manager{context
+    ** = "forkserver"}): then the owner is looked up by pid.
+    */
+    if ((uint32_t)getppid() != s->owner && mp_owner_dead(s->owner, 0)) return MP_SRV_ORPHAN;
   }
   struct pollfd *pfds = s->pfds;
   if (pfds == NULL) {                               /* no connection yet */

@@ -72,7 +72,7 @@ static void release_maps(mp_poolchan *c) {
 
 void mp_poolchan_init(mp_poolchan *c) {
   memset(c, 0, sizeof *c);
-  c->task_w = c->task_r = c->res_w = c->res_r = -1;
+  c->task_w = c->task_r = c->res_w = c->res_r = c->region_fd = -1;
 }
 
 void mp_poolchan_close(mp_poolchan *c) {
@@ -80,6 +80,7 @@ void mp_poolchan_close(mp_poolchan *c) {
   close_fd(&c->res_w); close_fd(&c->res_r);
   release_maps(c);
   if (c->region != NULL) { munmap(c->region, c->region_len); c->region = NULL; }
+  close_fd(&c->region_fd);
   free(c->sentinels); c->sentinels = NULL;    /* the sentinels belong to the Process objects */
   free(c->rbuf); c->rbuf = NULL;
   mp_pc_buf_free(&c->stall);
@@ -101,7 +102,10 @@ int mp_poolchan_open(mp_poolchan *c, int nslots) {
   grow_sndbuf(c->task_w);
   grow_sndbuf(c->res_w);
   size_t len = HDR_SIZE + SLOT_SIZE * (size_t)nslots;
-  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  /* A memfd (sparse, like anonymous shared memory) so that a fork-server worker can map it. */
+  c->region_fd = memfd_create("mp-pool-slots", MFD_CLOEXEC);
+  if (c->region_fd < 0 || ftruncate(c->region_fd, (off_t)len) != 0) goto fail;
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, c->region_fd, 0);
   if (p == MAP_FAILED) goto fail;
   c->region = p;
   c->region_len = len;
@@ -128,10 +132,45 @@ void mp_poolchan_after_fork(mp_poolchan *c, int worker) {
   free(c->sentinels); c->sentinels = NULL;
   mp_pc_buf_free(&c->stall);
   c->stalled = 0;
+  close_fd(&c->region_fd);                    /* the mapping is inherited */
   if (!worker) {
     close_fd(&c->task_r);
     close_fd(&c->res_w);
   }
+}
+
+int mp_poolchan_worker_ends(const mp_poolchan *c, int fds[3], size_t *region_len) {
+  if (c->task_r < 0 || c->res_w < 0 || c->region_fd < 0 || c->region == NULL) return EBADF;
+  fds[0] = c->task_r;
+  fds[1] = c->res_w;
+  fds[2] = c->region_fd;
+  *region_len = c->region_len;
+  return 0;
+}
+
+int mp_poolchan_attach(mp_poolchan *c, int task_r, int res_w, int region_fd, size_t region_len, int nslots) {
+  mp_poolchan_init(c);
+  c->task_r = task_r;
+  c->res_w = res_w;
+  c->region_fd = region_fd;
+  struct stat st;
+  int err = EINVAL;
+  if (nslots < 1 || region_len != HDR_SIZE + SLOT_SIZE * (size_t)nslots ||
+      fstat(region_fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < region_len)
+    goto fail;
+  void *p = mmap(NULL, region_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, region_fd, 0);
+  if (p == MAP_FAILED) { err = errno; goto fail; }
+  c->region = p;
+  c->region_len = region_len;
+  c->nslots = nslots;
+  region_hdr *h = hdr_of(c);
+  if (h->magic != MP_PC_MAGIC || h->version != MP_PC_VERSION || h->nslots != nslots ||
+      h->slot_size != SLOT_SIZE)
+    goto fail;
+  return 0;
+fail:
+  mp_poolchan_close(c);
+  return err;
 }
 
 void mp_poolchan_close_tasks(mp_poolchan *c) { close_fd(&c->task_w); }

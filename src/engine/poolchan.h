@@ -116,6 +116,7 @@ typedef struct mp_poolchan {
   int nslots;
   char *region;                   /* header, then the slots; NULL when closed */
   size_t region_len;
+  int region_fd;                  /* the memfd behind the region (passed to fork-server workers) */
   int *sentinels;                 /* parent: each slot's worker sentinel, -1 when none */
   mp_pc_buf stall;                /* parent: a batch the socket had no room for yet */
   int stalled;
@@ -134,6 +135,17 @@ int mp_poolchan_open(mp_poolchan *c, int nslots);
 void mp_poolchan_close(mp_poolchan *c);
 /* In a new child: drop the parent's ends (and all of them unless it is a worker). */
 void mp_poolchan_after_fork(mp_poolchan *c, int worker);
+/*
+** Workers that did not inherit the transport (started through the fork
+** server): worker_ends gives the fds a worker needs (the task socket's read
+** end, the result socket's write end, the region's memfd; borrowed) and the
+** region's length; attach makes a worker-side transport in such a worker from
+** received fds (it takes them, and checks the region's header: they came
+** from another process). 0 or errno (EBADF when this side has no ends).
+*/
+int mp_poolchan_worker_ends(const mp_poolchan *c, int fds[3], size_t *region_len);
+int mp_poolchan_attach(mp_poolchan *c, int task_r, int res_w, int region_fd, size_t region_len, int nslots);
+
 /* No more batches: workers read end-of-file once the queued ones are taken. */
 void mp_poolchan_close_tasks(mp_poolchan *c);
 /* The fd that polls readable when results are in (for waits outside the pool). */

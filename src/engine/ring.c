@@ -8,6 +8,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fault.h"
@@ -101,28 +102,41 @@ struct mp_ring_hdr {
 
 static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 7) & ~(uint64_t)7); }
 
+/*
+** The mapping is a memfd rather than anonymous shared memory: the same shmem
+** pages, so nothing on the fast paths changes, but an fd can carry it to a
+** process that did not inherit it (mp_ring_export, SCM_RIGHTS). The fd is
+** kept with the mapping (shared by the handles of one process, like refs).
+*/
+static void *map_ring(int fd, size_t len) {
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
 int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
-  r->hdr = NULL; r->data = NULL; r->refs = NULL; r->bell_r = r->bell_w = -1;
+  mp_ring_empty(r);
   if (cap < 4096 || (cap & (cap - 1)) != 0) return EINVAL;
   int *refs = malloc(sizeof *refs);
   if (refs == NULL) return ENOMEM;
   *refs = 1;
   int fds[2];
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) { free(refs); return errno; }
-  void *p = MAP_FAILED;
-  /* Reserve, do not commit: pages are allocated when written. */
-  for (; cap >= 4096; cap >>= 1) {
-    p = mmap(NULL, HDR_BYTES + cap, PROT_READ | PROT_WRITE,
-             MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p != MAP_FAILED) break;
+  int memfd = memfd_create("mp-ring", MFD_CLOEXEC);
+  void *p = NULL;
+  int err = errno;
+  /* Reserve, do not commit: the file is sparse, pages are allocated when written. */
+  for (; memfd >= 0 && cap >= 4096; cap >>= 1) {
+    if (ftruncate(memfd, (off_t)(HDR_BYTES + cap)) == 0 &&
+        (p = map_ring(memfd, HDR_BYTES + cap)) != NULL) break;
+    err = errno;
   }
-  if (p == MAP_FAILED) {
-    int err = errno;
+  if (p == NULL) {
+    if (memfd >= 0) close(memfd);
     close(fds[0]); close(fds[1]);
     free(refs);
     return err;
   }
-  mp_ring_hdr *h = p;   /* zero-filled by mmap */
+  mp_ring_hdr *h = p;   /* zero-filled: a new file */
   h->magic = RING_MAGIC;
   h->version = RING_VERSION;
   h->cap = cap;
@@ -133,9 +147,52 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable) {
   r->data = (char *)p + HDR_BYTES;
   r->cap = cap;
   r->map_len = HDR_BYTES + cap;
+  r->memfd = memfd;
   r->bell_r = fds[0];
   r->bell_w = fds[1];
   return 0;
+}
+
+int mp_ring_export(const mp_ring *r, int *memfd, size_t *map_len) {
+  if (r->hdr == NULL || r->memfd < 0) return EBADF;
+  *memfd = r->memfd;
+  *map_len = r->map_len;
+  return 0;
+}
+
+/*
+** The descriptor comes from another process and is not trusted: the file
+** must be as long as the mapping (else an access past its end is a SIGBUS),
+** and the header must be a ring's, of the capacity the length implies.
+*/
+int mp_ring_attach(mp_ring *r, int memfd, size_t map_len, int bell_r, int bell_w) {
+  mp_ring_empty(r);
+  r->memfd = memfd; r->bell_r = bell_r; r->bell_w = bell_w;
+  struct stat st;
+  int err = EINVAL;
+  if (map_len <= HDR_BYTES || fstat(memfd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      (uint64_t)st.st_size < map_len) goto fail;
+  size_t cap = map_len - HDR_BYTES;
+  if (cap < 4096 || (cap & (cap - 1)) != 0) goto fail;
+  int *refs = malloc(sizeof *refs);
+  if (refs == NULL) { err = ENOMEM; goto fail; }
+  mp_ring_hdr *h = map_ring(memfd, map_len);
+  if (h == NULL) { err = errno; free(refs); goto fail; }
+  if (h->magic != RING_MAGIC || h->version != RING_VERSION || h->cap != cap) {
+    munmap(h, map_len);
+    free(refs);
+    goto fail;
+  }
+  *refs = 1;
+  r->hdr = h;
+  r->refs = refs;
+  r->data = (char *)h + HDR_BYTES;
+  r->cap = cap;
+  r->map_len = map_len;
+  return 0;
+fail:
+  mp_ring_unmap(r);
+  return err;
 }
 
 int mp_ring_dup(const mp_ring *r, mp_ring *out) {
@@ -167,11 +224,15 @@ void mp_ring_unmap(mp_ring *r) {
     if (--*r->refs == 0) {
       munmap(r->hdr, r->map_len);
       free(r->refs);
+      if (r->memfd >= 0) close(r->memfd);
     }
     r->hdr = NULL;
     r->data = NULL;
     r->refs = NULL;
+  } else if (r->memfd >= 0) {
+    close(r->memfd);                /* attached to nothing: this handle's own */
   }
+  r->memfd = -1;
   if (r->bell_r >= 0) { close(r->bell_r); r->bell_r = -1; }
   if (r->bell_w >= 0) { close(r->bell_w); r->bell_w = -1; }
 }

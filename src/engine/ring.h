@@ -1,7 +1,9 @@
 /*
-** The queue engine: a byte ring in anonymous MAP_SHARED memory (inherited by
-** every process forked after it is made) carrying variable-size messages
-** between many producers and many consumers.
+** The queue engine: a byte ring in MAP_SHARED memory (inherited by every
+** process forked after it is made) carrying variable-size messages between
+** many producers and many consumers. The memory is a memfd, so that it can
+** also be passed to a process that did not inherit it (mp_ring_export,
+** mp_ring_attach: a fork-server child gets its Queue so).
 **
 ** Shape: a single-producer/single-consumer ring made multi-producer and
 ** multi-consumer by two owner-checked locks (olock.h), one per side, so
@@ -51,8 +53,16 @@ typedef struct mp_ring {
   size_t cap;           /* bytes in the data area, a power of two */
   size_t map_len;
   int *refs;            /* handles on this mapping in this process (a pipe's two ends) */
+  int memfd;            /* the memfd behind the mapping (shared with refs); -1 when none */
   int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
 } mp_ring;
+
+/* The safe empty state of a handle (nothing mapped, no fd), before anything can fail. */
+static inline void mp_ring_empty(mp_ring *r) {
+  r->hdr = NULL; r->data = NULL; r->refs = NULL;
+  r->cap = r->map_len = 0;
+  r->memfd = r->bell_r = r->bell_w = -1;
+}
 
 /* A message taken by mp_ring_get_begin, still in the ring (consumer lock held). */
 typedef struct mp_ring_msg {
@@ -77,6 +87,22 @@ int mp_ring_create(mp_ring *r, size_t cap, uint64_t maxsize, int joinable);
 ** own copy of the handles.)
 */
 int mp_ring_dup(const mp_ring *r, mp_ring *out);
+
+/*
+** What another process needs to map this ring: the memfd (still owned by
+** the handle: the caller duplicates or sends it) and the mapping's length.
+** The doorbell ends the handle holds (bell_r, bell_w) go with it. EBADF
+** when closed.
+*/
+int mp_ring_export(const mp_ring *r, int *memfd, size_t *map_len);
+
+/*
+** A handle on a ring received from another process: maps memfd (map_len
+** bytes, as export gave it) and checks that it holds a ring. Takes the three
+** fds (bell_r, bell_w may be -1) in every case: on failure they are closed
+** and r is left empty. EINVAL when the fd is not a ring of that length.
+*/
+int mp_ring_attach(mp_ring *r, int memfd, size_t map_len, int bell_r, int bell_w);
 
 /* Unmaps this process's mapping and closes its doorbell fds (idempotent). */
 void mp_ring_unmap(mp_ring *r);
