@@ -160,6 +160,10 @@ describe_mpi("mp.mpi", function()
       local n = 0
       for _ in mp.as_completed({pool:apply_async(slow, {0.1}), lp:apply_async(slow, {0.1})}, 10) do n = n + 1 end
       print("as_completed", n)
+      -- The MPI transport does not travel to a fork-server child (only the local one does).
+      local child = mp.get_context("forkserver").Process{target = function() end, args = {pool._tr}}
+      local okc, cerr = pcall(child.start, child)
+      print("travel", okc, tostring(cerr):find("pool transport of type 'mpi'", 1, true) ~= nil)
       print("end")
     ]])
     assert.are.equal(0, r.status, r.stderr)
@@ -172,6 +176,7 @@ describe_mpi("mp.mpi", function()
     assert.matches("callbacks%s+5%s+true%s+true%s+%-1,%-2,%-3", r.stdout)
     assert.matches("timeout%s+0.3", r.stdout)
     assert.matches("as_completed%s+2", r.stdout)
+    assert.matches("travel%s+false%s+true", r.stdout)
     assert.matches("\nend\n", r.stdout)
   end)
 
