@@ -180,6 +180,15 @@ describe_mpi("mp.mpi", function()
     assert.matches("\nend\n", r.stdout)
   end)
 
+  it("runs examples/mpi/hybrid.lua: a local pool inside each worker rank", function()
+    local r = H.run({ program = mpirun, args = { "--oversubscribe", "-n", "3", H.mplua, "examples/mpi/hybrid.lua", "2000" },
+                      env = ENV, timeout = 60 })
+    assert.are.equal(0, r.status, r.stderr)
+    assert.matches("rank 1 used a local pool of %d+", r.stdout)
+    assert.matches("rank 2 used a local pool of %d+", r.stdout)
+    assert.matches("sum of sin%^2 %+ cos%^2 over 2000 numbers: 2000\n", r.stdout)
+  end)
+
   it("ends the job within seconds, with mpirun's message and a non-zero exit, when a worker rank is killed", function()
     local mp = require "mp"
     local t0 = mp.time()
