@@ -136,7 +136,14 @@ return function(c)
     local impl
     local backend = {}
     function backend.transport(np, maxtasks)
-      impl = c._parent(np, maxtasks > 0 and 1 or 2, static)
+      -- Its errors (the world's ranks busy with another pool) at the caller's line, not
+      -- this file's: called by pcall, a C function's error carries no position.
+      local ok, r = pcall(c._parent, np, maxtasks > 0 and 1 or 2, static)
+      if not ok then
+        if type(r) == "string" then check.error(r) end
+        error(r, 0)
+      end
+      impl = r
       return core.pool_transport(np, impl)
     end
     function backend.start(index, init, iargs, maxtasks)
