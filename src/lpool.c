@@ -15,12 +15,24 @@
 **
 ** Wire format of an entry (native byte order; both ends are forks of one binary):
 **   task:   u8 kind ('M' map, 'S' starmap, 'A' apply), pad, u32 fn_id,
-**           u64 task id, u32 fn_len, u32 count, fn bytes, groups
+**           u64 task id, u32 fn_len, u32 count, u32 fd_base, u32 nfds,
+**           fn bytes, groups
 **   result: u8 kind ('R' values, 'E' task error, 'I' initializer error), pad,
-**           u32 -, u64 task id, u32 count, u32 -, groups
+**           u32 -, u64 task id, u32 count, u32 -, u32 -, u32 -, groups
 **   group:  u32 bytes, u32 values, one serializer message holding those values
 ** Values travel in groups of up to GROUP, so the serializer's per-message cost
 ** is amortized and a chunk of any length never needs more Lua stack.
+**
+** mp objects in tasks (a Queue, a Lock, a Value... as an argument, inside one,
+** or captured by the task's function: beyond Python, which refuses) travel as
+** the serializer's tag 19 with their fds passed along the batch (mp_travel.h):
+** each task's fds are a range of its batch's (fd_base, nfds), duplicated when
+** the task is encoded and kept with the batch until its tasks settle
+** (pooltasks.h), so a task sent again after its worker died carries them
+** again. A function that carries mp objects gets fn_id 0: it is sent with
+** each task and never cached by a worker (the same bytes may name other
+** objects). A transport that passes bytes only (ops->fds == 0: MPI) refuses
+** them when the task is encoded, saying what works (REFUSE_FDS).
 */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,6 +51,12 @@
 #define GROUP 256
 #define HDR MP_PT_HDR
 #define FN_CACHE_MAX 256
+#define GC_FDS 256         /* a worker collects garbage after receiving this many fds */
+
+#define REFUSE_FDS "an %s cannot travel to a worker of this pool: its transport passes bytes " \
+  "only, not the fds and shared memory an mp object lives on (an MPI worker rank may run on another " \
+  "machine); create the object where it is used (e.g. in the Pool's initializer, which runs on each " \
+  "worker), or pass plain values"
 
 /* Event kinds, as pool.lua names them: (job, kind, x) triples in the events table. */
 enum { EV_VALUES = 1, EV_CHUNK, EV_DONE, EV_ERROR, EV_LOST, EV_OVERDUE, EV_ABANDONED, EV_INIT };
@@ -52,6 +70,7 @@ typedef struct pool_tr {
   int foreign;                        /* a forked child's copy */
   int nworkers, suspect;
   char *live;                         /* per slot: a worker is up */
+  mp_oob *oob;                        /* the task being encoded: its mp objects' fds (user value 5) */
 } pool_tr;
 
 static const mp_class TR_C = { "mp.PoolTransport", sizeof(pool_tr), NULL };
@@ -78,11 +97,13 @@ static void tr_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, 
   size_t pos = 0;
   uint64_t n = mp_travel_get(L, d, &pos), len = mp_travel_get(L, d, &pos);
   if (d->nfds != 3 || dep || n < 1 || n > 4096) luaL_error(L, "mp.loads: corrupt pool transport description");
-  pool_tr *t = mp_newself(L, c, 4);               /* as core.pool_transport's (4: none here) */
+  pool_tr *t = mp_newself(L, c, 5);               /* as core.pool_transport's (4: none here) */
   mp_poolchan_init(&t->local);                   /* safe empty state */
   t->foreign = 1;
   t->nworkers = (int)n;
   for (int i = 1; i <= 3; i++) { lua_newtable(L); lua_setiuservalue(L, -2, i); }
+  t->oob = mp_oob_new(L);
+  lua_setiuservalue(L, -2, 5);
   int fds[3] = { -1, -1, -1 };
   for (int i = 0; i < 3; i++) fds[i] = mp_travel_dup(L, d->fds[i]);   /* closed by the attach below */
   int err = mp_poolchan_attach(&t->local, fds[0], fds[1], fds[2], (size_t)len, (int)n);
@@ -155,11 +176,14 @@ static int core_pool_transport(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "number of workers out of range");
   const mp_pool_transport_ops *ops = lua_isnoneornil(L, 2) ? NULL : foreign_ops(L, 2);
-  pool_tr *t = mp_newself(L, &TR_C, 4);
+  pool_tr *t = mp_newself(L, &TR_C, 5);
   mp_poolchan_init(&t->local);                   /* safe empty state */
   lua_newtable(L); lua_setiuservalue(L, -2, 1);  /* handle --> job, job --> handle */
   lua_newtable(L); lua_setiuservalue(L, -2, 2);  /* handle --> dest */
   lua_newtable(L); lua_setiuservalue(L, -2, 3);  /* an apply task's ring place --> its AsyncResult */
+  t->oob = mp_oob_new(L);                        /* user value 5 */
+  lua_setiuservalue(L, -2, 5);
+  if (ops != NULL && ops->fds == 0) t->oob->refuse = REFUSE_FDS;
   if (ops != NULL) {
     lua_pushvalue(L, 2); lua_setiuservalue(L, -2, 4);   /* the implementing object, kept alive */
     t->ops = ops;
@@ -217,17 +241,21 @@ static int tr_started(lua_State *L) {
 ** call or return of the protected function: such an error is not the codec's
 ** and must propagate. `state` is 1 while the codec runs.
 */
-typedef struct codec_call { mp_pc_buf *b; const char *p; size_t len; int state; } codec_call;
+typedef struct codec_call {
+  mp_pc_buf *b; const char *p; size_t len; int state;
+  mp_oob *oob;                 /* encoding: where mp objects' fds go (NULL: refused) */
+  const int *fds; size_t nfds; /* decoding: the fds that came with the task */
+} codec_call;
 
 static int codec_status(lua_State *L, codec_call *cc, int status) {
   if (status != LUA_OK && cc->state != 1) lua_error(L);
   return status;
 }
 
-/* Encodes the n values at idx.. as one group appended to b. */
-static void add_group(lua_State *L, mp_pc_buf *b, int idx, int n) {
+/* Encodes the n values at idx.. as one group appended to b (mp objects' fds to oob, or refused). */
+static void add_group(lua_State *L, mp_pc_buf *b, int idx, int n, mp_oob *oob) {
   mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode(L, idx, n, s, n == 1 ? "item" : "items");
+  mp_serial_encode_oob(L, idx, n, s, n == 1 ? "item" : "items", oob);
   reserve(L, b, 8 + s->len);
   mp_pc_put32(b->data + b->len, (uint32_t)s->len);
   mp_pc_put32(b->data + b->len + 4, (uint32_t)n);
@@ -238,14 +266,14 @@ static void add_group(lua_State *L, mp_pc_buf *b, int idx, int n) {
 static int encode_values(lua_State *L) {
   codec_call *cc = lua_touserdata(L, 1);
   cc->state = 1;
-  add_group(L, cc->b, 2, lua_gettop(L) - 1);
+  add_group(L, cc->b, 2, lua_gettop(L) - 1, cc->oob);
   cc->state = 2;
   return 0;
 }
 
 /* Encodes (and pops) the values at idx..top as a group, in protected mode. */
-static int protected_group(lua_State *L, mp_pc_buf *b, int idx) {
-  codec_call cc = { b, NULL, 0, 0 };
+static int protected_group(lua_State *L, mp_pc_buf *b, int idx, mp_oob *oob) {
+  codec_call cc = { b, NULL, 0, 0, oob, NULL, 0 };
   int n = lua_gettop(L) - idx + 1;
   lua_pushcfunction(L, encode_values);
   lua_insert(L, idx);
@@ -258,14 +286,14 @@ static int decode_values(lua_State *L) {
   codec_call *cc = lua_touserdata(L, 1);
   lua_settop(L, 0);
   cc->state = 1;
-  int n = mp_serial_decode(L, cc->p, cc->len);
+  int n = mp_serial_decode_oob(L, cc->p, cc->len, cc->fds, cc->nfds);
   cc->state = 2;
   return n;
 }
 
-/* Pushes the values of one serialized message; on error pushes the message. */
-static int protected_decode(lua_State *L, const char *p, size_t len) {
-  codec_call cc = { NULL, p, len, 0 };
+/* Pushes the values of one serialized message (mp objects on fds); on error pushes the message. */
+static int protected_decode(lua_State *L, const char *p, size_t len, const int *fds, size_t nfds) {
+  codec_call cc = { NULL, p, len, 0, NULL, fds, nfds };
   lua_pushcfunction(L, decode_values);
   lua_pushlightuserdata(L, &cc);
   return codec_status(L, &cc, lua_pcall(L, 1, LUA_MULTRET, 0));
@@ -277,9 +305,36 @@ static int item_error(lua_State *L) {
   char root[32];
   snprintf(root, sizeof root, "item %lld", (long long)lua_tointeger(L, 2));
   cc->state = 1;
-  mp_serial_encode(L, 1, 1, mp_serial_scratch(L), root);
+  mp_serial_encode_oob(L, 1, 1, mp_serial_scratch(L), root, cc->oob);
   cc->state = 2;
   return 0;
+}
+
+/* lua_pcall'd (fn, codec_call): encodes a task's function into the scratch buffer. */
+static int dump_fn(lua_State *L) {
+  codec_call *cc = lua_touserdata(L, 2);
+  mp_wbuf *sb = mp_serial_scratch(L);
+  cc->state = 1;
+  mp_serial_encode_oob(L, 1, 1, sb, "function", cc->oob);
+  cc->state = 2;
+  cc->p = sb->data;
+  cc->len = sb->len;
+  return 0;
+}
+
+/*
+** Encodes the function at idx into the scratch buffer (*p, *len: valid until
+** its next use): LUA_OK, or an error with its message on top.
+*/
+static int protected_dump(lua_State *L, int idx, mp_oob *oob, const char **p, size_t *len) {
+  codec_call cc = { NULL, NULL, 0, 0, oob, NULL, 0 };
+  lua_pushcfunction(L, dump_fn);
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, &cc);
+  int status = codec_status(L, &cc, lua_pcall(L, 2, 0, 0));
+  *p = cc.p;
+  *len = cc.len;
+  return status;
 }
 
 /* ---- jobs and events --------------------------------------------------- */
@@ -365,21 +420,50 @@ static void make_place(lua_State *L, pool_tr *t, uint64_t id) {
 
 /* ---- parent: building batches ----------------------------------------- */
 
+/* The open batch to the transport, which keeps it when it has no room. */
+static void commit(lua_State *L, pool_tr *t) {
+  uint32_t n = t->pt.batch_n;
+  uint64_t first = t->pt.batch_first;
+  mp_pt_batch *b;
+  check_mem(L, mp_pt_commit(&t->pt, &b));
+  if (b == NULL) return;
+  int keep;
+  int err = t->ops->send(t->impl, b->data, b->len, b->fds, b->nfds, &keep);
+  if (err == 0) mp_pt_kept(&t->pt, b, keep);
+  else if (err == EAGAIN)          /* something else is kept: these go again, one by one */
+    for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
+  else if (err) mp_raise_errno(L, err, "pool: sending a task");
+}
+
+/* A task's function: its bytes, or the function itself when it carries mp objects. */
+static void check_fn(lua_State *L, int idx) {
+  int ty = lua_type(L, idx);
+  if (ty != LUA_TSTRING && ty != LUA_TFUNCTION) luaL_typeerror(L, idx, "function bytes");
+}
+
 /*
 ** Appends one task to the open batch: src[i..j] ('M', 'S'), or src[1..j] as
-** one call's arguments ('A'). Returns 0, or 1 with a message on top when an
-** item cannot be sent (the task is then dropped from the batch).
+** one call's arguments ('A'); the function at fnidx is its bytes (a string),
+** or the function itself when it carries mp objects (fn_id 0: encoded with
+** each task). Returns 0, or 1 with a message on top when an item cannot be
+** sent (the task is then dropped from the batch).
 */
 static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t fn_id,
-                     const char *fn, size_t fn_len, int src, lua_Integer i, lua_Integer j, size_t *entry) {
+                     int fnidx, int src, lua_Integer i, lua_Integer j, size_t *entry) {
   mp_pc_buf *b = &t->pt.out;
+  mp_oob *oob = t->oob;
   lua_Integer count = j >= i ? j - i + 1 : 0;
+  oob->n = 0;                   /* this task's fds: indexes from 0 in its range of the batch's */
+  size_t fn_len;
+  const char *fn = lua_tolstring(L, fnidx, &fn_len);
+  if (fn == NULL && protected_dump(L, fnidx, oob, &fn, &fn_len) != LUA_OK) return 1;
+  /* (the scratch bytes are copied into the entry before the values reuse it) */
   check_mem(L, mp_pt_entry_begin(&t->pt, kind, id, fn_id, fn, fn_len, (uint32_t)count, entry));
   int raw = !lua_getmetatable(L, src);
   if (!raw) lua_pop(L, 1);
   int top = lua_gettop(L);
   int per = kind == 'A' ? (int)count : GROUP;
-  if (kind == 'A' && count == 0) add_group(L, b, top + 1, 0);
+  if (kind == 'A' && count == 0) add_group(L, b, top + 1, 0, NULL);
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
@@ -388,12 +472,12 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
       int ty = raw ? lua_rawgeti(L, src, k + q) : lua_geti(L, src, k + q);
       simple &= ty == LUA_TNUMBER || ty == LUA_TSTRING || ty == LUA_TBOOLEAN || ty == LUA_TNIL;
     }
-    if (simple) { add_group(L, b, top + 1, g); lua_settop(L, top); }
-    else if (protected_group(L, b, top + 1) != LUA_OK) {
+    if (simple) { add_group(L, b, top + 1, g, NULL); lua_settop(L, top); }
+    else if (protected_group(L, b, top + 1, oob) != LUA_OK) {
       mp_pt_entry_drop(&t->pt, *entry);
       lua_settop(L, top);
       for (int q = 0; q < g; q++) {      /* name the first item that cannot be sent */
-        codec_call cc = { NULL, NULL, 0, 0 };
+        codec_call cc = { NULL, NULL, 0, 0, oob, NULL, 0 };
         lua_pushcfunction(L, item_error);
         if (raw) lua_rawgeti(L, src, k + q); else lua_geti(L, src, k + q);
         lua_pushinteger(L, k + q);
@@ -406,6 +490,17 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
     k += g;
   }
   lua_settop(L, top);
+  if (oob->n > 0) {
+    int err = mp_pt_entry_fds(&t->pt, *entry, oob->fds, (int)oob->n);
+    if (err) {
+      mp_pt_entry_drop(&t->pt, *entry);
+      if (err == E2BIG)
+        lua_pushfstring(L, "a task may carry at most %d fds of mp objects (this one: %d)", MP_PT_TASK_FDS, (int)oob->n);
+      else
+        lua_pushfstring(L, "cannot send the task's mp objects: %s", strerror(err));
+      return 1;
+    }
+  }
   mp_pt_entry_end(&t->pt, *entry, fn_id);
   return 0;
 }
@@ -422,8 +517,7 @@ static int tr_add(lua_State *L) {
   luaL_checktype(L, 3, LUA_TTABLE);
   int kind = luaL_checkstring(L, 4)[0];
   uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 5);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 6, &fn_len);
+  check_fn(L, 6);
   luaL_checktype(L, 7, LUA_TTABLE);
   lua_Integer i = luaL_checkinteger(L, 8), stop = luaL_checkinteger(L, 9);
   lua_Integer cs = luaL_checkinteger(L, 10), nchunks = luaL_checkinteger(L, 11);
@@ -441,7 +535,7 @@ static int tr_add(lua_State *L) {
     lua_Integer j = stop - i < cs ? stop : i + cs - 1;     /* i + cs may overflow */
     uint64_t id = t->pt.next_id + 1;
     size_t at;
-    if (add_entry(L, t, kind, id, fn_id, fn, fn_len, 7, i, j, &at)) {
+    if (add_entry(L, t, kind, id, fn_id, 6, 7, i, j, &at)) {
       lua_pushinteger(L, added);
       lua_insert(L, -2);
       return 2;
@@ -449,6 +543,7 @@ static int tr_add(lua_State *L) {
     t->pt.next_id = id;
     make_place(L, t, id);
     check_mem(L, mp_pt_record(&t->pt, id, h, off + (i - 1 - base), at, 0));
+    if (t->pt.onfds > MP_PT_BATCH_FDS) commit(L, t);      /* the next task's fds must fit */
     added++;
     i = j + 1;
   }
@@ -465,15 +560,14 @@ static int tr_apply(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_Integer off = luaL_checkinteger(L, 3);
   uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  check_fn(L, 5);
   luaL_checktype(L, 6, LUA_TTABLE);
   lua_Integer n = luaL_checkinteger(L, 7);
   double limit = luaL_optnumber(L, 8, 0);
   lua_settop(L, 8);
   uint64_t id = t->pt.next_id + 1;
   size_t at;
-  if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 6, 1, n, &at)) {
+  if (add_entry(L, t, 'A', id, fn_id, 5, 6, 1, n, &at)) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
@@ -484,6 +578,7 @@ static int tr_apply(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, ap_key(t, id));
   check_mem(L, mp_pt_record(&t->pt, id, 0, off, at, limit));
+  if (t->pt.onfds > MP_PT_BATCH_FDS) commit(L, t);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -526,7 +621,7 @@ static int send_resends(lua_State *L, pool_tr *t) {
     check_mem(L, mp_pt_next_resend(&t->pt, &p));
     if (p == NULL) break;
     int keep;
-    err = t->ops->send(t->impl, p->b->data, p->b->len, &keep);
+    err = t->ops->send(t->impl, p->b->data, p->b->len, p->b->fds, p->b->nfds, &keep);
     if (err == EAGAIN) { mp_pt_unqueue(&t->pt, p); return 0; }
     if (err) mp_raise_errno(L, err, "pool: sending a task");
     mp_pt_kept(&t->pt, p->b, keep);
@@ -536,18 +631,7 @@ static int send_resends(lua_State *L, pool_tr *t) {
 
 /* tr:commit(): hands the open batch to the transport (which keeps it when it has no room). */
 static int tr_commit(lua_State *L) {
-  pool_tr *t = checkowner(L);
-  uint32_t n = t->pt.batch_n;
-  uint64_t first = t->pt.batch_first;
-  mp_pt_batch *b;
-  check_mem(L, mp_pt_commit(&t->pt, &b));
-  if (b == NULL) return 0;
-  int keep;
-  int err = t->ops->send(t->impl, b->data, b->len, &keep);
-  if (err == 0) mp_pt_kept(&t->pt, b, keep);
-  else if (err == EAGAIN)          /* something else is kept: these go again, one by one */
-    for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
-  else if (err) mp_raise_errno(L, err, "pool: sending a task");
+  commit(L, checkowner(L));
   return 0;
 }
 
@@ -570,7 +654,7 @@ static void push_error(lua_State *L, const char *p, const char *end, lua_Integer
     uint32_t glen = mp_pc_get32(p), gn = mp_pc_get32(p + 4);
     p += 8;
     if ((size_t)(end - p) < glen) break;
-    if (protected_decode(L, p, glen) != LUA_OK) { lua_rawseti(L, t, 1); break; }
+    if (protected_decode(L, p, glen, NULL, 0) != LUA_OK) { lua_rawseti(L, t, 1); break; }
     int n = lua_gettop(L) - t;
     if ((uint32_t)n != gn) { lua_settop(L, t); break; }
     for (int q = n; q >= 1; q--) lua_rawseti(L, t, k + q);
@@ -610,7 +694,7 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
     q += 8;
     if ((size_t)(end - q) < glen) break;
     luaL_checkstack(L, (int)gn + 4, "result too large");
-    if (protected_decode(L, q, glen) != LUA_OK) {
+    if (protected_decode(L, q, glen, NULL, 0) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
       lua_settop(L, top + 1);
       lua_createtable(L, 5, 0);
@@ -854,7 +938,7 @@ static void error_result(lua_State *L, mp_pc_buf *b, uint64_t id, int errv, char
     else { const char *m = lua_tostring(L, errv); lua_pushstring(L, m ? m : "unknown error"); lua_pushnil(L); }
     lua_pushinteger(L, mp_self_pid());
     if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 4); else lua_pushnil(L);
-    if (protected_group(L, b, top + 1) == LUA_OK) break;
+    if (protected_group(L, b, top + 1, NULL) == LUA_OK) break;
     lua_settop(L, top);
     b->len = HDR;
   }
@@ -862,27 +946,33 @@ static void error_result(lua_State *L, mp_pc_buf *b, uint64_t id, int errv, char
 }
 
 /*
-** Runs one task entry. Stack: fn cache at `cache`, message handler at `msgh`.
-** Leaves the result entry in b.
+** Runs one task entry; fds[0..nfds) came with its batch. Stack: fn cache at
+** `cache`, message handler at `msgh`. Leaves the result entry in b.
 */
-static void run_task(lua_State *L, mp_pc_buf *b, const char *m, size_t len, int cache, int msgh) {
+static void run_task(lua_State *L, mp_pc_buf *b, const char *m, size_t len, const int *fds, int nfds,
+                     int cache, int msgh) {
   char kind = m[0];
   uint32_t fn_id = mp_pc_get32(m + 4), fn_len = mp_pc_get32(m + 16), count = mp_pc_get32(m + 20);
+  uint32_t fd_base = mp_pc_get32(m + 24), nf = mp_pc_get32(m + 28);
   uint64_t id = mp_pc_get64(m + 8);
   const char *p = m + HDR, *end = m + len;
   int base = lua_gettop(L);
-  if ((size_t)(end - p) < fn_len) luaL_error(L, "pool: corrupt task message");
-  if (lua_rawgeti(L, cache, fn_id) == LUA_TNIL) {
-    lua_pop(L, 1);
+  if ((size_t)(end - p) < fn_len || fd_base > (uint32_t)nfds || nf > (uint32_t)nfds - fd_base)
+    luaL_error(L, "pool: corrupt task message");
+  fds += fd_base;               /* this task's mp objects name their fds from 0 */
+  if (fn_id == 0 || lua_rawgeti(L, cache, fn_id) == LUA_TNIL) {
+    if (fn_id != 0) lua_pop(L, 1);
     if (fn_len == 0) lua_pushliteral(L, "not sent");  /* the previous task's, which failed */
-    else if (protected_decode(L, p, fn_len) == LUA_OK) goto cache_it;
+    else if (protected_decode(L, p, fn_len, fds, nf) == LUA_OK) goto cache_it;
     lua_pushfstring(L, "cannot receive the task's function: %s", lua_tostring(L, -1));
     goto fail;
 cache_it:
     lua_settop(L, base + 1);
-    if (lua_rawlen(L, cache) >= FN_CACHE_MAX) { lua_newtable(L); lua_replace(L, cache); }
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, cache, fn_id);
+    if (fn_id != 0) {           /* 0: it carries mp objects, never cached */
+      if (lua_rawlen(L, cache) >= FN_CACHE_MAX) { lua_newtable(L); lua_replace(L, cache); }
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, cache, fn_id);
+    }
   }
   int fn = base + 1;
   p += fn_len;
@@ -894,7 +984,7 @@ cache_it:
     if ((size_t)(end - p) < glen) luaL_error(L, "pool: corrupt task message");
     luaL_checkstack(L, 2 * (int)gn + 16, "too many values");
     int a = lua_gettop(L) + 1;
-    if (protected_decode(L, p, glen) != LUA_OK) {
+    if (protected_decode(L, p, glen, fds, nf) != LUA_OK) {
       lua_pushfstring(L, "cannot receive the task's arguments: %s", lua_tostring(L, -1));
       goto fail;
     }
@@ -906,7 +996,7 @@ cache_it:
       if (lua_pcall(L, n, LUA_MULTRET, msgh) != LUA_OK) goto fail;
       int r = lua_gettop(L) - a + 1;
       mp_pc_put32(b->data + 16, (uint32_t)r);
-      if (r > 0 && protected_group(L, b, a) != LUA_OK) goto unsendable;
+      if (r > 0 && protected_group(L, b, a, NULL) != LUA_OK) goto unsendable;
       continue;
     }
     for (int k = 0; k < n; k++) {
@@ -928,7 +1018,7 @@ cache_it:
       }
       if (lua_pcall(L, nargs, 1, msgh) != LUA_OK) goto fail;
     }
-    if (n > 0 && protected_group(L, b, a + n) != LUA_OK) goto unsendable;   /* results above args */
+    if (n > 0 && protected_group(L, b, a + n, NULL) != LUA_OK) goto unsendable;   /* results above args */
     lua_settop(L, a - 1);
     total += (uint32_t)n;
   }
@@ -962,19 +1052,29 @@ static int core_pool_work(lua_State *L) {
   lua_pushinteger(L, depth);
   lua_pushcclosure(L, task_msgh, 1);                 /* 3: message handler */
   lua_Integer done = 0;
+  int fds_seen = 0;
   while (maxtasks == 0 || done < maxtasks) {
     const char *m;
     size_t len;
-    int err;
-    while ((err = t->ops->take(t->impl, index, &m, &len)) == EINTR) mp_check_interrupt(L);
+    const int *fds;
+    int nfds, err;
+    /*
+    ** The objects decoded from mp objects' fds hold fds of their own until
+    ** collected, which the collector does not count: after enough of them, a
+    ** full collection, so that tasks that pass a Queue each time do not run
+    ** the worker out of fds.
+    */
+    if (fds_seen >= GC_FDS) { lua_gc(L, LUA_GCCOLLECT); fds_seen = 0; }
+    while ((err = t->ops->take(t->impl, index, &m, &len, &fds, &nfds)) == EINTR) mp_check_interrupt(L);
     if (err == EPIPE) break;
     check_io(L, err, "pool: receiving a task");
+    fds_seen += nfds;
     for (const char *q = m + MP_PC_CHDR, *end = m + len; end - q >= 4; done++) {
       uint32_t n = mp_pc_get32(q);
       q += 4;
       if ((size_t)(end - q) < n || n < HDR) luaL_error(L, "pool: corrupt task message");
       t->ops->begin(t->impl, index, mp_pc_get64(q + 8));
-      run_task(L, b, q, n, 2, 3);
+      run_task(L, b, q, n, fds, nfds, 2, 3);
       check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
       t->ops->begin(t->impl, index, 0);
       lua_settop(L, 3);
@@ -1007,29 +1107,23 @@ static int tr_send_init_error(lua_State *L) {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static int dump_fn(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 2);
-  cc->state = 1;
-  mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode(L, 1, 1, s, "function");
-  cc->state = 2;
-  lua_pushlstring(L, s->data, s->len);
-  return 1;
-}
-
-/* core.pool_dumpfn(fn) --> the serialized function, or nil and why it cannot be sent. */
-static int core_pool_dumpfn(lua_State *L) {
-  luaL_checkany(L, 1);
-  lua_settop(L, 1);
-  codec_call cc = { NULL, NULL, 0, 0 };
-  lua_pushcfunction(L, dump_fn);
-  lua_insert(L, 1);
-  lua_pushlightuserdata(L, &cc);
-  if (codec_status(L, &cc, lua_pcall(L, 2, 1, 0)) != LUA_OK) {
+/*
+** tr:dumpfn(fn) --> the serialized function; false when it carries mp objects
+** (it is then encoded with each task, its objects' fds along); or nil and why
+** it cannot be sent (on a transport that passes bytes only, an mp object).
+*/
+static int tr_dumpfn(lua_State *L) {
+  pool_tr *t = checkowner(L);
+  luaL_checkany(L, 2);
+  t->oob->n = 0;
+  const char *p;
+  size_t len;
+  if (protected_dump(L, 2, t->oob, &p, &len) != LUA_OK) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
   }
+  if (t->oob->n > 0) lua_pushboolean(L, 0); else lua_pushlstring(L, p, len);
   return 1;
 }
 
@@ -1051,13 +1145,13 @@ void mp_pool_open(lua_State *L) {
     {"settled", tr_settled}, {"inflight", tr_inflight}, {"stalled", tr_stalled},
     {"pump", tr_pump}, {"lost", tr_lost}, {"started", tr_started}, {"abandon", tr_abandon},
     {"fileno", tr_fileno}, {"close_tasks", tr_close_tasks}, {"after_fork", tr_after_fork},
-    {"send_init_error", tr_send_init_error}, {"close", tr_close},
+    {"send_init_error", tr_send_init_error}, {"dumpfn", tr_dumpfn}, {"close", tr_close},
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = { {"__gc", tr_close}, {"__close", tr_close}, {NULL, NULL} };
   static const luaL_Reg funcs[] = {
     {"pool_transport", core_pool_transport}, {"pool_work", core_pool_work},
-    {"pool_dumpfn", core_pool_dumpfn}, {"newlist", core_newlist}, {"isatty", core_isatty},
+    {"newlist", core_newlist}, {"isatty", core_isatty},
     {NULL, NULL}
   };
   mp_newclass(L, &TR_C, methods, metamethods);

@@ -1339,6 +1339,7 @@ static void encode_function(enc *e, int f, const void *p) {
 */
 static void encode_object(enc *e, int idx, const mp_class *c, const mp_travel *t) {
   lua_State *L = e->L;
+  if (e->oob != NULL && e->oob->refuse != NULL) enc_error(e, lua_pushfstring(L, e->oob->refuse, c->tname));
   if (e->oob == NULL) {
     const char *msg = lua_pushfstring(L,
       "an %s cannot travel inside a message (a Queue item, a Pipe message, mp.dumps): "

@@ -343,11 +343,16 @@ local function same_upvalues(fn, snap)
   return true
 end
 
--- fn --> its entry {id, bytes}; reused while its scalar upvalues are unchanged.
+--[[
+fn --> its entry {id, bytes}; reused while its scalar upvalues are unchanged.
+A function that carries mp objects (a Queue as an upvalue...) is encoded with
+each task, its objects' fds along: its entry is {id = 0, bytes = fn}.
+]]
 local function fn_entry(self, fn)
   local e = self._fncache[fn]
   if e and (e.snap == nil or same_upvalues(fn, e.snap)) then return e end
-  local bytes, why = core.pool_dumpfn(fn)
+  local bytes, why = self._tr:dumpfn(fn)
+  if bytes == false then return { id = 0, bytes = fn } end
   if bytes == nil then return nil, why end
   local id = self._fnids[bytes]
   if not id then
