@@ -1,8 +1,10 @@
 /*
-** The pool's binding: encoding tasks, the tasks in flight, decoding results,
-** and the loop a worker runs. Jobs (queueing, chunking, windows, callbacks,
-** AsyncResult, the workers' lives) are lua/mp/pool.lua's; moving bytes is the
-** transport's (src/engine/poolchan.h, reached only through its ops).
+** The pool's binding, the parent's side: encoding tasks, the tasks in flight,
+** decoding results (the codec is lpoolcodec.c, the loop a worker runs
+** lpoolwork.c, what they share and the wire format lpool.h). Jobs (queueing,
+** chunking, windows, callbacks, AsyncResult, the workers' lives) are
+** lua/mp/pool.lua's; moving bytes is the transport's (src/engine/poolchan.h,
+** reached only through its ops).
 **
 ** What this file owns. Every task sent and not yet settled has a record here
 ** (a C ring indexed by task id): its job, where its values go, and the batch
@@ -12,16 +14,6 @@
 ** transport's user values (handle --> job, job --> handle; handle --> dest).
 ** Results are decoded straight into the result tables; Lua hears job-level
 ** events only (EV_* below): never a field of a Lua table is read by name.
-**
-** Wire format of an entry (native byte order; both ends are forks of one binary):
-**   task:   u8 kind ('M' map, 'S' starmap, 'A' apply), pad, u32 fn_id,
-**           u64 task id, u32 fn_len, u32 count, u32 fd_base, u32 nfds,
-**           fn bytes, groups
-**   result: u8 kind ('R' values, 'E' task error, 'I' initializer error), pad,
-**           u32 -, u64 task id, u32 count, u32 -, u32 -, u32 -, groups
-**   group:  u32 bytes, u32 values, one serializer message holding those values
-** Values travel in groups of up to GROUP, so the serializer's per-message cost
-** is amortized and a chunk of any length never needs more Lua stack.
 **
 ** mp objects in tasks (a Queue, a Lock, a Value... as an argument, inside one,
 ** or captured by the task's function: beyond Python, which refuses) travel as
@@ -40,18 +32,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "mp_aux.h"
-#include "mp_travel.h"
-#include "serial.h"
+#include "lpool.h"
 #include "engine/clock.h"
-#include "engine/identity.h"
-#include "engine/poolchan.h"
-#include "engine/pooltasks.h"
-
-#define GROUP 256
-#define HDR MP_PT_HDR
-#define FN_CACHE_MAX 256
-#define GC_FDS 256         /* a worker collects garbage after receiving this many fds */
 
 #define REFUSE_FDS "an %s cannot travel to a worker of this pool: its transport passes bytes " \
   "only, not the fds and shared memory an mp object lives on (an MPI worker rank may run on another " \
@@ -61,19 +43,9 @@
 /* Event kinds, as pool.lua names them: (job, kind, x) triples in the events table. */
 enum { EV_VALUES = 1, EV_CHUNK, EV_DONE, EV_ERROR, EV_LOST, EV_OVERDUE, EV_ABANDONED, EV_INIT };
 
-typedef struct pool_tr {
-  const mp_class *cls;
-  const mp_pool_transport_ops *ops;   /* the transport seam */
-  void *impl;                         /* NULL when closed */
-  mp_poolchan local;                  /* the local transport */
-  mp_pt pt;                           /* the tasks in flight (engine/pooltasks.h) */
-  int foreign;                        /* a forked child's copy */
-  int nworkers, suspect;
-  char *live;                         /* per slot: a worker is up */
-  mp_oob *oob;                        /* the task being encoded: its mp objects' fds (user value 5) */
-} pool_tr;
+const mp_class mp_pool_tr_class = { "mp.PoolTransport", sizeof(pool_tr), NULL };
+#define TR_C mp_pool_tr_class
 
-static const mp_class TR_C = { "mp.PoolTransport", sizeof(pool_tr), NULL };
 
 /*
 ** A transport travels (mp_travel.h) to a worker started through the fork
@@ -119,22 +91,19 @@ static void tr_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, 
 
 static const mp_travel TR_TRAVEL = { tr_export, tr_import };
 
+
 static void check_mem(lua_State *L, int err) {
   if (err) luaL_error(L, "not enough memory");
 }
 
-static void reserve(lua_State *L, mp_pc_buf *b, size_t extra) {
-  check_mem(L, mp_pc_reserve(b, extra));
-}
-
-static pool_tr *checktr(lua_State *L) {
+pool_tr *mp_pool_checktr(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   if (t->impl == NULL) luaL_error(L, "pool transport is closed");
   return t;
 }
 
 static pool_tr *checkowner(lua_State *L) {
-  pool_tr *t = checktr(L);
+  pool_tr *t = mp_pool_checktr(L);
   if (t->foreign) luaL_error(L, "pool used from a process that did not create it");
   return t;
 }
@@ -217,7 +186,7 @@ static int tr_close_tasks(lua_State *L) { pool_tr *t = checkowner(L); t->ops->cl
 static int tr_fileno(lua_State *L) { pool_tr *t = checkowner(L); lua_pushinteger(L, t->ops->fd(t->impl)); return 1; }
 static int tr_inflight(lua_State *L) { lua_pushinteger(L, checkowner(L)->pt.inflight); return 1; }
 
-static int check_index(lua_State *L, pool_tr *t, int arg) {
+int mp_pool_index(lua_State *L, pool_tr *t, int arg) {
   lua_Integer i = luaL_checkinteger(L, arg);
   luaL_argcheck(L, i >= 1 && i <= t->nworkers, arg, "worker index out of range");
   return (int)i - 1;
@@ -226,115 +195,11 @@ static int check_index(lua_State *L, pool_tr *t, int arg) {
 /* tr:started(index, sentinel): worker index is up. */
 static int tr_started(lua_State *L) {
   pool_tr *t = checkowner(L);
-  int i = check_index(L, t, 2);
+  int i = mp_pool_index(L, t, 2);
   t->ops->started(t->impl, i, (int)luaL_checkinteger(L, 3));
   t->pt.seen_id[i] = 0;
   t->live[i] = 1;
   return 0;
-}
-
-/* ---- codec ------------------------------------------------------------ */
-
-/*
-** The serializer runs under lua_pcall so that a value that cannot be sent
-** fails its task only. A hook (Ctrl-C, an mp.signal handler) may raise at the
-** call or return of the protected function: such an error is not the codec's
-** and must propagate. `state` is 1 while the codec runs.
-*/
-typedef struct codec_call {
-  mp_pc_buf *b; const char *p; size_t len; int state;
-  mp_oob *oob;                 /* encoding: where mp objects' fds go (NULL: refused) */
-  const int *fds; size_t nfds; /* decoding: the fds that came with the task */
-} codec_call;
-
-static int codec_status(lua_State *L, codec_call *cc, int status) {
-  if (status != LUA_OK && cc->state != 1) lua_error(L);
-  return status;
-}
-
-/* Encodes the n values at idx.. as one group appended to b (mp objects' fds to oob, or refused). */
-static void add_group(lua_State *L, mp_pc_buf *b, int idx, int n, mp_oob *oob) {
-  mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode_oob(L, idx, n, s, n == 1 ? "item" : "items", oob);
-  reserve(L, b, 8 + s->len);
-  mp_pc_put32(b->data + b->len, (uint32_t)s->len);
-  mp_pc_put32(b->data + b->len + 4, (uint32_t)n);
-  memcpy(b->data + b->len + 8, s->data, s->len);
-  b->len += 8 + s->len;
-}
-
-static int encode_values(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 1);
-  cc->state = 1;
-  add_group(L, cc->b, 2, lua_gettop(L) - 1, cc->oob);
-  cc->state = 2;
-  return 0;
-}
-
-/* Encodes (and pops) the values at idx..top as a group, in protected mode. */
-static int protected_group(lua_State *L, mp_pc_buf *b, int idx, mp_oob *oob) {
-  codec_call cc = { b, NULL, 0, 0, oob, NULL, 0 };
-  int n = lua_gettop(L) - idx + 1;
-  lua_pushcfunction(L, encode_values);
-  lua_insert(L, idx);
-  lua_pushlightuserdata(L, &cc);
-  lua_insert(L, idx + 1);
-  return codec_status(L, &cc, lua_pcall(L, n + 1, 0, 0));
-}
-
-static int decode_values(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 1);
-  lua_settop(L, 0);
-  cc->state = 1;
-  int n = mp_serial_decode_oob(L, cc->p, cc->len, cc->fds, cc->nfds);
-  cc->state = 2;
-  return n;
-}
-
-/* Pushes the values of one serialized message (mp objects on fds); on error pushes the message. */
-static int protected_decode(lua_State *L, const char *p, size_t len, const int *fds, size_t nfds) {
-  codec_call cc = { NULL, p, len, 0, NULL, fds, nfds };
-  lua_pushcfunction(L, decode_values);
-  lua_pushlightuserdata(L, &cc);
-  return codec_status(L, &cc, lua_pcall(L, 1, LUA_MULTRET, 0));
-}
-
-/* lua_pcall'd (item, index, codec_call): encodes one item alone, to name it in an error. */
-static int item_error(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 3);
-  char root[32];
-  snprintf(root, sizeof root, "item %lld", (long long)lua_tointeger(L, 2));
-  cc->state = 1;
-  mp_serial_encode_oob(L, 1, 1, mp_serial_scratch(L), root, cc->oob);
-  cc->state = 2;
-  return 0;
-}
-
-/* lua_pcall'd (fn, codec_call): encodes a task's function into the scratch buffer. */
-static int dump_fn(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 2);
-  mp_wbuf *sb = mp_serial_scratch(L);
-  cc->state = 1;
-  mp_serial_encode_oob(L, 1, 1, sb, "function", cc->oob);
-  cc->state = 2;
-  cc->p = sb->data;
-  cc->len = sb->len;
-  return 0;
-}
-
-/*
-** Encodes the function at idx into the scratch buffer (*p, *len: valid until
-** its next use): LUA_OK, or an error with its message on top.
-*/
-static int protected_dump(lua_State *L, int idx, mp_oob *oob, const char **p, size_t *len) {
-  codec_call cc = { NULL, NULL, 0, 0, oob, NULL, 0 };
-  lua_pushcfunction(L, dump_fn);
-  lua_pushvalue(L, idx);
-  lua_pushlightuserdata(L, &cc);
-  int status = codec_status(L, &cc, lua_pcall(L, 2, 0, 0));
-  *p = cc.p;
-  *len = cc.len;
-  return status;
 }
 
 /* ---- jobs and events --------------------------------------------------- */
@@ -456,14 +321,14 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
   oob->n = 0;                   /* this task's fds: indexes from 0 in its range of the batch's */
   size_t fn_len;
   const char *fn = lua_tolstring(L, fnidx, &fn_len);
-  if (fn == NULL && protected_dump(L, fnidx, oob, &fn, &fn_len) != LUA_OK) return 1;
+  if (fn == NULL && mp_pool_pdump(L, fnidx, oob, &fn, &fn_len) != LUA_OK) return 1;
   /* (the scratch bytes are copied into the entry before the values reuse it) */
   check_mem(L, mp_pt_entry_begin(&t->pt, kind, id, fn_id, fn, fn_len, (uint32_t)count, entry));
   int raw = !lua_getmetatable(L, src);
   if (!raw) lua_pop(L, 1);
   int top = lua_gettop(L);
   int per = kind == 'A' ? (int)count : GROUP;
-  if (kind == 'A' && count == 0) add_group(L, b, top + 1, 0, NULL);
+  if (kind == 'A' && count == 0) mp_pool_group(L, b, top + 1, 0, NULL);
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
@@ -472,17 +337,13 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
       int ty = raw ? lua_rawgeti(L, src, k + q) : lua_geti(L, src, k + q);
       simple &= ty == LUA_TNUMBER || ty == LUA_TSTRING || ty == LUA_TBOOLEAN || ty == LUA_TNIL;
     }
-    if (simple) { add_group(L, b, top + 1, g, NULL); lua_settop(L, top); }
-    else if (protected_group(L, b, top + 1, oob) != LUA_OK) {
+    if (simple) { mp_pool_group(L, b, top + 1, g, NULL); lua_settop(L, top); }
+    else if (mp_pool_pgroup(L, b, top + 1, oob) != LUA_OK) {
       mp_pt_entry_drop(&t->pt, *entry);
       lua_settop(L, top);
       for (int q = 0; q < g; q++) {      /* name the first item that cannot be sent */
-        codec_call cc = { NULL, NULL, 0, 0, oob, NULL, 0 };
-        lua_pushcfunction(L, item_error);
         if (raw) lua_rawgeti(L, src, k + q); else lua_geti(L, src, k + q);
-        lua_pushinteger(L, k + q);
-        lua_pushlightuserdata(L, &cc);
-        if (codec_status(L, &cc, lua_pcall(L, 3, 0, 0)) != LUA_OK) break;
+        if (mp_pool_pitem(L, k + q, oob) != LUA_OK) break;
       }
       if (lua_gettop(L) == top) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
       return 1;
@@ -654,7 +515,7 @@ static void push_error(lua_State *L, const char *p, const char *end, lua_Integer
     uint32_t glen = mp_pc_get32(p), gn = mp_pc_get32(p + 4);
     p += 8;
     if ((size_t)(end - p) < glen) break;
-    if (protected_decode(L, p, glen, NULL, 0) != LUA_OK) { lua_rawseti(L, t, 1); break; }
+    if (mp_pool_pdecode(L, p, glen, NULL, 0) != LUA_OK) { lua_rawseti(L, t, 1); break; }
     int n = lua_gettop(L) - t;
     if ((uint32_t)n != gn) { lua_settop(L, t); break; }
     for (int q = n; q >= 1; q--) lua_rawseti(L, t, k + q);
@@ -694,7 +555,7 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
     q += 8;
     if ((size_t)(end - q) < glen) break;
     luaL_checkstack(L, (int)gn + 4, "result too large");
-    if (protected_decode(L, q, glen, NULL, 0) != LUA_OK) {
+    if (mp_pool_pdecode(L, q, glen, NULL, 0) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
       lua_settop(L, top + 1);
       lua_createtable(L, 5, 0);
@@ -819,7 +680,7 @@ static int tr_pump(lua_State *L) {
 static int tr_lost(lua_State *L) {
   pool_tr *t = checkowner(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  int i = check_index(L, t, 3);
+  int i = mp_pool_index(L, t, 3);
   lua_settop(L, 3);
   evs e = { 2, uv(L, 1), uv(L, 2), uv(L, 3), 0 };
   drain(L, t, &e);
@@ -871,240 +732,6 @@ static int tr_abandon(lua_State *L) {
   return 1;
 }
 
-/* ---- worker ----------------------------------------------------------- */
-
-/*
-** Message handler for a task's error: {message, traceback, value, tostring(value)}, the
-** traceback cut where the pool's own frames begin (upvalue 1: their depth).
-*/
-static int task_msgh(lua_State *L) {
-  lua_settop(L, 1);
-  lua_pushvalue(L, 1);                   /* 2: the raised value (lua_tostring converts a number at 1) */
-  int raised = lua_type(L, 1) != LUA_TSTRING;
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) msg = lua_tostring(L, -1);
-    else msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  int depth = (int)lua_tointeger(L, lua_upvalueindex(1));
-  lua_Debug ar;
-  int total = 0;
-  while (lua_getstack(L, total, &ar)) total++;
-  int keep = total - depth - 1;          /* the task's own frames (the handler is level 0) */
-  luaL_traceback(L, L, NULL, 1);
-  const char *tb = lua_tostring(L, -1), *p = tb;
-  for (int lines = -1; *p && lines < keep; lines++) {
-    const char *nl = strchr(p, '\n');
-    if (nl == NULL) { p += strlen(p); break; }
-    p = nl + 1;
-  }
-  size_t len = (size_t)(p - tb);
-  if (len > 0 && tb[len - 1] == '\n') len--;
-  lua_createtable(L, 3, 0);
-  lua_pushstring(L, msg);
-  lua_rawseti(L, -2, 1);
-  lua_pushlstring(L, tb, len);
-  lua_rawseti(L, -2, 2);
-  if (raised) {                          /* the raised value, and its tostring */
-    lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, 3);
-    luaL_tolstring(L, 2, NULL);
-    lua_rawseti(L, -2, 4);
-  }
-  return 1;
-}
-
-static void header(lua_State *L, mp_pc_buf *b, char kind, uint64_t id, uint32_t count) {
-  b->len = 0;
-  reserve(L, b, HDR);
-  memset(b->data, 0, HDR);
-  b->data[0] = kind;
-  mp_pc_put64(b->data + 8, id);
-  mp_pc_put32(b->data + 16, count);
-  b->len = HDR;
-}
-
-/*
-** An error result for task id from the value at errv ({message, traceback,
-** value} or a message): message, traceback, pid, and the raised value when it
-** can be sent (else its string form).
-*/
-static void error_result(lua_State *L, mp_pc_buf *b, uint64_t id, int errv, char kind) {
-  header(L, b, kind, id, 4);
-  int top = lua_gettop(L), tab = lua_type(L, errv) == LUA_TTABLE;
-  /* Pass 0 sends the raised value itself, pass 1 its string form, pass 2 none. */
-  for (int pass = 0; pass < 3; pass++) {
-    if (tab) { lua_rawgeti(L, errv, 1); lua_rawgeti(L, errv, 2); }
-    else { const char *m = lua_tostring(L, errv); lua_pushstring(L, m ? m : "unknown error"); lua_pushnil(L); }
-    lua_pushinteger(L, mp_self_pid());
-    if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 4); else lua_pushnil(L);
-    if (protected_group(L, b, top + 1, NULL) == LUA_OK) break;
-    lua_settop(L, top);
-    b->len = HDR;
-  }
-  lua_settop(L, top);
-}
-
-/*
-** Runs one task entry; fds[0..nfds) came with its batch. Stack: fn cache at
-** `cache`, message handler at `msgh`. Leaves the result entry in b.
-*/
-static void run_task(lua_State *L, mp_pc_buf *b, const char *m, size_t len, const int *fds, int nfds,
-                     int cache, int msgh) {
-  char kind = m[0];
-  uint32_t fn_id = mp_pc_get32(m + 4), fn_len = mp_pc_get32(m + 16), count = mp_pc_get32(m + 20);
-  uint32_t fd_base = mp_pc_get32(m + 24), nf = mp_pc_get32(m + 28);
-  uint64_t id = mp_pc_get64(m + 8);
-  const char *p = m + HDR, *end = m + len;
-  int base = lua_gettop(L);
-  if ((size_t)(end - p) < fn_len || fd_base > (uint32_t)nfds || nf > (uint32_t)nfds - fd_base)
-    luaL_error(L, "pool: corrupt task message");
-  fds += fd_base;               /* this task's mp objects name their fds from 0 */
-  if (fn_id == 0 || lua_rawgeti(L, cache, fn_id) == LUA_TNIL) {
-    if (fn_id != 0) lua_pop(L, 1);
-    if (fn_len == 0) lua_pushliteral(L, "not sent");  /* the previous task's, which failed */
-    else if (protected_decode(L, p, fn_len, fds, nf) == LUA_OK) goto cache_it;
-    lua_pushfstring(L, "cannot receive the task's function: %s", lua_tostring(L, -1));
-    goto fail;
-cache_it:
-    lua_settop(L, base + 1);
-    if (fn_id != 0) {           /* 0: it carries mp objects, never cached */
-      if (lua_rawlen(L, cache) >= FN_CACHE_MAX) { lua_newtable(L); lua_replace(L, cache); }
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, cache, fn_id);
-    }
-  }
-  int fn = base + 1;
-  p += fn_len;
-  header(L, b, 'R', id, count);
-  uint32_t total = 0;
-  while (end - p >= 8) {
-    uint32_t glen = mp_pc_get32(p), gn = mp_pc_get32(p + 4);
-    p += 8;
-    if ((size_t)(end - p) < glen) luaL_error(L, "pool: corrupt task message");
-    luaL_checkstack(L, 2 * (int)gn + 16, "too many values");
-    int a = lua_gettop(L) + 1;
-    if (protected_decode(L, p, glen, fds, nf) != LUA_OK) {
-      lua_pushfstring(L, "cannot receive the task's arguments: %s", lua_tostring(L, -1));
-      goto fail;
-    }
-    p += glen;
-    int n = lua_gettop(L) - a + 1;
-    if (kind == 'A') {
-      lua_pushvalue(L, fn);
-      lua_rotate(L, a, 1);
-      if (lua_pcall(L, n, LUA_MULTRET, msgh) != LUA_OK) goto fail;
-      int r = lua_gettop(L) - a + 1;
-      mp_pc_put32(b->data + 16, (uint32_t)r);
-      if (r > 0 && protected_group(L, b, a, NULL) != LUA_OK) goto unsendable;
-      continue;
-    }
-    for (int k = 0; k < n; k++) {
-      lua_pushvalue(L, fn);
-      int nargs = 1;
-      if (kind == 'S') {
-        int tt = a + k;
-        if (lua_type(L, tt) != LUA_TTABLE) {
-          lua_pushfstring(L, "starmap: item %d is not a table of arguments", (int)(total + (uint32_t)k + 1));
-          goto fail;
-        }
-        lua_Integer na = lua_getfield(L, tt, "n") == LUA_TNUMBER ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, tt);
-        lua_pop(L, 1);
-        luaL_checkstack(L, (int)na + 4, "too many arguments");
-        for (lua_Integer q = 1; q <= na; q++) lua_rawgeti(L, tt, q);
-        nargs = (int)na;
-      } else {
-        lua_pushvalue(L, a + k);
-      }
-      if (lua_pcall(L, nargs, 1, msgh) != LUA_OK) goto fail;
-    }
-    if (n > 0 && protected_group(L, b, a + n, NULL) != LUA_OK) goto unsendable;   /* results above args */
-    lua_settop(L, a - 1);
-    total += (uint32_t)n;
-  }
-  lua_settop(L, base);
-  return;
-unsendable:
-  lua_pushfstring(L, "cannot send the task's result: %s", lua_tostring(L, -1));
-fail:
-  error_result(L, b, id, lua_gettop(L), 'E');
-  lua_settop(L, base);
-}
-
-static void check_io(lua_State *L, int err, const char *what) {
-  if (err) mp_raise_errno(L, err, what);
-}
-
-/*
-** core.pool_work(tr, index, maxtasks): the worker's loop. Runs tasks until the
-** parent closes the task socket (or maxtasks tasks were run) and returns.
-*/
-static int core_pool_work(lua_State *L) {
-  pool_tr *t = checktr(L);
-  int index = check_index(L, t, 2);
-  lua_Integer maxtasks = luaL_optinteger(L, 3, 0);
-  lua_settop(L, 1);
-  mp_pc_buf *b = &t->pt.out;
-  lua_newtable(L);                                   /* 2: function cache */
-  lua_Debug ar;
-  int depth = 0;
-  while (lua_getstack(L, depth, &ar)) depth++;
-  lua_pushinteger(L, depth);
-  lua_pushcclosure(L, task_msgh, 1);                 /* 3: message handler */
-  lua_Integer done = 0;
-  int fds_seen = 0;
-  while (maxtasks == 0 || done < maxtasks) {
-    const char *m;
-    size_t len;
-    const int *fds;
-    int nfds, err;
-    /*
-    ** The objects decoded from mp objects' fds hold fds of their own until
-    ** collected, which the collector does not count: after enough of them, a
-    ** full collection, so that tasks that pass a Queue each time do not run
-    ** the worker out of fds.
-    */
-    if (fds_seen >= GC_FDS) { lua_gc(L, LUA_GCCOLLECT); fds_seen = 0; }
-    while ((err = t->ops->take(t->impl, index, &m, &len, &fds, &nfds)) == EINTR) mp_check_interrupt(L);
-    if (err == EPIPE) break;
-    check_io(L, err, "pool: receiving a task");
-    fds_seen += nfds;
-    for (const char *q = m + MP_PC_CHDR, *end = m + len; end - q >= 4; done++) {
-      uint32_t n = mp_pc_get32(q);
-      q += 4;
-      if ((size_t)(end - q) < n || n < HDR) luaL_error(L, "pool: corrupt task message");
-      t->ops->begin(t->impl, index, mp_pc_get64(q + 8));
-      run_task(L, b, q, n, fds, nfds, 2, 3);
-      check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
-      t->ops->begin(t->impl, index, 0);
-      lua_settop(L, 3);
-      q += n;
-    }
-    check_io(L, t->ops->end(t->impl, index), "pool: sending a result");
-  }
-  return 0;
-}
-
-/*
-** tr:send_init_error(index, message, traceback): the initializer failed in
-** worker index; the error goes out as a batch's only result would.
-*/
-static int tr_send_init_error(lua_State *L) {
-  pool_tr *t = checktr(L);
-  int index = check_index(L, t, 2);
-  lua_settop(L, 4);
-  lua_createtable(L, 2, 0);
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, 4);
-  lua_rawseti(L, -2, 2);
-  mp_pc_buf *b = &t->pt.out;
-  error_result(L, b, 0, 5, 'I');
-  check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
-  check_io(L, t->ops->end(t->impl, index), "pool: sending a result");
-  return 0;
-}
-
 /* ---- small helpers ---------------------------------------------------- */
 
 /*
@@ -1118,7 +745,7 @@ static int tr_dumpfn(lua_State *L) {
   t->oob->n = 0;
   const char *p;
   size_t len;
-  if (protected_dump(L, 2, t->oob, &p, &len) != LUA_OK) {
+  if (mp_pool_pdump(L, 2, t->oob, &p, &len) != LUA_OK) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
@@ -1145,12 +772,12 @@ void mp_pool_open(lua_State *L) {
     {"settled", tr_settled}, {"inflight", tr_inflight}, {"stalled", tr_stalled},
     {"pump", tr_pump}, {"lost", tr_lost}, {"started", tr_started}, {"abandon", tr_abandon},
     {"fileno", tr_fileno}, {"close_tasks", tr_close_tasks}, {"after_fork", tr_after_fork},
-    {"send_init_error", tr_send_init_error}, {"dumpfn", tr_dumpfn}, {"close", tr_close},
+    {"send_init_error", mp_pool_send_init_error}, {"dumpfn", tr_dumpfn}, {"close", tr_close},
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = { {"__gc", tr_close}, {"__close", tr_close}, {NULL, NULL} };
   static const luaL_Reg funcs[] = {
-    {"pool_transport", core_pool_transport}, {"pool_work", core_pool_work},
+    {"pool_transport", core_pool_transport}, {"pool_work", mp_pool_work},
     {"newlist", core_newlist}, {"isatty", core_isatty},
     {NULL, NULL}
   };
