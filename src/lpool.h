@@ -17,9 +17,11 @@
 #ifndef MP_LPOOL_H
 #define MP_LPOOL_H
 
+#include <string.h>
 #include <lua.h>
 
 #include "mp_aux.h"
+#include "serial.h"
 #include "mp_travel.h"
 #include "engine/poolchan.h"
 #include "engine/pooltasks.h"
@@ -50,11 +52,25 @@ int mp_pool_index(lua_State *L, pool_tr *t, int arg);   /* a worker index argume
 ** with its message on top (an error raised by a hook, not by the codec, is
 ** raised again). Groups: u32 bytes, u32 values, one serializer message.
 */
-void mp_pool_group(lua_State *L, mp_pc_buf *b, int idx, int n, mp_oob *oob);  /* unprotected */
 int mp_pool_pgroup(lua_State *L, mp_pc_buf *b, int idx, mp_oob *oob);        /* pops idx..top */
 int mp_pool_pdecode(lua_State *L, const char *p, size_t len, const int *fds, size_t nfds);
 int mp_pool_pitem(lua_State *L, lua_Integer k, mp_oob *oob);                 /* pops the item */
 int mp_pool_pdump(lua_State *L, int idx, mp_oob *oob, const char **p, size_t *len);
+
+/*
+** The n values at idx.. as one group appended to b (mp objects' fds to oob,
+** or refused), unprotected: for values that cannot fail (the per-item path,
+** inline).
+*/
+static inline void mp_pool_group(lua_State *L, mp_pc_buf *b, int idx, int n, mp_oob *oob) {
+  mp_wbuf *s = mp_serial_scratch(L);
+  mp_serial_encode_oob(L, idx, n, s, n == 1 ? "item" : "items", oob);
+  if (mp_pc_reserve(b, 8 + s->len) != 0) luaL_error(L, "not enough memory");
+  mp_pc_put32(b->data + b->len, (uint32_t)s->len);
+  mp_pc_put32(b->data + b->len + 4, (uint32_t)n);
+  memcpy(b->data + b->len + 8, s->data, s->len);
+  b->len += 8 + s->len;
+}
 
 /* The worker (lpoolwork.c): core.pool_work and tr:send_init_error. */
 int mp_pool_work(lua_State *L);

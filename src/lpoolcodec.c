@@ -25,17 +25,6 @@ static int codec_status(lua_State *L, codec_call *cc, int status) {
   return status;
 }
 
-/* Encodes the n values at idx.. as one group appended to b (mp objects' fds to oob, or refused). */
-void mp_pool_group(lua_State *L, mp_pc_buf *b, int idx, int n, mp_oob *oob) {
-  mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode_oob(L, idx, n, s, n == 1 ? "item" : "items", oob);
-  if (mp_pc_reserve(b, 8 + s->len) != 0) luaL_error(L, "not enough memory");
-  mp_pc_put32(b->data + b->len, (uint32_t)s->len);
-  mp_pc_put32(b->data + b->len + 4, (uint32_t)n);
-  memcpy(b->data + b->len + 8, s->data, s->len);
-  b->len += 8 + s->len;
-}
-
 static int encode_values(lua_State *L) {
   codec_call *cc = lua_touserdata(L, 1);
   cc->state = 1;

@@ -37,7 +37,7 @@ local getpid, now = core.getpid, core.time
 local unpack = table.unpack
 local ceil, min, max = math.ceil, math.min, math.max
 local argerror, callable = check.argerror, argcheck.callable
-local AsyncResult, new_result, settle_ar = result.AsyncResult, result.new, result.settle
+local AsyncResult, new_result, settle_ar, clock = result.AsyncResult, result.new, result.settle, result.clock
 M.AsyncResult = AsyncResult
 
 -- Event kinds (src/lpool.c)
@@ -247,7 +247,7 @@ local function handle_events(self, ev, n, info)
     ev[3 * k + 1], ev[3 * k + 3] = nil, nil
     if kind == VALUES then
       job._n = x
-      settle_ar(job, nil)
+      if job._o then settle_ar(job, nil) else clock.n = clock.n + 1; job._ready = clock.n end
     elseif kind == CHUNK then
       local c = job.chunk_of[x]
       c.settled = true
@@ -619,7 +619,8 @@ function Pool:apply_async(fn, args, opts, error_callback, surplus)
   local fns = self._fns
   local e = fns.byfn[fn]
   if not e or e.snap ~= nil then e = fncache.of(fns, fn, "apply_async") end
-  local ar = new_result(self, e, args, o)
+  -- As result.new (mp.pool_result), inline: [3] reserves the array part for the first value.
+  local ar = setmetatable({ e, args, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
   local qt = self._qt + 1
   self._qt = qt
   self._queue[qt] = ar

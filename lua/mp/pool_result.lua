@@ -22,9 +22,15 @@ local AsyncResult = class.Object:extend("AsyncResult")
 M.AsyncResult = AsyncResult
 AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
 
-local seq = 0           -- completion order, for as_completed
+-- Completion order, for as_completed: clock.n is the last completion's number.
+local clock = { n = 0 }
+M.clock = clock
 
--- A new pending result: e the function's entry (or the job), args (or true), options (or false).
+--[[
+A new pending result: e the function's entry (or the job), args (or true),
+options (or false). (apply_async, the per-task path, builds the same table
+inline.)
+]]
 function M.new(pool, e, args, o)
   -- [3] reserves the array part for the first value; every field is set here.
   return setmetatable({ e, args, false, _pool = pool, _ready = false, _n = 0, _o = o }, AsyncResult)
@@ -93,8 +99,8 @@ function AsyncResult:cancel()
   end
   self[2] = false
   failed(self, classes.CancelledError("the task was cancelled"))
-  seq = seq + 1
-  self._ready = seq
+  clock.n = clock.n + 1
+  self._ready = clock.n
   return true
 end
 
@@ -110,8 +116,8 @@ end
 -- Settles an AsyncResult (err nil: its values are in place); runs its callback.
 function M.settle(ar, err)
   if ar._ready then return end
-  seq = seq + 1
-  ar._ready = seq
+  clock.n = clock.n + 1
+  ar._ready = clock.n
   if err ~= nil then failed(ar, err) end
   local o = ar._o
   if o then
