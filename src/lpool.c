@@ -300,6 +300,18 @@ static void commit(lua_State *L, pool_tr *t) {
   else if (err) mp_raise_errno(L, err, "pool: sending a task");
 }
 
+/* src[k .. k+g-1] as a group read from src's array part (mp_serial_encode_slice): 1, or 0 (b unchanged). */
+static int slice_group(lua_State *L, mp_pc_buf *b, int src, lua_Integer k, int g) {
+  mp_wbuf *s = mp_serial_scratch(L);
+  if (!mp_serial_encode_slice(L, src, k, k + g - 1, s)) return 0;
+  check_mem(L, mp_pc_reserve(b, 8 + s->len));
+  mp_pc_put32(b->data + b->len, (uint32_t)s->len);
+  mp_pc_put32(b->data + b->len + 4, (uint32_t)g);
+  memcpy(b->data + b->len + 8, s->data, s->len);
+  b->len += 8 + s->len;
+  return 1;
+}
+
 /* A task's function: its bytes, or the function itself when it carries mp objects. */
 static void check_fn(lua_State *L, int idx) {
   int ty = lua_type(L, idx);
@@ -332,6 +344,8 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
+    /* A map chunk of plain values is read straight from the list's array part. */
+    if (kind == 'M' && raw && slice_group(L, b, src, k, g)) { k += g; continue; }
     int simple = 1;             /* numbers, strings, booleans, nils cannot fail to encode */
     for (int q = 0; q < g; q++) {
       int ty = raw ? lua_rawgeti(L, src, k + q) : lua_geti(L, src, k + q);
@@ -554,6 +568,11 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
     uint32_t glen = mp_pc_get32(q), gn = mp_pc_get32(q + 4);
     q += 8;
     if ((size_t)(end - q) < glen) break;
+    if (gn > 0 && mp_serial_decode_slice(L, q, glen, dest, at + got, gn)) {   /* plain values, no stack */
+      got += gn;
+      q += glen;
+      continue;
+    }
     luaL_checkstack(L, (int)gn + 4, "result too large");
     if (mp_pool_pdecode(L, q, glen, NULL, 0) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
