@@ -180,6 +180,29 @@ describe_mpi("mp.mpi", function()
     assert.matches("\nend\n", r.stdout)
   end)
 
+  it("refuses mp objects in tasks, saying MPI passes bytes only and what works, and keeps serving", function()
+    local r = run_mpi([[
+      local mp = require "mp"
+      local mpi = require "mp.mpi"
+      local pool <close> = mpi.Pool()
+      local q = mp.Queue()
+      local function show(ok, err) print(ok, (tostring(err):gsub("^[^\n]-:%d+: ", ""))) end
+      show(pcall(pool.map, pool, function(t) return 1 end, {{inner = {q}}}))
+      show(pcall(pool.apply, pool, function() return q end))
+      show(pcall(function() return pool:apply_async(function(l) return 1 end, {mp.Lock()}):get(10) end))
+      print("still", pool:map(function(x) return x * 2 end, {1, 2})[2])
+      pool:close(); pool:join()
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    local why = "cannot travel to a worker of this pool: its transport passes bytes only, not the fds and " ..
+      "shared memory an mp object lives on %(an MPI worker rank may run on another machine%); create the " ..
+      "object where it is used %(e.g. in the Pool's initializer, which runs on each worker%), or pass plain values"
+    assert.matches("false\titem 1%.inner%[1%]: an mp%.Queue " .. why, r.stdout)
+    assert.matches("false\tbad argument #1 to 'apply_async' %(function%(upvalue q%): an mp%.Queue " .. why .. "%)", r.stdout)
+    assert.matches("false\titem 1: an mp%.Lock " .. why, r.stdout)
+    assert.matches("still\t4", r.stdout)
+  end)
+
   it("runs examples/mpi/hybrid.lua: a local pool inside each worker rank", function()
     local r = H.run({ program = mpirun, args = { "--oversubscribe", "-n", "3", H.mplua, "examples/mpi/hybrid.lua", "2000" },
                       env = ENV, timeout = 60 })

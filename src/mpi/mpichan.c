@@ -255,10 +255,12 @@ static int mpc_flush(void *t) {
 ** Takes every batch: a copy waits in `pending` until a worker has room. The
 ** bytes are always copied (into an Isend's buffer or `pending`): no fd to keep.
 */
-static int mpc_send(void *t, const char *batch, size_t len, int *keep) {
+static int mpc_send(void *t, const char *batch, size_t len, const int *fds, int nfds, int *keep) {
   mpichan *c = t;
   *keep = -1;
+  (void)fds;
   if (c->foreign) return EPERM;
+  if (nfds != 0) return EOPNOTSUPP;    /* MPI carries bytes only (ops.fds = 0: never asked) */
   if (len < MP_PC_CHDR || batch[0] != 'K') return EINVAL;
   if (c->pcount == 0) {
     int err = place(c, batch, len);
@@ -685,8 +687,10 @@ static int settle_journal(mpichan *c, int k) {
   }
 }
 
-static int mpc_take(void *t, int index, const char **data, size_t *len) {
+static int mpc_take(void *t, int index, const char **data, size_t *len, const int **fds, int *nfds) {
   mpichan *c = t;
+  *fds = NULL;
+  *nfds = 0;
   if (c->foreign) return EPERM;
   if (c->finish) return EPIPE;
   double since = mp_now();
@@ -775,7 +779,7 @@ static int mpc_end(void *t, int index) {
 }
 
 const mp_pool_transport_ops mpc_ops = {
-  .magic = MP_POOL_OPS_MAGIC, .version = MP_POOL_OPS_VERSION, .name = "mpi",
+  .magic = MP_POOL_OPS_MAGIC, .version = MP_POOL_OPS_VERSION, .name = "mpi", .fds = 0,
   .send = mpc_send, .flush = mpc_flush, .recv = mpc_recv, .wait = mpc_wait,
   .started = mpc_started, .lost = mpc_lost, .idle = mpc_idle, .busy = mpc_busy,
   .running = mpc_running, .take = mpc_take, .begin = mpc_begin, .keep = mpc_keep,
