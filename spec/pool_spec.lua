@@ -642,3 +642,26 @@ describe("mp.Pool from a script", function()
     assert.equal("", r.stderr)
   end)
 end)
+
+describe("the pool's transport seam", function()
+  it("takes another module's transport only through a __pool_ops metafield", function()
+    local core = require "mp.core"
+    for _, impl in ipairs { {}, io.stdout, "x", 1, true } do
+      assert.has_error(function() core.pool_transport(1, impl) end,
+        "bad argument #2 to 'pool_transport' (pool transport object expected)")
+    end
+    -- A table is no transport object, whatever its metatable says.
+    assert.has_error(function() core.pool_transport(1, setmetatable({}, { __pool_ops = {} })) end,
+      "bad argument #2 to 'pool_transport' (pool transport object expected)")
+    -- A userdata whose __pool_ops is not a light userdata (a block of unknown size) is refused unread.
+    local f = io.tmpfile()
+    f:close()
+    debug.setmetatable(f, { __pool_ops = io.stdout })
+    assert.has_error(function() core.pool_transport(1, f) end,
+      "bad argument #2 to 'pool_transport' (pool transport object expected)")
+    -- nil is the local transport.
+    local tr = core.pool_transport(1, nil)
+    assert.is_true(tr:fileno() >= 0)
+    tr:close()
+  end)
+end)

@@ -1,8 +1,10 @@
 /*
-** The pool's binding: encoding tasks, the tasks in flight, decoding results,
-** and the loop a worker runs. Jobs (queueing, chunking, windows, callbacks,
-** AsyncResult, the workers' lives) are lua/mp/pool.lua's; moving bytes is the
-** transport's (src/engine/poolchan.h, reached only through its ops).
+** The pool's binding, the parent's side: encoding tasks, the tasks in flight,
+** decoding results (the codec is lpoolcodec.c, the loop a worker runs
+** lpoolwork.c, what they share and the wire format lpool.h). Jobs (queueing,
+** chunking, windows, callbacks, AsyncResult, the workers' lives) are
+** lua/mp/pool.lua's; moving bytes is the transport's (src/engine/poolchan.h,
+** reached only through its ops).
 **
 ** What this file owns. Every task sent and not yet settled has a record here
 ** (a C ring indexed by task id): its job, where its values go, and the batch
@@ -13,14 +15,16 @@
 ** Results are decoded straight into the result tables; Lua hears job-level
 ** events only (EV_* below): never a field of a Lua table is read by name.
 **
-** Wire format of an entry (native byte order; both ends are forks of one binary):
-**   task:   u8 kind ('M' map, 'S' starmap, 'A' apply), pad, u32 fn_id,
-**           u64 task id, u32 fn_len, u32 count, fn bytes, groups
-**   result: u8 kind ('R' values, 'E' task error, 'I' initializer error), pad,
-**           u32 -, u64 task id, u32 count, u32 -, groups
-**   group:  u32 bytes, u32 values, one serializer message holding those values
-** Values travel in groups of up to GROUP, so the serializer's per-message cost
-** is amortized and a chunk of any length never needs more Lua stack.
+** mp objects in tasks (a Queue, a Lock, a Value... as an argument, inside one,
+** or captured by the task's function: beyond Python, which refuses) travel as
+** the serializer's tag 19 with their fds passed along the batch (mp_travel.h):
+** each task's fds are a range of its batch's (fd_base, nfds), duplicated when
+** the task is encoded and kept with the batch until its tasks settle
+** (pooltasks.h), so a task sent again after its worker died carries them
+** again. A function that carries mp objects gets fn_id 0: it is sent with
+** each task and never cached by a worker (the same bytes may name other
+** objects). A transport that passes bytes only (ops->fds == 0: MPI) refuses
+** them when the task is encoded, saying what works (REFUSE_FDS).
 */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,33 +32,20 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "mp_aux.h"
-#include "mp_travel.h"
-#include "serial.h"
+#include "lpool.h"
 #include "engine/clock.h"
-#include "engine/identity.h"
-#include "engine/poolchan.h"
-#include "engine/pooltasks.h"
 
-#define GROUP 256
-#define HDR MP_PT_HDR
-#define FN_CACHE_MAX 256
+#define REFUSE_FDS "an %s cannot travel to a worker of this pool: its transport passes bytes " \
+  "only, not the fds and shared memory an mp object lives on (an MPI worker rank may run on another " \
+  "machine); create the object where it is used (e.g. in the Pool's initializer, which runs on each " \
+  "worker), or pass plain values"
 
 /* Event kinds, as pool.lua names them: (job, kind, x) triples in the events table. */
 enum { EV_VALUES = 1, EV_CHUNK, EV_DONE, EV_ERROR, EV_LOST, EV_OVERDUE, EV_ABANDONED, EV_INIT };
 
-typedef struct pool_tr {
-  const mp_class *cls;
-  const mp_pool_transport_ops *ops;   /* the transport seam */
-  void *impl;                         /* NULL when closed */
-  mp_poolchan local;                  /* the local transport */
-  mp_pt pt;                           /* the tasks in flight (engine/pooltasks.h) */
-  int foreign;                        /* a forked child's copy */
-  int nworkers, suspect;
-  char *live;                         /* per slot: a worker is up */
-} pool_tr;
+const mp_class mp_pool_tr_class = { "mp.PoolTransport", sizeof(pool_tr), NULL };
+#define TR_C mp_pool_tr_class
 
-static const mp_class TR_C = { "mp.PoolTransport", sizeof(pool_tr), NULL };
 
 /*
 ** A transport travels (mp_travel.h) to a worker started through the fork
@@ -64,6 +55,8 @@ static const mp_class TR_C = { "mp.PoolTransport", sizeof(pool_tr), NULL };
 static int tr_export(lua_State *L, int idx, mp_travel_desc *d) {
   pool_tr *t = lua_touserdata(L, idx);
   size_t len;
+  if (t->impl != NULL && t->ops != &mp_poolchan_ops)     /* another module's (mp.mpi): its own workers */
+    luaL_error(L, "cannot send a pool transport of type '%s': only the local one travels", t->ops->name);
   if (t->impl == NULL || t->foreign || mp_poolchan_worker_ends(&t->local, d->fds, &len) != 0)
     luaL_error(L, "cannot send a pool transport: only its pool's process may start its workers");
   d->nfds = 3;
@@ -76,11 +69,13 @@ static void tr_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, 
   size_t pos = 0;
   uint64_t n = mp_travel_get(L, d, &pos), len = mp_travel_get(L, d, &pos);
   if (d->nfds != 3 || dep || n < 1 || n > 4096) luaL_error(L, "mp.loads: corrupt pool transport description");
-  pool_tr *t = mp_newself(L, c, 3);
+  pool_tr *t = mp_newself(L, c, 5);               /* as core.pool_transport's (4: none here) */
   mp_poolchan_init(&t->local);                   /* safe empty state */
   t->foreign = 1;
   t->nworkers = (int)n;
   for (int i = 1; i <= 3; i++) { lua_newtable(L); lua_setiuservalue(L, -2, i); }
+  t->oob = mp_oob_new(L);
+  lua_setiuservalue(L, -2, 5);
   int fds[3] = { -1, -1, -1 };
   for (int i = 0; i < 3; i++) fds[i] = mp_travel_dup(L, d->fds[i]);   /* closed by the attach below */
   int err = mp_poolchan_attach(&t->local, fds[0], fds[1], fds[2], (size_t)len, (int)n);
@@ -96,22 +91,19 @@ static void tr_import(lua_State *L, const mp_class *c, const mp_travel_desc *d, 
 
 static const mp_travel TR_TRAVEL = { tr_export, tr_import };
 
+
 static void check_mem(lua_State *L, int err) {
   if (err) luaL_error(L, "not enough memory");
 }
 
-static void reserve(lua_State *L, mp_pc_buf *b, size_t extra) {
-  check_mem(L, mp_pc_reserve(b, extra));
-}
-
-static pool_tr *checktr(lua_State *L) {
+pool_tr *mp_pool_checktr(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   if (t->impl == NULL) luaL_error(L, "pool transport is closed");
   return t;
 }
 
 static pool_tr *checkowner(lua_State *L) {
-  pool_tr *t = checktr(L);
+  pool_tr *t = mp_pool_checktr(L);
   if (t->foreign) luaL_error(L, "pool used from a process that did not create it");
   return t;
 }
@@ -119,6 +111,7 @@ static pool_tr *checkowner(lua_State *L) {
 static int tr_close(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   mp_pt_free(&t->pt);
+  if (t->impl != NULL) t->ops->close(t->impl);
   mp_poolchan_close(&t->local);
   free(t->live);
   t->live = NULL;
@@ -126,19 +119,50 @@ static int tr_close(lua_State *L) {
   return 0;
 }
 
-/* core.pool_transport(nworkers): the local transport. */
+/*
+** The ops of a transport object made by another C module (mp/mpi.so): its
+** metatable's __pool_ops, checked for the seam's magic and version. The object
+** is kept in user value 4, so its memory lives as long as this transport.
+*/
+static const mp_pool_transport_ops *foreign_ops(lua_State *L, int idx) {
+  const mp_pool_transport_ops *ops = NULL;
+  if (lua_type(L, idx) == LUA_TUSERDATA && luaL_getmetafield(L, idx, "__pool_ops") != LUA_TNIL) {
+    if (lua_islightuserdata(L, -1)) ops = lua_touserdata(L, -1);   /* never a block of unknown size */
+    lua_pop(L, 1);
+  }
+  if (ops == NULL || ops->magic != MP_POOL_OPS_MAGIC)
+    luaL_argerror(L, idx, "pool transport object expected");
+  if (ops->version != MP_POOL_OPS_VERSION)
+    luaL_argerror(L, idx, "pool transport built for another version of mp");
+  return ops;
+}
+
+/*
+** core.pool_transport(nworkers [, impl]): the local transport, or the one
+** implemented by the object impl (see foreign_ops).
+*/
 static int core_pool_transport(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "number of workers out of range");
-  pool_tr *t = mp_newself(L, &TR_C, 3);
+  const mp_pool_transport_ops *ops = lua_isnoneornil(L, 2) ? NULL : foreign_ops(L, 2);
+  pool_tr *t = mp_newself(L, &TR_C, 5);
   mp_poolchan_init(&t->local);                   /* safe empty state */
   lua_newtable(L); lua_setiuservalue(L, -2, 1);  /* handle --> job, job --> handle */
   lua_newtable(L); lua_setiuservalue(L, -2, 2);  /* handle --> dest */
   lua_newtable(L); lua_setiuservalue(L, -2, 3);  /* an apply task's ring place --> its AsyncResult */
-  int err = mp_poolchan_open(&t->local, (int)n); /* releases its part on failure */
-  if (err) return mp_raise_errno(L, err, "pool");
-  t->ops = &mp_poolchan_ops;
-  t->impl = &t->local;
+  t->oob = mp_oob_new(L);                        /* user value 5 */
+  lua_setiuservalue(L, -2, 5);
+  if (ops != NULL && ops->fds == 0) t->oob->refuse = REFUSE_FDS;
+  if (ops != NULL) {
+    lua_pushvalue(L, 2); lua_setiuservalue(L, -2, 4);   /* the implementing object, kept alive */
+    t->ops = ops;
+    t->impl = lua_touserdata(L, 2);
+  } else {
+    int err = mp_poolchan_open(&t->local, (int)n); /* releases its part on failure */
+    if (err) return mp_raise_errno(L, err, "pool");
+    t->ops = &mp_poolchan_ops;
+    t->impl = &t->local;
+  }
   t->nworkers = (int)n;
   if (mp_pt_init(&t->pt, (int)n) != 0 || (t->live = calloc((size_t)n, 1)) == NULL) {
     lua_replace(L, 1);                           /* the object, for tr_close */
@@ -152,17 +176,17 @@ static int tr_after_fork(lua_State *L) {
   pool_tr *t = mp_checkself(L, 1, &TR_C);
   t->foreign = 1;
   if (t->impl != NULL) {
-    mp_poolchan_after_fork(&t->local, lua_toboolean(L, 2));
+    t->ops->after_fork(t->impl, lua_toboolean(L, 2));
     mp_pt_drop_fds(&t->pt);
   }
   return 0;
 }
 
-static int tr_close_tasks(lua_State *L) { mp_poolchan_close_tasks(&checkowner(L)->local); return 0; }
-static int tr_fileno(lua_State *L) { lua_pushinteger(L, mp_poolchan_fd(&checkowner(L)->local)); return 1; }
+static int tr_close_tasks(lua_State *L) { pool_tr *t = checkowner(L); t->ops->close_tasks(t->impl); return 0; }
+static int tr_fileno(lua_State *L) { pool_tr *t = checkowner(L); lua_pushinteger(L, t->ops->fd(t->impl)); return 1; }
 static int tr_inflight(lua_State *L) { lua_pushinteger(L, checkowner(L)->pt.inflight); return 1; }
 
-static int check_index(lua_State *L, pool_tr *t, int arg) {
+int mp_pool_index(lua_State *L, pool_tr *t, int arg) {
   lua_Integer i = luaL_checkinteger(L, arg);
   luaL_argcheck(L, i >= 1 && i <= t->nworkers, arg, "worker index out of range");
   return (int)i - 1;
@@ -171,83 +195,10 @@ static int check_index(lua_State *L, pool_tr *t, int arg) {
 /* tr:started(index, sentinel): worker index is up. */
 static int tr_started(lua_State *L) {
   pool_tr *t = checkowner(L);
-  int i = check_index(L, t, 2);
+  int i = mp_pool_index(L, t, 2);
   t->ops->started(t->impl, i, (int)luaL_checkinteger(L, 3));
   t->pt.seen_id[i] = 0;
   t->live[i] = 1;
-  return 0;
-}
-
-/* ---- codec ------------------------------------------------------------ */
-
-/*
-** The serializer runs under lua_pcall so that a value that cannot be sent
-** fails its task only. A hook (Ctrl-C, an mp.signal handler) may raise at the
-** call or return of the protected function: such an error is not the codec's
-** and must propagate. `state` is 1 while the codec runs.
-*/
-typedef struct codec_call { mp_pc_buf *b; const char *p; size_t len; int state; } codec_call;
-
-static int codec_status(lua_State *L, codec_call *cc, int status) {
-  if (status != LUA_OK && cc->state != 1) lua_error(L);
-  return status;
-}
-
-/* Encodes the n values at idx.. as one group appended to b. */
-static void add_group(lua_State *L, mp_pc_buf *b, int idx, int n) {
-  mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode(L, idx, n, s, n == 1 ? "item" : "items");
-  reserve(L, b, 8 + s->len);
-  mp_pc_put32(b->data + b->len, (uint32_t)s->len);
-  mp_pc_put32(b->data + b->len + 4, (uint32_t)n);
-  memcpy(b->data + b->len + 8, s->data, s->len);
-  b->len += 8 + s->len;
-}
-
-static int encode_values(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 1);
-  cc->state = 1;
-  add_group(L, cc->b, 2, lua_gettop(L) - 1);
-  cc->state = 2;
-  return 0;
-}
-
-/* Encodes (and pops) the values at idx..top as a group, in protected mode. */
-static int protected_group(lua_State *L, mp_pc_buf *b, int idx) {
-  codec_call cc = { b, NULL, 0, 0 };
-  int n = lua_gettop(L) - idx + 1;
-  lua_pushcfunction(L, encode_values);
-  lua_insert(L, idx);
-  lua_pushlightuserdata(L, &cc);
-  lua_insert(L, idx + 1);
-  return codec_status(L, &cc, lua_pcall(L, n + 1, 0, 0));
-}
-
-static int decode_values(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 1);
-  lua_settop(L, 0);
-  cc->state = 1;
-  int n = mp_serial_decode(L, cc->p, cc->len);
-  cc->state = 2;
-  return n;
-}
-
-/* Pushes the values of one serialized message; on error pushes the message. */
-static int protected_decode(lua_State *L, const char *p, size_t len) {
-  codec_call cc = { NULL, p, len, 0 };
-  lua_pushcfunction(L, decode_values);
-  lua_pushlightuserdata(L, &cc);
-  return codec_status(L, &cc, lua_pcall(L, 1, LUA_MULTRET, 0));
-}
-
-/* lua_pcall'd (item, index, codec_call): encodes one item alone, to name it in an error. */
-static int item_error(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 3);
-  char root[32];
-  snprintf(root, sizeof root, "item %lld", (long long)lua_tointeger(L, 2));
-  cc->state = 1;
-  mp_serial_encode(L, 1, 1, mp_serial_scratch(L), root);
-  cc->state = 2;
   return 0;
 }
 
@@ -334,40 +285,79 @@ static void make_place(lua_State *L, pool_tr *t, uint64_t id) {
 
 /* ---- parent: building batches ----------------------------------------- */
 
+/* The open batch to the transport, which keeps it when it has no room. */
+static void commit(lua_State *L, pool_tr *t) {
+  uint32_t n = t->pt.batch_n;
+  uint64_t first = t->pt.batch_first;
+  mp_pt_batch *b;
+  check_mem(L, mp_pt_commit(&t->pt, &b));
+  if (b == NULL) return;
+  int keep;
+  int err = t->ops->send(t->impl, b->data, b->len, b->fds, b->nfds, &keep);
+  if (err == 0) mp_pt_kept(&t->pt, b, keep);
+  else if (err == EAGAIN)          /* something else is kept: these go again, one by one */
+    for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
+  else if (err) mp_raise_errno(L, err, "pool: sending a task");
+}
+
+/* src[k .. k+g-1] as a group read from src's array part (mp_serial_encode_slice): 1, or 0 (b unchanged). */
+static int slice_group(lua_State *L, mp_pc_buf *b, int src, lua_Integer k, int g) {
+  mp_wbuf *s = mp_serial_scratch(L);
+  if (!mp_serial_encode_slice(L, src, k, k + g - 1, s)) return 0;
+  check_mem(L, mp_pc_reserve(b, 8 + s->len));
+  mp_pc_put32(b->data + b->len, (uint32_t)s->len);
+  mp_pc_put32(b->data + b->len + 4, (uint32_t)g);
+  memcpy(b->data + b->len + 8, s->data, s->len);
+  b->len += 8 + s->len;
+  return 1;
+}
+
+/* A task's function: its bytes, or the function itself when it carries mp objects. */
+static void check_fn(lua_State *L, int idx) {
+  int ty = lua_type(L, idx);
+  if (ty != LUA_TSTRING && ty != LUA_TFUNCTION) luaL_typeerror(L, idx, "function bytes");
+}
+
 /*
 ** Appends one task to the open batch: src[i..j] ('M', 'S'), or src[1..j] as
-** one call's arguments ('A'). Returns 0, or 1 with a message on top when an
-** item cannot be sent (the task is then dropped from the batch).
+** one call's arguments ('A'); the function at fnidx is its bytes (a string),
+** or the function itself when it carries mp objects (fn_id 0: encoded with
+** each task). Returns 0, or 1 with a message on top when an item cannot be
+** sent (the task is then dropped from the batch).
 */
 static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t fn_id,
-                     const char *fn, size_t fn_len, int src, lua_Integer i, lua_Integer j, size_t *entry) {
+                     int fnidx, int src, lua_Integer i, lua_Integer j, size_t *entry) {
   mp_pc_buf *b = &t->pt.out;
+  mp_oob *oob = t->oob;
   lua_Integer count = j >= i ? j - i + 1 : 0;
+  oob->n = 0;                   /* this task's fds: indexes from 0 in its range of the batch's */
+  size_t fn_len;
+  const char *fn = lua_tolstring(L, fnidx, &fn_len);
+  if (fn == NULL && mp_pool_pdump(L, fnidx, oob, &fn, &fn_len) != LUA_OK) return 1;
+  /* (the scratch bytes are copied into the entry before the values reuse it) */
   check_mem(L, mp_pt_entry_begin(&t->pt, kind, id, fn_id, fn, fn_len, (uint32_t)count, entry));
   int raw = !lua_getmetatable(L, src);
   if (!raw) lua_pop(L, 1);
   int top = lua_gettop(L);
   int per = kind == 'A' ? (int)count : GROUP;
-  if (kind == 'A' && count == 0) add_group(L, b, top + 1, 0);
+  if (kind == 'A' && count == 0) mp_pool_group(L, b, top + 1, 0, NULL);
   luaL_checkstack(L, per + 8, "too many arguments");
   for (lua_Integer k = i; k <= j; ) {
     int g = (int)((j - k + 1) < per ? (j - k + 1) : per);
+    /* A map chunk of plain values is read straight from the list's array part. */
+    if (kind == 'M' && raw && slice_group(L, b, src, k, g)) { k += g; continue; }
     int simple = 1;             /* numbers, strings, booleans, nils cannot fail to encode */
     for (int q = 0; q < g; q++) {
       int ty = raw ? lua_rawgeti(L, src, k + q) : lua_geti(L, src, k + q);
       simple &= ty == LUA_TNUMBER || ty == LUA_TSTRING || ty == LUA_TBOOLEAN || ty == LUA_TNIL;
     }
-    if (simple) { add_group(L, b, top + 1, g); lua_settop(L, top); }
-    else if (protected_group(L, b, top + 1) != LUA_OK) {
+    if (simple) { mp_pool_group(L, b, top + 1, g, NULL); lua_settop(L, top); }
+    else if (mp_pool_pgroup(L, b, top + 1, oob) != LUA_OK) {
       mp_pt_entry_drop(&t->pt, *entry);
       lua_settop(L, top);
       for (int q = 0; q < g; q++) {      /* name the first item that cannot be sent */
-        codec_call cc = { NULL, NULL, 0, 0 };
-        lua_pushcfunction(L, item_error);
         if (raw) lua_rawgeti(L, src, k + q); else lua_geti(L, src, k + q);
-        lua_pushinteger(L, k + q);
-        lua_pushlightuserdata(L, &cc);
-        if (codec_status(L, &cc, lua_pcall(L, 3, 0, 0)) != LUA_OK) break;
+        if (mp_pool_pitem(L, k + q, oob) != LUA_OK) break;
       }
       if (lua_gettop(L) == top) lua_pushfstring(L, "item %d: cannot be sent", (int)k);
       return 1;
@@ -375,6 +365,17 @@ static int add_entry(lua_State *L, pool_tr *t, int kind, uint64_t id, uint32_t f
     k += g;
   }
   lua_settop(L, top);
+  if (oob->n > 0) {
+    int err = mp_pt_entry_fds(&t->pt, *entry, oob->fds, (int)oob->n);
+    if (err) {
+      mp_pt_entry_drop(&t->pt, *entry);
+      if (err == E2BIG)
+        lua_pushfstring(L, "a task may carry at most %d fds of mp objects (this one: %d)", MP_PT_TASK_FDS, (int)oob->n);
+      else
+        lua_pushfstring(L, "cannot send the task's mp objects: %s", strerror(err));
+      return 1;
+    }
+  }
   mp_pt_entry_end(&t->pt, *entry, fn_id);
   return 0;
 }
@@ -391,8 +392,7 @@ static int tr_add(lua_State *L) {
   luaL_checktype(L, 3, LUA_TTABLE);
   int kind = luaL_checkstring(L, 4)[0];
   uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 5);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 6, &fn_len);
+  check_fn(L, 6);
   luaL_checktype(L, 7, LUA_TTABLE);
   lua_Integer i = luaL_checkinteger(L, 8), stop = luaL_checkinteger(L, 9);
   lua_Integer cs = luaL_checkinteger(L, 10), nchunks = luaL_checkinteger(L, 11);
@@ -410,7 +410,7 @@ static int tr_add(lua_State *L) {
     lua_Integer j = stop - i < cs ? stop : i + cs - 1;     /* i + cs may overflow */
     uint64_t id = t->pt.next_id + 1;
     size_t at;
-    if (add_entry(L, t, kind, id, fn_id, fn, fn_len, 7, i, j, &at)) {
+    if (add_entry(L, t, kind, id, fn_id, 6, 7, i, j, &at)) {
       lua_pushinteger(L, added);
       lua_insert(L, -2);
       return 2;
@@ -418,6 +418,7 @@ static int tr_add(lua_State *L) {
     t->pt.next_id = id;
     make_place(L, t, id);
     check_mem(L, mp_pt_record(&t->pt, id, h, off + (i - 1 - base), at, 0));
+    if (t->pt.onfds > MP_PT_BATCH_FDS) commit(L, t);      /* the next task's fds must fit */
     added++;
     i = j + 1;
   }
@@ -434,15 +435,14 @@ static int tr_apply(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_Integer off = luaL_checkinteger(L, 3);
   uint32_t fn_id = (uint32_t)luaL_checkinteger(L, 4);
-  size_t fn_len;
-  const char *fn = luaL_checklstring(L, 5, &fn_len);
+  check_fn(L, 5);
   luaL_checktype(L, 6, LUA_TTABLE);
   lua_Integer n = luaL_checkinteger(L, 7);
   double limit = luaL_optnumber(L, 8, 0);
   lua_settop(L, 8);
   uint64_t id = t->pt.next_id + 1;
   size_t at;
-  if (add_entry(L, t, 'A', id, fn_id, fn, fn_len, 6, 1, n, &at)) {
+  if (add_entry(L, t, 'A', id, fn_id, 5, 6, 1, n, &at)) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
@@ -453,6 +453,7 @@ static int tr_apply(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, ap_key(t, id));
   check_mem(L, mp_pt_record(&t->pt, id, 0, off, at, limit));
+  if (t->pt.onfds > MP_PT_BATCH_FDS) commit(L, t);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -495,7 +496,7 @@ static int send_resends(lua_State *L, pool_tr *t) {
     check_mem(L, mp_pt_next_resend(&t->pt, &p));
     if (p == NULL) break;
     int keep;
-    err = t->ops->send(t->impl, p->b->data, p->b->len, &keep);
+    err = t->ops->send(t->impl, p->b->data, p->b->len, p->b->fds, p->b->nfds, &keep);
     if (err == EAGAIN) { mp_pt_unqueue(&t->pt, p); return 0; }
     if (err) mp_raise_errno(L, err, "pool: sending a task");
     mp_pt_kept(&t->pt, p->b, keep);
@@ -505,18 +506,7 @@ static int send_resends(lua_State *L, pool_tr *t) {
 
 /* tr:commit(): hands the open batch to the transport (which keeps it when it has no room). */
 static int tr_commit(lua_State *L) {
-  pool_tr *t = checkowner(L);
-  uint32_t n = t->pt.batch_n;
-  uint64_t first = t->pt.batch_first;
-  mp_pt_batch *b;
-  check_mem(L, mp_pt_commit(&t->pt, &b));
-  if (b == NULL) return 0;
-  int keep;
-  int err = t->ops->send(t->impl, b->data, b->len, &keep);
-  if (err == 0) mp_pt_kept(&t->pt, b, keep);
-  else if (err == EAGAIN)          /* something else is kept: these go again, one by one */
-    for (uint32_t k = 0; k < n; k++) check_mem(L, mp_pt_queue(&t->pt, first + k));
-  else if (err) mp_raise_errno(L, err, "pool: sending a task");
+  commit(L, checkowner(L));
   return 0;
 }
 
@@ -539,7 +529,7 @@ static void push_error(lua_State *L, const char *p, const char *end, lua_Integer
     uint32_t glen = mp_pc_get32(p), gn = mp_pc_get32(p + 4);
     p += 8;
     if ((size_t)(end - p) < glen) break;
-    if (protected_decode(L, p, glen) != LUA_OK) { lua_rawseti(L, t, 1); break; }
+    if (mp_pool_pdecode(L, p, glen, NULL, 0) != LUA_OK) { lua_rawseti(L, t, 1); break; }
     int n = lua_gettop(L) - t;
     if ((uint32_t)n != gn) { lua_settop(L, t); break; }
     for (int q = n; q >= 1; q--) lua_rawseti(L, t, k + q);
@@ -578,8 +568,13 @@ static void take_result(lua_State *L, pool_tr *t, evs *e, const char *p, size_t 
     uint32_t glen = mp_pc_get32(q), gn = mp_pc_get32(q + 4);
     q += 8;
     if ((size_t)(end - q) < glen) break;
+    if (gn > 0 && mp_serial_decode_slice(L, q, glen, dest, at + got, gn)) {   /* plain values, no stack */
+      got += gn;
+      q += glen;
+      continue;
+    }
     luaL_checkstack(L, (int)gn + 4, "result too large");
-    if (protected_decode(L, q, glen) != LUA_OK) {
+    if (mp_pool_pdecode(L, q, glen, NULL, 0) != LUA_OK) {
       const char *m = lua_tostring(L, -1);
       lua_settop(L, top + 1);
       lua_createtable(L, 5, 0);
@@ -677,7 +672,15 @@ static int tr_pump(lua_State *L) {
     }
     if (t->suspect) recover(L, t, &e);
     if (e.n > 0 || lost) break;
-    err = t->ops->wait(t->impl, deadline, &lost);
+    /*
+    ** The binding slices the wait (mp's slice: 10 ms while pollers exist), so
+    ** a transport built in another module, with its own copy of the clock,
+    ** never sleeps past it: Ctrl-C, handlers and pollers run on time.
+    */
+    int sliced;
+    double until = mp_slice_end(deadline, &sliced);
+    err = t->ops->wait(t->impl, until, &lost);
+    if (err == ETIMEDOUT && sliced) err = EINTR;
     if (err == ETIMEDOUT) break;
     if (err == EINTR) mp_check_interrupt(L);      /* a signal, or a slice's end */
     else if (err) return mp_raise_errno(L, err, "pool: waiting for results");
@@ -696,7 +699,7 @@ static int tr_pump(lua_State *L) {
 static int tr_lost(lua_State *L) {
   pool_tr *t = checkowner(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  int i = check_index(L, t, 3);
+  int i = mp_pool_index(L, t, 3);
   lua_settop(L, 3);
   evs e = { 2, uv(L, 1), uv(L, 2), uv(L, 3), 0 };
   drain(L, t, &e);
@@ -748,249 +751,25 @@ static int tr_abandon(lua_State *L) {
   return 1;
 }
 
-/* ---- worker ----------------------------------------------------------- */
-
-/*
-** Message handler for a task's error: {message, traceback, value, tostring(value)}, the
-** traceback cut where the pool's own frames begin (upvalue 1: their depth).
-*/
-static int task_msgh(lua_State *L) {
-  lua_settop(L, 1);
-  lua_pushvalue(L, 1);                   /* 2: the raised value (lua_tostring converts a number at 1) */
-  int raised = lua_type(L, 1) != LUA_TSTRING;
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) msg = lua_tostring(L, -1);
-    else msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  int depth = (int)lua_tointeger(L, lua_upvalueindex(1));
-  lua_Debug ar;
-  int total = 0;
-  while (lua_getstack(L, total, &ar)) total++;
-  int keep = total - depth - 1;          /* the task's own frames (the handler is level 0) */
-  luaL_traceback(L, L, NULL, 1);
-  const char *tb = lua_tostring(L, -1), *p = tb;
-  for (int lines = -1; *p && lines < keep; lines++) {
-    const char *nl = strchr(p, '\n');
-    if (nl == NULL) { p += strlen(p); break; }
-    p = nl + 1;
-  }
-  size_t len = (size_t)(p - tb);
-  if (len > 0 && tb[len - 1] == '\n') len--;
-  lua_createtable(L, 3, 0);
-  lua_pushstring(L, msg);
-  lua_rawseti(L, -2, 1);
-  lua_pushlstring(L, tb, len);
-  lua_rawseti(L, -2, 2);
-  if (raised) {                          /* the raised value, and its tostring */
-    lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, 3);
-    luaL_tolstring(L, 2, NULL);
-    lua_rawseti(L, -2, 4);
-  }
-  return 1;
-}
-
-static void header(lua_State *L, mp_pc_buf *b, char kind, uint64_t id, uint32_t count) {
-  b->len = 0;
-  reserve(L, b, HDR);
-  memset(b->data, 0, HDR);
-  b->data[0] = kind;
-  mp_pc_put64(b->data + 8, id);
-  mp_pc_put32(b->data + 16, count);
-  b->len = HDR;
-}
-
-/*
-** An error result for task id from the value at errv ({message, traceback,
-** value} or a message): message, traceback, pid, and the raised value when it
-** can be sent (else its string form).
-*/
-static void error_result(lua_State *L, mp_pc_buf *b, uint64_t id, int errv, char kind) {
-  header(L, b, kind, id, 4);
-  int top = lua_gettop(L), tab = lua_type(L, errv) == LUA_TTABLE;
-  /* Pass 0 sends the raised value itself, pass 1 its string form, pass 2 none. */
-  for (int pass = 0; pass < 3; pass++) {
-    if (tab) { lua_rawgeti(L, errv, 1); lua_rawgeti(L, errv, 2); }
-    else { const char *m = lua_tostring(L, errv); lua_pushstring(L, m ? m : "unknown error"); lua_pushnil(L); }
-    lua_pushinteger(L, mp_self_pid());
-    if (tab && pass < 2) lua_rawgeti(L, errv, pass == 0 ? 3 : 4); else lua_pushnil(L);
-    if (protected_group(L, b, top + 1) == LUA_OK) break;
-    lua_settop(L, top);
-    b->len = HDR;
-  }
-  lua_settop(L, top);
-}
-
-/*
-** Runs one task entry. Stack: fn cache at `cache`, message handler at `msgh`.
-** Leaves the result entry in b.
-*/
-static void run_task(lua_State *L, mp_pc_buf *b, const char *m, size_t len, int cache, int msgh) {
-  char kind = m[0];
-  uint32_t fn_id = mp_pc_get32(m + 4), fn_len = mp_pc_get32(m + 16), count = mp_pc_get32(m + 20);
-  uint64_t id = mp_pc_get64(m + 8);
-  const char *p = m + HDR, *end = m + len;
-  int base = lua_gettop(L);
-  if ((size_t)(end - p) < fn_len) luaL_error(L, "pool: corrupt task message");
-  if (lua_rawgeti(L, cache, fn_id) == LUA_TNIL) {
-    lua_pop(L, 1);
-    if (fn_len == 0) lua_pushliteral(L, "not sent");  /* the previous task's, which failed */
-    else if (protected_decode(L, p, fn_len) == LUA_OK) goto cache_it;
-    lua_pushfstring(L, "cannot receive the task's function: %s", lua_tostring(L, -1));
-    goto fail;
-cache_it:
-    lua_settop(L, base + 1);
-    if (lua_rawlen(L, cache) >= FN_CACHE_MAX) { lua_newtable(L); lua_replace(L, cache); }
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, cache, fn_id);
-  }
-  int fn = base + 1;
-  p += fn_len;
-  header(L, b, 'R', id, count);
-  uint32_t total = 0;
-  while (end - p >= 8) {
-    uint32_t glen = mp_pc_get32(p), gn = mp_pc_get32(p + 4);
-    p += 8;
-    if ((size_t)(end - p) < glen) luaL_error(L, "pool: corrupt task message");
-    luaL_checkstack(L, 2 * (int)gn + 16, "too many values");
-    int a = lua_gettop(L) + 1;
-    if (protected_decode(L, p, glen) != LUA_OK) {
-      lua_pushfstring(L, "cannot receive the task's arguments: %s", lua_tostring(L, -1));
-      goto fail;
-    }
-    p += glen;
-    int n = lua_gettop(L) - a + 1;
-    if (kind == 'A') {
-      lua_pushvalue(L, fn);
-      lua_rotate(L, a, 1);
-      if (lua_pcall(L, n, LUA_MULTRET, msgh) != LUA_OK) goto fail;
-      int r = lua_gettop(L) - a + 1;
-      mp_pc_put32(b->data + 16, (uint32_t)r);
-      if (r > 0 && protected_group(L, b, a) != LUA_OK) goto unsendable;
-      continue;
-    }
-    for (int k = 0; k < n; k++) {
-      lua_pushvalue(L, fn);
-      int nargs = 1;
-      if (kind == 'S') {
-        int tt = a + k;
-        if (lua_type(L, tt) != LUA_TTABLE) {
-          lua_pushfstring(L, "starmap: item %d is not a table of arguments", (int)(total + (uint32_t)k + 1));
-          goto fail;
-        }
-        lua_Integer na = lua_getfield(L, tt, "n") == LUA_TNUMBER ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, tt);
-        lua_pop(L, 1);
-        luaL_checkstack(L, (int)na + 4, "too many arguments");
-        for (lua_Integer q = 1; q <= na; q++) lua_rawgeti(L, tt, q);
-        nargs = (int)na;
-      } else {
-        lua_pushvalue(L, a + k);
-      }
-      if (lua_pcall(L, nargs, 1, msgh) != LUA_OK) goto fail;
-    }
-    if (n > 0 && protected_group(L, b, a + n) != LUA_OK) goto unsendable;   /* results above args */
-    lua_settop(L, a - 1);
-    total += (uint32_t)n;
-  }
-  lua_settop(L, base);
-  return;
-unsendable:
-  lua_pushfstring(L, "cannot send the task's result: %s", lua_tostring(L, -1));
-fail:
-  error_result(L, b, id, lua_gettop(L), 'E');
-  lua_settop(L, base);
-}
-
-static void check_io(lua_State *L, int err, const char *what) {
-  if (err) mp_raise_errno(L, err, what);
-}
-
-/*
-** core.pool_work(tr, index, maxtasks): the worker's loop. Runs tasks until the
-** parent closes the task socket (or maxtasks tasks were run) and returns.
-*/
-static int core_pool_work(lua_State *L) {
-  pool_tr *t = checktr(L);
-  int index = check_index(L, t, 2);
-  lua_Integer maxtasks = luaL_optinteger(L, 3, 0);
-  lua_settop(L, 1);
-  mp_pc_buf *b = &t->pt.out;
-  lua_newtable(L);                                   /* 2: function cache */
-  lua_Debug ar;
-  int depth = 0;
-  while (lua_getstack(L, depth, &ar)) depth++;
-  lua_pushinteger(L, depth);
-  lua_pushcclosure(L, task_msgh, 1);                 /* 3: message handler */
-  lua_Integer done = 0;
-  while (maxtasks == 0 || done < maxtasks) {
-    const char *m;
-    size_t len;
-    int err;
-    while ((err = t->ops->take(t->impl, index, &m, &len)) == EINTR) mp_check_interrupt(L);
-    if (err == EPIPE) break;
-    check_io(L, err, "pool: receiving a task");
-    for (const char *q = m + MP_PC_CHDR, *end = m + len; end - q >= 4; done++) {
-      uint32_t n = mp_pc_get32(q);
-      q += 4;
-      if ((size_t)(end - q) < n || n < HDR) luaL_error(L, "pool: corrupt task message");
-      t->ops->begin(t->impl, index, mp_pc_get64(q + 8));
-      run_task(L, b, q, n, 2, 3);
-      check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
-      t->ops->begin(t->impl, index, 0);
-      lua_settop(L, 3);
-      q += n;
-    }
-    check_io(L, t->ops->end(t->impl, index), "pool: sending a result");
-  }
-  return 0;
-}
-
-/*
-** tr:send_init_error(index, message, traceback): the initializer failed in
-** worker index; the error goes out as a batch's only result would.
-*/
-static int tr_send_init_error(lua_State *L) {
-  pool_tr *t = checktr(L);
-  int index = check_index(L, t, 2);
-  lua_settop(L, 4);
-  lua_createtable(L, 2, 0);
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, 4);
-  lua_rawseti(L, -2, 2);
-  mp_pc_buf *b = &t->pt.out;
-  error_result(L, b, 0, 5, 'I');
-  check_io(L, t->ops->keep(t->impl, index, b->data, b->len), "pool: sending a result");
-  check_io(L, t->ops->end(t->impl, index), "pool: sending a result");
-  return 0;
-}
-
 /* ---- small helpers ---------------------------------------------------- */
 
-static int dump_fn(lua_State *L) {
-  codec_call *cc = lua_touserdata(L, 2);
-  cc->state = 1;
-  mp_wbuf *s = mp_serial_scratch(L);
-  mp_serial_encode(L, 1, 1, s, "function");
-  cc->state = 2;
-  lua_pushlstring(L, s->data, s->len);
-  return 1;
-}
-
-/* core.pool_dumpfn(fn) --> the serialized function, or nil and why it cannot be sent. */
-static int core_pool_dumpfn(lua_State *L) {
-  luaL_checkany(L, 1);
-  lua_settop(L, 1);
-  codec_call cc = { NULL, NULL, 0, 0 };
-  lua_pushcfunction(L, dump_fn);
-  lua_insert(L, 1);
-  lua_pushlightuserdata(L, &cc);
-  if (codec_status(L, &cc, lua_pcall(L, 2, 1, 0)) != LUA_OK) {
+/*
+** tr:dumpfn(fn) --> the serialized function; false when it carries mp objects
+** (it is then encoded with each task, its objects' fds along); or nil and why
+** it cannot be sent (on a transport that passes bytes only, an mp object).
+*/
+static int tr_dumpfn(lua_State *L) {
+  pool_tr *t = checkowner(L);
+  luaL_checkany(L, 2);
+  t->oob->n = 0;
+  const char *p;
+  size_t len;
+  if (mp_pool_pdump(L, 2, t->oob, &p, &len) != LUA_OK) {
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
   }
+  if (t->oob->n > 0) lua_pushboolean(L, 0); else lua_pushlstring(L, p, len);
   return 1;
 }
 
@@ -1012,13 +791,13 @@ void mp_pool_open(lua_State *L) {
     {"settled", tr_settled}, {"inflight", tr_inflight}, {"stalled", tr_stalled},
     {"pump", tr_pump}, {"lost", tr_lost}, {"started", tr_started}, {"abandon", tr_abandon},
     {"fileno", tr_fileno}, {"close_tasks", tr_close_tasks}, {"after_fork", tr_after_fork},
-    {"send_init_error", tr_send_init_error}, {"close", tr_close},
+    {"send_init_error", mp_pool_send_init_error}, {"dumpfn", tr_dumpfn}, {"close", tr_close},
     {NULL, NULL}
   };
   static const luaL_Reg metamethods[] = { {"__gc", tr_close}, {"__close", tr_close}, {NULL, NULL} };
   static const luaL_Reg funcs[] = {
-    {"pool_transport", core_pool_transport}, {"pool_work", core_pool_work},
-    {"pool_dumpfn", core_pool_dumpfn}, {"newlist", core_newlist}, {"isatty", core_isatty},
+    {"pool_transport", core_pool_transport}, {"pool_work", mp_pool_work},
+    {"newlist", core_newlist}, {"isatty", core_isatty},
     {NULL, NULL}
   };
   mp_newclass(L, &TR_C, methods, metamethods);

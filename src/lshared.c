@@ -559,8 +559,13 @@ static int value_tostring(lua_State *L) {
   luaL_addvalue(&b);
   push_elem(L, u->t, u->data);
   if (u->t->kind == K_CHAR) {
-    lua_pushfstring(L, "%q", lua_tostring(L, -1));
-    lua_remove(L, -2);
+    /* The byte as a Lua string literal, "\ddd" for anything but printable
+    ** ASCII (lua_pushfstring has no %q). */
+    unsigned char ch = (unsigned char)u->data[0];
+    lua_pop(L, 1);
+    if (ch >= 32 && ch < 127 && ch != '"' && ch != '\\') lua_pushfstring(L, "\"%c\"", (int)ch);
+    else if (ch == '\n') lua_pushliteral(L, "\"\\n\"");
+    else lua_pushfstring(L, "\"\\%d\"", (int)ch);
   } else {
     luaL_tolstring(L, -1, NULL);
     lua_remove(L, -2);

@@ -56,7 +56,7 @@ const mp_class *mp_travel_find(const char *name, size_t len, const mp_travel **t
 }
 
 static int oob_gc(lua_State *L) {
-  mp_oob *o = lua_touserdata(L, 1);
+  mp_oob *o = luaL_checkudata(L, 1, "mp.oob");      /* a wrong self is an error, not a crash */
   free(o->fds);
   o->fds = NULL;
   o->n = o->cap = 0;

@@ -48,10 +48,15 @@ typedef struct mp_travel {
   void (*import_obj)(lua_State *L, const mp_class *c, const mp_travel_desc *d, int dep);
 } mp_travel;
 
-/* The out-of-band fd list of one message. */
+/*
+** The out-of-band fd list of one message. `refuse`, when set, is the message
+** (a format with one %s, the class name) with which a transport that carries
+** bytes only (the MPI pool's) refuses an mp object, instead of adding its fds.
+*/
 typedef struct mp_oob {
   int *fds;                    /* borrowed from the objects (encode) or the transport's (decode) */
   size_t n, cap;
+  const char *refuse;
 } mp_oob;
 
 /*

@@ -1346,6 +1346,7 @@ static void encode_function(enc *e, int f, const void *p) {
 */
 static void encode_object(enc *e, int idx, const mp_class *c, const mp_travel *t) {
   lua_State *L = e->L;
+  if (e->oob != NULL && e->oob->refuse != NULL) enc_error(e, lua_pushfstring(L, e->oob->refuse, c->tname));
   if (e->oob == NULL) {
     const char *msg = lua_pushfstring(L,
       "an %s cannot travel inside a message (a Queue item, a Pipe message, mp.dumps): "
@@ -1501,6 +1502,37 @@ void mp_serial_encode_at(lua_State *L, int st, int idx, int n, mp_wbuf *b, const
 
 void mp_serial_encode_oob(lua_State *L, int idx, int n, mp_wbuf *b, const char *root, mp_oob *oob) {
   encode_values(L, NULL, 0, idx, n, b, root, oob);
+}
+
+/*
+** t[i..j] as j-i+1 values, read from the table's array part (see "Tables:
+** reading Lua 5.4's layout" above); the bytes are those mp_serial_encode
+** writes for the same values on the stack. Only plain values (numbers,
+** booleans, nil, strings): at anything else, or when the layout cannot be
+** read, b is left as it was and 0 returned (the caller goes through the
+** stack). For the pool's map chunks: no per-item API call.
+*/
+int mp_serial_encode_slice(lua_State *L, int t, lua_Integer i, lua_Integer j, mp_wbuf *b) {
+  serial_state *s = push_state(L);
+  lua_pop(L, 1);
+  lua_Integer n = j - i + 1;
+  if (!s->peek || lua_type(L, t) != LUA_TTABLE || i < 1 || n < 1 || n > INT_MAX) return 0;
+  const lua54_table_head *h = lua_topointer(L, t);
+  if ((lua_Unsigned)j > table_asize(h)) return 0;
+  enc encoder;                         /* only the fields the plain writers use */
+  enc *e = &encoder;
+  e->L = L;
+  e->b = b;
+  e->base = b->len;
+  e->s = s;
+  put_u8(e, FORMAT_VERSION);
+  if (n < 0xFF) put_u8(e, (unsigned)n);
+  else put_tagged(e, 0xFF, (uint64_t)n, 4);
+  for (const lua54_tvalue *v = h->array + (i - 1), *end = h->array + j; v < end; v++) {
+    if (!is_plain_tag(v->tt)) { b->len = e->base; return 0; }
+    encode_slot(e, &v->v, v->tt);      /* (no Lua code runs: the array stays where it is) */
+  }
+  return 1;
 }
 
 /*
@@ -2118,6 +2150,78 @@ int mp_serial_decode_oob(lua_State *L, const char *data, size_t len, const int *
   return decode_values(L, NULL, 0, 0, data, len, fds, nfds);
 }
 
+/*
+** A message of n plain values decoded straight into t[off+1 .. off+n], for
+** the pool's results. Numbers, booleans and nil are written into the slots
+** of t's array part (see "Tables: reading Lua 5.4's layout"; values the
+** collector does not follow, so no barrier is due); short strings go through
+** lua_rawseti, which cannot move the array part of a range it already covers.
+** Anything else, a message that is not exactly n values, or a range beyond
+** the array part: 0, and the caller decodes the message as usual (writing
+** again the slots written here). Every length is checked against len.
+*/
+int mp_serial_decode_slice(lua_State *L, const char *data, size_t len, int t, lua_Integer off, lua_Integer n) {
+  serial_state *s = push_state(L);
+  lua_pop(L, 1);
+  if (!s->peek || lua_type(L, t) != LUA_TTABLE || off < 0 || n < 1 || n > INT_MAX) return 0;
+  t = lua_absindex(L, t);
+  const lua54_table_head *h = lua_topointer(L, t);
+  if ((lua_Unsigned)off + (lua_Unsigned)n > table_asize(h)) return 0;
+  const unsigned char *p = (const unsigned char *)data, *end = p + len;
+  if (len < 2 || p[0] != FORMAT_VERSION) return 0;
+  uint32_t count = p[1];
+  p += 2;
+  if (count == 0xFF) {
+    if (end - p < 4) return 0;
+    memcpy(&count, p, 4);
+    p += 4;
+  }
+  if ((lua_Integer)count != n) return 0;
+  for (lua_Integer k = 0; k < n; k++) {
+    size_t left = (size_t)(end - p);
+    lua54_tvalue *v = &h->array[off + k];
+    if (left < 1) return 0;
+    switch (p[0]) {
+      case T_NIL: v->tt = V_NIL; p += 1; break;
+      case T_FALSE: v->tt = V_FALSE; p += 1; break;
+      case T_TRUE: v->tt = V_TRUE; p += 1; break;
+      case T_INT8:
+        if (left < 2) return 0;
+        v->v.i = (int8_t)p[1];
+        v->tt = V_INT;
+        p += 2;
+        break;
+      case T_INT32: {
+        if (left < 5) return 0;
+        int32_t x;
+        memcpy(&x, p + 1, 4);
+        v->v.i = x;
+        v->tt = V_INT;
+        p += 5;
+        break;
+      }
+      case T_INT64: case T_FLOAT: {
+        if (left < 9) return 0;
+        int64_t x;
+        memcpy(&x, p + 1, 8);
+        if (p[0] == T_INT64) { v->v.i = (lua_Integer)x; v->tt = V_INT; }
+        else { double d; memcpy(&d, &x, 8); v->v.n = (lua_Number)d; v->tt = V_FLOAT; }
+        p += 9;
+        break;
+      }
+      case T_STR8:
+        if (left < 2 || left - 2 < p[1]) return 0;
+        lua_pushlstring(L, (const char *)p + 2, p[1]);
+        lua_rawseti(L, t, off + k + 1);
+        p += 2 + p[1];
+        break;
+      default:
+        return 0;
+    }
+  }
+  return p == end;
+}
+
 int mp_serial_peek(lua_State *L, int on) {
   serial_state *s = push_state(L);
   if (on >= 0) s->peek = on && s->peek_ok;
@@ -2199,8 +2303,27 @@ static int core_register_class(lua_State *L) {
   return 1;
 }
 
+/*
+** core.serial_key([key]) --> the family key (before the change). With a key,
+** this process takes it: processes that did not fork from one another (the
+** ranks of an MPI job: mp.mpi sends rank 0's key with each pool's START) then
+** load each other's functions. Only a process that can already run Lua code
+** here can call it.
+*/
+static int core_serial_key(lua_State *L) {
+  size_t len = 0;
+  const char *k = luaL_optlstring(L, 1, NULL, &len);
+  lua_settop(L, 1);
+  serial_state *s = push_state(L);
+  luaL_argcheck(L, k == NULL || len == sizeof s->key, 1, "key of the wrong length");
+  lua_pushlstring(L, (const char *)s->key, sizeof s->key);
+  if (k != NULL) memcpy(s->key, k, len);
+  return 1;
+}
+
 void mp_serial_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
+    {"serial_key", core_serial_key},
     {"dumps", core_dumps},
     {"loads", core_loads},
     {"register_class", core_register_class},

@@ -61,6 +61,22 @@ void mp_serial_encode_oob(lua_State *L, int idx, int n, mp_wbuf *b, const char *
 int mp_serial_decode_oob(lua_State *L, const char *data, size_t len, const int *fds, size_t nfds);
 
 /*
+** Appends t[i..j] (a table without a metatable) as j-i+1 values, the bytes
+** mp_serial_encode would write, read straight from the table's array part:
+** 1, or 0 (b unchanged) when a value is not plain (a number, a boolean, nil,
+** a string) or the table's layout cannot be read.
+*/
+int mp_serial_encode_slice(lua_State *L, int t, lua_Integer i, lua_Integer j, mp_wbuf *b);
+
+/*
+** Decodes a message of n plain values (numbers, booleans, nil, short
+** strings) straight into t[off+1 .. off+n] (a table without a metatable,
+** whose array part covers them): 1, or 0 when the message holds anything
+** else or the table's layout cannot be used (decode it as usual then).
+*/
+int mp_serial_decode_slice(lua_State *L, const char *data, size_t len, int t, lua_Integer off, lua_Integer n);
+
+/*
 ** Before forking (core.spawn, in the parent): gives the environments of the Lua
 ** functions on the stack their ids, so the child can bind its copies of them
 ** (docs/serialization.md, "Environments").

@@ -16,6 +16,25 @@ local check = require "mp.check"
 local argerror, typename, check_timeout = check.argerror, check.typename, pool.check_timeout
 local is_ar = pool.is_result
 
+local POLL_FDLESS = 0.002      -- seconds between polls of a pool without an fd
+
+--[[
+core.wait, its argument errors (a bad source) at the caller's line rather
+than this file's: called by pcall, core.wait's errors carry no position, and
+check.error gives them the first one outside mp. Any other error (a signal
+handler's, Ctrl-C's) goes on as it came.
+]]
+local function cwait(list, timeout, where)
+  local ok, r = pcall(core.wait, list, timeout)
+  if ok then return r end
+  if type(r) == "string" and r:find("^bad argument") then
+    -- `where`: list's positions in the caller's list (the sources that are not AsyncResults).
+    if where then r = r:gsub("item (%d+)", function(i) return "item " .. (where[tonumber(i)] or i) end, 1) end
+    check.error(r)
+  end
+  error(r, 0)
+end
+
 -- Runs the pools of the pending results until one more is ready or the deadline.
 local function wait_any(pending, deadline, others)
   local pools = {}
@@ -28,12 +47,19 @@ local function wait_any(pending, deadline, others)
     end, left < math.huge and max(left, 0) or nil)
     return
   end
-  -- Several pools, or other sources: wait on all their fds at once, then pump.
-  local fds = {}
+  --[[
+  Several pools, or other sources: wait on all their fds at once, then pump.
+  A pool whose transport has no fd (mp.mpi's) can only be polled: the wait
+  is then cut to POLL_FDLESS, so its results are seen within that.
+  ]]
+  local fds, fdless = {}, false
   for _, s in ipairs(others or {}) do fds[#fds + 1] = s end
-  for p in pairs(pools) do if p._tr then fds[#fds + 1] = p._tr:fileno() end end
-  local left = min(deadline - now(), 0.1)
-  if left > 0 then core.wait(fds, left) end
+  for p in pairs(pools) do
+    local fd = p._tr and p._tr:fileno() or -1
+    if fd >= 0 then fds[#fds + 1] = fd elseif p._tr then fdless = true end
+  end
+  local left = min(deadline - now(), fdless and POLL_FDLESS or 0.1)
+  if left > 0 then cwait(fds, left) end
   for p in pairs(pools) do if p._tr then p:_pump(0) end end
 end
 
@@ -95,16 +121,16 @@ function M.wait(sources, timeout, mode)
     local s = msg and msg:match("did you mean '([^']+)'")
     argerror(3, "wait", "unknown mode '" .. tostring(mode) .. "'" .. (s and " (did you mean '" .. s .. "'?)" or ""))
   end
-  local ars, others = {}, {}
+  local ars, others, where = {}, {}, {}
   for i = 1, #sources do
     local s = sources[i]
-    if is_ar(s) then ars[#ars + 1] = s else others[#others + 1] = s end
+    if is_ar(s) then ars[#ars + 1] = s else others[#others + 1] = s; where[#others] = i end
   end
-  if #ars == 0 and mode ~= "ALL_COMPLETED" then return core.wait(sources, timeout) end
+  if #ars == 0 and mode ~= "ALL_COMPLETED" then return cwait(sources, timeout) end
   local deadline = timeout and now() + max(timeout, 0) or math.huge
   while true do
     local ready = {}
-    if #others > 0 then for _, s in ipairs(core.wait(others, 0)) do ready[s] = true end end
+    if #others > 0 then for _, s in ipairs(cwait(others, 0, where)) do ready[s] = true end end
     local nready, anyfailed = 0, false
     for i = 1, #sources do
       local s = sources[i]
@@ -125,7 +151,7 @@ function M.wait(sources, timeout, mode)
     end
     local pend = {}
     for _, ar in ipairs(ars) do if not ar._ready then pend[#pend + 1] = ar end end
-    if #pend == 0 then core.wait(others, min(deadline - now(), 0.1))
+    if #pend == 0 then cwait(others, min(deadline - now(), 0.1), where)
     else wait_any(pend, min(deadline, now() + 0.1), #others > 0 and others or nil) end
   end
 end

@@ -15,17 +15,30 @@ Events are triples (job, kind, x) in `events`, kinds as below.
 
 There is no thread: the pool makes progress inside its own calls and, through
 a poller (core.poller), inside any other blocking mp call of this process.
+
+Its helpers, each in a file of its own: mp.pool_args (argument checks),
+mp.pool_fncache (encoded task functions), mp.pool_result (AsyncResult),
+mp.pool_imap (imap's iterator), mp.pool_progress (the progress bar).
 ]]
 local core = require "mp.core"
 local class = require "mp.class"
 local errors = require "mp.errors"
 local process = require "mp.process"
+local check = require "mp.check"
+local argcheck = require "mp.pool_args"      -- argument checks
+local fncache = require "mp.pool_fncache"    -- encoded task functions
+local result = require "mp.pool_result"      -- AsyncResult
+local imap_iterator = require "mp.pool_imap"
+local progress_bar = require "mp.pool_progress"
 
 local M = {}
 local classes = errors.classes
 local getpid, now = core.getpid, core.time
 local unpack = table.unpack
-local ceil, min, max, mtype = math.ceil, math.min, math.max, math.type
+local ceil, min, max = math.ceil, math.min, math.max
+local argerror, callable = check.argerror, argcheck.callable
+local AsyncResult, new_result, settle_ar, clock = result.AsyncResult, result.new, result.settle, result.clock
+M.AsyncResult = AsyncResult
 
 -- Event kinds (src/lpool.c)
 local VALUES, CHUNK, DONE, ERROR, LOST, OVERDUE, ABANDONED, INIT = 1, 2, 3, 4, 5, 6, 7, 8
@@ -34,41 +47,6 @@ local MAX_INFLIGHT = 65536          -- tasks sent and not settled, at most (boun
 
 local signal_names = {}
 for name, num in pairs(core.signals) do signal_names[num] = name end
-
-local check = require "mp.check"
-local argerror, check_keys = check.argerror, check.options
-
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
-end
-
-local function check_timeout(t, n, fname, what)
-  if t ~= nil and (type(t) ~= "number" or t ~= t) then
-    argerror(n, fname, what .. " must be a number, got " .. (type(t) == "number" and "nan" or type(t)))
-  end
-  return t
-end
-
-local function check_fn(fn, fname)
-  if not callable(fn) then argerror(1, fname, "function expected, got " .. type(fn)) end
-end
-
---[[
-A chunksize is a whole number of at least 1: a float is converted first (2.0
-is 2), so 0.0 and -1.0 get the same error as 0 and -1, and what has no
-integer value (NaN, infinities, 1e300, 2.5) is an error, never the default.
-]]
-local function check_chunksize(cs, n, fname)
-  if cs == nil then return nil end
-  local v = math.tointeger(cs)
-  if v == nil or type(cs) ~= "number" then
-    argerror(n, fname, "chunksize must be an integer, got " .. (type(cs) == "number" and tostring(cs) or type(cs)))
-  end
-  if v < 1 then argerror(n, fname, "chunksize must be at least 1, got " .. v) end
-  return v
-end
 
 ---------------------------------------------------------------------------
 -- Pools of this process; a forked child drops their parent-side ends.
@@ -85,115 +63,6 @@ process.at_fork(function()
   end
 end)
 
-local seq = 0           -- completion order, for as_completed
-
----------------------------------------------------------------------------
---[[
-AsyncResult: a plain object, laid out for the per-task path (fields set in
-the constructor only, so no table grows). Array: [1] the function's cache
-entry {id, bytes} (a map_async result: its job), [2] the arguments (false
-once sent or cancelled; true for a map_async result), [3..] the values (the
-transport writes them there; a map_async result: [3] the list). Hash: _pool,
-_ready (false, or the completion's sequence number, for as_completed), _n
-(the values' count; -1 when failed, with the error in [3]), _o (false, or
-the options: callback, error_callback, timeout).
-]]
-local AsyncResult = class.Object:extend("AsyncResult")
-M.AsyncResult = AsyncResult
-AsyncResult.__index, AsyncResult.__newindex = AsyncResult, nil
-
-local function check_ar(self, fname)
-  if getmetatable(self) ~= AsyncResult then check.self(self, AsyncResult, fname) end
-end
-
--- wait([timeout]) --> true once ready (runs the pool meanwhile).
-function AsyncResult:wait(timeout)
-  check_ar(self, "wait")
-  check_timeout(timeout, 1, "wait", "timeout")
-  if not self._ready then self._pool:_wait(function() return self._ready end, timeout) end
-  return self._ready and true or false
-end
-
--- get([timeout]) --> the results; raises the task's error, or TimeoutError.
-function AsyncResult:get(timeout, surplus)
-  check_ar(self, "get")
-  if surplus ~= nil then check.nargs("get", 1, 2, surplus) end
-  if not self._ready then
-    check_timeout(timeout, 1, "get", "timeout")
-    self._pool:_wait(function() return self._ready end, timeout)
-    if not self._ready then error(classes.TimeoutError("result not ready within the timeout"), 2) end
-  end
-  local n = self._n
-  if n < 0 then error(self[3], 2) end
-  if self[2] == true then return self[3], n end
-  return unpack(self, 3, n + 2)
-end
-
-function AsyncResult:ready() check_ar(self, "ready"); return self._ready and true or false end
-
-function AsyncResult:successful()
-  check_ar(self, "successful")
-  if not self._ready then error("result is not ready", 2) end
-  return self._n >= 0
-end
-
--- The error of a finished task, or nil (concurrent.futures' exception()).
-function AsyncResult:exception(timeout)
-  check_ar(self, "exception")
-  if not self:wait(timeout) then error(classes.TimeoutError("result not ready within the timeout"), 2) end
-  if self._n < 0 then return self[3] end
-end
-
-local function failed(ar, err)
-  ar._n, ar[3] = -1, err
-end
-
--- cancel() --> true when the task had not left the parent (get then raises CancelledError).
-function AsyncResult:cancel()
-  check_ar(self, "cancel")
-  if self._ready then return self._n < 0 and classes.CancelledError:is(self[3]) end
-  if self[2] == true then
-    local job = self[1]
-    if job.chunks_sent > 0 then return false end
-    job.exhausted, job.cancelled = true, true
-  elseif self[2] == false then
-    return false
-  end
-  self[2] = false
-  failed(self, classes.CancelledError("the task was cancelled"))
-  seq = seq + 1
-  self._ready = seq
-  return true
-end
-
-function AsyncResult:cancelled()
-  check_ar(self, "cancelled")
-  return self._ready and self._n < 0 and classes.CancelledError:is(self[3]) or false
-end
-
-function AsyncResult:__tostring()
-  return string.format("<AsyncResult %s>", self._ready and (self._n < 0 and "failed" or "ready") or "pending")
-end
-
--- Settles an AsyncResult (err nil: its values are in place); runs its callback.
-local function settle_ar(ar, err)
-  if ar._ready then return end
-  seq = seq + 1
-  ar._ready = seq
-  if err ~= nil then failed(ar, err) end
-  local o = ar._o
-  if o then
-    local cb = err ~= nil and o.error_callback or o.callback
-    if cb ~= nil then
-      local ok, cerr
-      if err ~= nil then ok, cerr = pcall(cb, err)
-      elseif ar[2] == true then ok, cerr = pcall(cb, ar[3], ar._n)
-      else ok, cerr = pcall(cb, unpack(ar, 3, ar._n + 2)) end
-      if not ok then failed(ar, cerr) end        -- a callback that raises fails this result only
-    end
-  end
-end
-
 ---------------------------------------------------------------------------
 -- Pool
 
@@ -207,10 +76,14 @@ end
 
 local worker_counter = 0
 
--- The worker's life: initializer, then the C loop until end-of-tasks or maxtasks.
-local function worker_main(tr, index, initializer, initargs, maxtasks)
-  core.signal("SIGINT", "ignore")          -- Ctrl-C is the parent's business
-  core.signal("SIGTERM", "default")        -- terminate_workers() ends it
+--[[
+A worker's service of one pool, wherever the worker runs (a process forked
+here, or one another transport started: an MPI rank, lua/mp/mpipool.lua):
+the initializer, then the C loop until the transport says no more tasks or
+maxtasks tasks ran. Returns true, or false when the initializer failed (its
+error has gone to the parent as the worker's result).
+]]
+local function serve(tr, index, initializer, initargs, maxtasks)
   if initializer ~= nil then
     local ok, err = xpcall(initializer, function(e)
       local msg = e
@@ -222,13 +95,29 @@ local function worker_main(tr, index, initializer, initargs, maxtasks)
     end, unpack(initargs, 1, initargs.n or #initargs))
     if not ok then
       tr:send_init_error(index, "initializer failed: " .. tostring(err[1]), err[2])
-      core.child_exit(1)
+      return false
     end
   end
   core.pool_work(tr, index, maxtasks)
+  return true
+end
+M.serve = serve
+
+-- A forked worker's life: its signals, then serve; it exits when serve returns.
+local function worker_main(tr, index, initializer, initargs, maxtasks)
+  core.signal("SIGINT", "ignore")          -- Ctrl-C is the parent's business
+  core.signal("SIGTERM", "default")        -- terminate_workers() ends it
+  if not serve(tr, index, initializer, initargs, maxtasks) then core.child_exit(1) end
 end
 
 local function spawn_worker(self, index)
+  local backend = self._backend
+  if backend then                        -- another transport starts its own workers
+    local w = backend.start(index, self._initializer, self._initargs, self._maxtasks)
+    self._workers[index] = w
+    self._tr:started(index, w.sentinel)
+    return
+  end
   worker_counter = worker_counter + 1
   local p = process.Process {
     target = worker_main,
@@ -251,34 +140,16 @@ Pool(processes, initializer, initargs, maxtasksperchild) or
 Pool{processes=, initializer=, initargs=, maxtasksperchild=}.
 ]]
 function Pool:init(processes, initializer, initargs, maxtasksperchild)
-  if type(processes) == "table" then
-    local o = processes
-    check_keys(o, "Pool", { "processes", "initializer", "initargs", "maxtasksperchild", "context" })
-    processes, initializer, initargs, maxtasksperchild = o.processes, o.initializer, o.initargs, o.maxtasksperchild
-    -- the workers' start method (docs/processes.md): the transport travels to fork-server workers
-    if o.context ~= nil then self._method = process.context_method(o.context, "Pool") end
-  end
-  if processes == nil then processes = core.cpu_count() end
-  if mtype(processes) ~= "integer" then
-    local v = type(processes) == "number" and math.tointeger(processes)
-    if not v then argerror(1, "Pool", "processes must be an integer, got " .. type(processes)) end
-    processes = v
-  end
-  if processes < 1 then argerror(1, "Pool", "processes must be at least 1") end
-  if initializer ~= nil and not callable(initializer) then
-    argerror(1, "Pool", "initializer must be callable, got " .. type(initializer))
-  end
-  if initargs ~= nil and type(initargs) ~= "table" then
-    argerror(1, "Pool", "initargs must be a table, got " .. type(initargs))
-  end
-  if maxtasksperchild ~= nil and (mtype(maxtasksperchild) ~= "integer" or maxtasksperchild < 1) then
-    argerror(1, "Pool", "maxtasksperchild must be a positive integer")
-  end
+  local maxtasks, context
+  processes, initializer, initargs, maxtasks, context =
+    argcheck.pool(processes, initializer, initargs, maxtasksperchild, core.cpu_count)
+  -- the workers' start method (docs/processes.md): the transport travels to fork-server workers
+  if context ~= nil then self._method = process.context_method(context, "Pool") end
   self._owner = mypid
   self._processes = processes
   self._initializer = initializer
-  self._initargs = initargs or {}
-  self._maxtasks = maxtasksperchild or 0
+  self._initargs = initargs
+  self._maxtasks = maxtasks
   self._state = RUN
   self._workers = {}
   self._evs = {}          -- events tables, one per nesting depth (callbacks may call the pool)
@@ -288,10 +159,9 @@ function Pool:init(processes, initializer, initargs, maxtasksperchild)
   self._killed = {}       -- worker index --> "timeout" when killed for a task's timeout
   self._bars = {}         -- progress bars of async jobs
   self._polling = false
-  self._fncache = setmetatable({}, { __mode = "k" })
-  self._fnids = {}
-  self._nfn = 0
-  self._tr = core.pool_transport(processes)
+  local backend = rawget(self, "_backend")
+  self._tr = backend and backend.transport(processes, maxtasks) or core.pool_transport(processes)
+  self._fns = fncache.new(self._tr)
   live[self] = true
   for i = 1, processes do
     local ok, err = pcall(spawn_worker, self, i)
@@ -313,62 +183,13 @@ local function check_running(self, fname)
   if self._state ~= RUN then check.error("Pool not running") end
 end
 
--- Upvalues that may change between calls make the cached encoding stale.
-local function same_upvalues(fn, snap)
-  for i = 1, snap.n do
-    local name, v = debug.getupvalue(fn, i)
-    if name ~= "_ENV" and v ~= snap[i] then return false end
-  end
-  return true
-end
-
--- fn --> its entry {id, bytes}; reused while its scalar upvalues are unchanged.
-local function fn_entry(self, fn)
-  local e = self._fncache[fn]
-  if e and (e.snap == nil or same_upvalues(fn, e.snap)) then return e end
-  local bytes, why = core.pool_dumpfn(fn)
-  if bytes == nil then return nil, why end
-  local id = self._fnids[bytes]
-  if not id then
-    if self._nfn % 4096 == 4095 then self._fnids = {} end   -- bounded
-    self._nfn = self._nfn + 1
-    id = self._nfn
-    self._fnids[bytes] = id
-  end
-  -- Cached by identity when every upvalue is a scalar (a table could be mutated).
-  local snap, cacheable = nil, true
-  if type(fn) == "function" then
-    local i = 1
-    while true do
-      local name, v = debug.getupvalue(fn, i)
-      if name == nil then break end
-      if name ~= "_ENV" then
-        local t = type(v)
-        if t == "table" or t == "function" or t == "userdata" or t == "thread" then cacheable = false; break end
-        snap = snap or {}
-        snap[i] = v
-      end
-      i = i + 1
-    end
-    if snap then snap.n = i - 1 end
-  end
-  e = { id = id, bytes = bytes, snap = snap }
-  if cacheable then self._fncache[fn] = e end
-  return e
-end
-
-local function fn_of(self, fn, fname)
-  local e, why = fn_entry(self, fn)
-  if e == nil then argerror(1, fname, (tostring(why):gsub("^function: ", ""))) end
-  return e
-end
-
 local function remote_error(x)
   local value = x[4]
   return classes.RemoteError(x[1] or "unknown error", { traceback = x[2], pid = x[3], value = value })
 end
 
 local function describe_exit(code)
+  if type(code) == "string" then return code end      -- a worker that says how it ended
   if code < 0 then
     local name = signal_names[-code]
     return "killed by signal " .. (-code) .. (name and " (" .. name .. ")" or "")
@@ -426,7 +247,7 @@ local function handle_events(self, ev, n, info)
     ev[3 * k + 1], ev[3 * k + 3] = nil, nil
     if kind == VALUES then
       job._n = x
-      if job._o then settle_ar(job, nil) else seq = seq + 1; job._ready = seq end
+      if job._o then settle_ar(job, nil) else clock.n = clock.n + 1; job._ready = clock.n end
     elseif kind == CHUNK then
       local c = job.chunk_of[x]
       c.settled = true
@@ -684,53 +505,8 @@ local function default_chunksize(self, n)
   return max(1, ceil(n / (4 * self._processes)))
 end
 
-local MAP_KEYS = { "chunksize", "progress", "callback", "error_callback", "timeout" }
-local IMAP_KEYS = { "chunksize", "progress", "buffersize" }
-
--- chunksize number or options table --> options.
-local function map_options(opts, fname, known)
-  if opts == nil then return {} end
-  if type(opts) == "number" then return { chunksize = check_chunksize(opts, 3, fname) } end
-  if type(opts) ~= "table" then argerror(3, fname, "chunksize or options table expected, got " .. type(opts)) end
-  check_keys(opts, fname, known)
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
-  o.chunksize = check_chunksize(opts.chunksize, 3, fname)
-  for _, k in ipairs { "callback", "error_callback" } do
-    if o[k] ~= nil and not callable(o[k]) then argerror(3, fname, k .. " must be callable") end
-  end
-  check_timeout(o.timeout, 3, fname, "timeout")
-  if o.buffersize ~= nil and (mtype(o.buffersize) ~= "integer" or o.buffersize < 1) then
-    argerror(3, fname, "buffersize must be a positive integer")
-  end
-  return o
-end
-
--- A progress bar on stderr (done/total, rate, ETA), drawn only on a terminal.
-local function progress_bar(count, total)
-  if not core.isatty(2) then return nil end
-  local t0, last = now(), 0
-  return function(final)
-    local t = now()
-    if not final and t - last < 0.1 then return end
-    last = t
-    local done, n = count(), total()
-    local rate = done / max(t - t0, 1e-9)
-    local s
-    if n then
-      local fill = math.floor((n > 0 and done / n or 1) * 30)
-      s = string.format("\r[%s%s] %d/%d %.0f/s ETA %.1fs ", ("#"):rep(fill), ("."):rep(30 - fill),
-        done, n, rate, rate > 0 and (n - done) / rate or 0)
-    else
-      s = string.format("\r%d done %.0f/s ", done, rate)
-    end
-    io.stderr:write(s, final and "\n" or "")
-    io.stderr:flush()
-  end
-end
-
 local function new_job(self, kind, fn, iterable, o, fname, stream)
-  local e = fn_of(self, fn, fname)
+  local e = fncache.of(self._fns, fn, fname)
   local job = { kind = kind, fn_id = e.id, fn = e.bytes, sent = 0, chunks_sent = 0, consumed = 0 }
   if type(iterable) == "table" then
     job.src, job.n = iterable, #iterable
@@ -767,8 +543,8 @@ end
 
 local function map_job(self, kind, fn, iterable, opts, fname)
   check_running(self, fname)
-  check_fn(fn, fname)
-  local o = map_options(opts, fname, MAP_KEYS)
+  argcheck.fn(fn, fname)
+  local o = argcheck.map(opts, fname, argcheck.MAP_KEYS)
   local job = new_job(self, kind, fn, iterable, o, fname)
   job.timeout = o.timeout
   return job, o
@@ -809,7 +585,7 @@ function Pool:starmap(fn, iterable, opts)
 end
 
 local function async_job(self, job, o)
-  local ar = setmetatable({ job, true, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
+  local ar = new_result(self, job, true, o)
   job.ar = ar
   if job.draw then self._bars[job] = job.draw end
   submit(self, job)
@@ -828,8 +604,6 @@ function Pool:starmap_async(fn, iterable, opts, error_callback)
   return async_job(self, map_job(self, "S", fn, iterable, opts, "starmap_async"))
 end
 
-local APPLY_KEYS = { "callback", "error_callback", "timeout" }
-
 --[[
 apply_async(fn, args [, {callback=, error_callback=, timeout=}]) or
 apply_async(fn, args, callback, error_callback) --> AsyncResult
@@ -839,29 +613,13 @@ function Pool:apply_async(fn, args, opts, error_callback, surplus)
   if getmetatable(self) ~= Pool then check.self(self, Pool, "apply_async") end
   if surplus ~= nil then check.nargs("apply_async", 4, 5, surplus) end
   if self._owner ~= mypid or self._broken or self._state ~= RUN then check_running(self, "apply_async") end
-  if type(fn) ~= "function" then check_fn(fn, "apply_async") end
-  if args == nil then args = {} elseif type(args) ~= "table" then
-    argerror(2, "apply_async", "table of arguments expected, got " .. type(args))
-  end
-  local o = false
-  if opts ~= nil or error_callback ~= nil then
-    if type(opts) == "table" and not callable(opts) then
-      check_keys(opts, "apply_async", APPLY_KEYS)
-      o = { callback = opts.callback, error_callback = opts.error_callback, timeout = opts.timeout }
-    else
-      o = { callback = opts, error_callback = error_callback }
-    end
-    if o.callback ~= nil and not callable(o.callback) then argerror(3, "apply_async", "callback must be callable") end
-    if o.error_callback ~= nil and not callable(o.error_callback) then
-      argerror(3, "apply_async", "error_callback must be callable")
-    end
-    if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout > 0)) then
-      argerror(3, "apply_async", "timeout must be a positive number")
-    end
-  end
-  local e = self._fncache[fn]
-  if not e or e.snap ~= nil then e = fn_of(self, fn, "apply_async") end
-  -- [3] reserves the array part for the first value; every field is set here.
+  if type(fn) ~= "function" then argcheck.fn(fn, "apply_async") end
+  if args == nil then args = {} elseif type(args) ~= "table" then argcheck.args(args, "apply_async") end
+  local o = (opts ~= nil or error_callback ~= nil) and argcheck.apply(opts, error_callback)
+  local fns = self._fns
+  local e = fns.byfn[fn]
+  if not e or e.snap ~= nil then e = fncache.of(fns, fn, "apply_async") end
+  -- As result.new (mp.pool_result), inline: [3] reserves the array part for the first value.
   local ar = setmetatable({ e, args, false, _pool = self, _ready = false, _n = 0, _o = o }, AsyncResult)
   local qt = self._qt + 1
   self._qt = qt
@@ -879,10 +637,8 @@ end
 -- apply(fn, args) --> fn's results (all of them)
 function Pool:apply(fn, args)
   check_running(self, "apply")
-  check_fn(fn, "apply")
-  if args ~= nil and type(args) ~= "table" then
-    argerror(2, "apply", "table of arguments expected, got " .. type(args))
-  end
+  argcheck.fn(fn, "apply")
+  argcheck.args(args, "apply")
   local ar = self:apply_async(fn, args)
   ar:wait()
   if ar._n < 0 then error(ar[3], 2) end
@@ -897,56 +653,13 @@ generic `for` early, as with any Lua iterator.
 ]]
 local function imap_iter(self, fn, iterable, opts, fname, ordered)
   check_running(self, fname)
-  check_fn(fn, fname)
-  local o = map_options(opts, fname, IMAP_KEYS)
-  local job = new_job(self, "M", fn, iterable, o, fname, 3, true)
+  argcheck.fn(fn, fname)
+  local o = argcheck.map(opts, fname, argcheck.IMAP_KEYS)
+  local job = new_job(self, "M", fn, iterable, o, fname, true)
   job.ordered = ordered
   submit(self, job)
   if job.exhausted then seal(self, job) end
-  local chunk, pos, ci = nil, 0, 1
-  local function has_next()
-    if ordered then local c = job.order[ci]; return c ~= nil and c.settled end
-    return #job.ready_list > 0
-  end
-  local function finished() return job.finished and not has_next() end
-  return function()
-    while true do
-      if chunk ~= nil then
-        if pos < chunk.count then
-          pos = pos + 1
-          local i = chunk.off + pos
-          local v = job.dest[i]
-          job.dest[i] = nil
-          if job.draw then job.items_consumed = job.items_consumed + 1; job.draw() end
-          return v
-        end
-        chunk = nil
-        job.consumed = job.consumed + 1
-        -- Refill when half the window is free: tasks then leave in batches.
-        if 2 * (job.chunks_sent - job.consumed) <= job.window then feed(self) end
-      end
-      if not has_next() then
-        if finished() then
-          if job.draw then job.draw(true); job.draw = nil end
-          if job.error ~= nil and not job.raised then job.raised = true; error(job.error, 2) end
-          return nil
-        end
-        self:_wait(function() return has_next() or job.finished end)
-      end
-      if has_next() then
-        local c
-        if ordered then c = job.order[ci]; job.order[ci] = nil; ci = ci + 1
-        else c = table.remove(job.ready_list, 1) end
-        job.chunk_of[c.off] = nil
-        if c.err ~= nil then
-          job.consumed = job.consumed + 1
-          job.raised = true
-          error(c.err, 2)
-        end
-        chunk, pos = c, 0
-      end
-    end
-  end
+  return imap_iterator(self, job, feed)
 end
 
 function Pool:imap(fn, iterable, opts)
@@ -1036,6 +749,23 @@ function Pool:terminate()
   stop(self, "SIGKILL", classes.ProcessError("the pool was terminated before the task completed"))
 end
 
+--[[
+A pool over another transport (mp.mpi): `backend` makes the transport object
+and starts each worker, which need not be a local process.
+  backend.transport(processes, maxtasks) --> core.pool_transport(processes, impl)
+  backend.start(index, initializer, initargs, maxtasks) --> a worker object:
+    pid, name, sentinel (an fd, or -1), exitcode (nil while it serves; a number,
+    or a string saying how it ended), kill(), terminate(), join([timeout]), close()
+The worker serves with M.serve(tr, index, initializer, initargs, maxtasks)
+over its side of that transport (core.pool_transport(index, its_impl)).
+Everything else (jobs, results, callbacks, futures) is this file's, unchanged.
+]]
+function M.pool_with(backend, ...)
+  local self = setmetatable({ _backend = backend }, Pool)
+  self:init(...)
+  return self
+end
+
 -- Python 3.14's executor: SIGTERM (then SIGKILL after 1 s), or SIGKILL; the pool is shut down.
 function Pool:terminate_workers()
   check_pool(self, "terminate_workers")
@@ -1055,8 +785,8 @@ function Pool:__tostring()
 end
 
 -- For lua/mp/futures.lua.
-M.is_result = function(v) return getmetatable(v) == AsyncResult end
-M.check_timeout = check_timeout
+M.is_result = result.is_result
+M.check_timeout = argcheck.timeout
 
 --[[
 Every other public method checks, before anything else, that it was called

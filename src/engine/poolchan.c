@@ -3,6 +3,7 @@
 */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,20 @@ static void release_maps(mp_poolchan *c) {
     if (c->maps[i] != NULL) { munmap(c->maps[i], c->maplens[i]); c->maps[i] = NULL; }
 }
 
+static void close_fds(int *fds, int *n) {
+  for (int i = 0; i < *n; i++) close(fds[i]);
+  *n = 0;
+}
+
+/* The stalled batch's fds (the transport's duplicates). */
+static void drop_stall(mp_poolchan *c) {
+  if (c->stall_fds != NULL) close_fds(c->stall_fds, &c->stall_nfds);
+  free(c->stall_fds);
+  c->stall_fds = NULL;
+  c->stall_nfds = 0;
+  c->stalled = 0;
+}
+
 /* ---- life ------------------------------------------------------------- */
 
 void mp_poolchan_init(mp_poolchan *c) {
@@ -84,8 +99,9 @@ void mp_poolchan_close(mp_poolchan *c) {
   free(c->sentinels); c->sentinels = NULL;    /* the sentinels belong to the Process objects */
   free(c->rbuf); c->rbuf = NULL;
   mp_pc_buf_free(&c->stall);
+  drop_stall(c);
+  close_fds(c->rfds, &c->nrfds);
   mp_pc_buf_free(&c->one);
-  c->stalled = 0;
 }
 
 static void grow_sndbuf(int fd) {
@@ -131,7 +147,8 @@ void mp_poolchan_after_fork(mp_poolchan *c, int worker) {
   close_fd(&c->res_r);
   free(c->sentinels); c->sentinels = NULL;
   mp_pc_buf_free(&c->stall);
-  c->stalled = 0;
+  drop_stall(c);
+  close_fds(c->rfds, &c->nrfds);              /* a worker's child keeps no task's fds */
   close_fd(&c->region_fd);                    /* the mapping is inherited */
   if (!worker) {
     close_fd(&c->task_r);
@@ -179,14 +196,43 @@ int mp_poolchan_fd(const mp_poolchan *c) { return c->res_r; }
 
 /* ---- messages --------------------------------------------------------- */
 
+/* A control buffer for SCM_RIGHTS: a big message's memfd and a batch's fds. */
+typedef union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * (MP_PC_MAXFDS + 1))]; } fd_ctl;
+
+/* sendmsg of len bytes with mfd (unless -1) then fds[0..nfds) passed along. */
+static int send_fds(int fd, const char *data, size_t len, int mfd, const int *fds, int nfds, int flags) {
+  struct iovec iov = { (void *)data, len };
+  fd_ctl ctl;
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+  int all = nfds + (mfd >= 0);
+  if (all > 0) {
+    memset(&ctl, 0, sizeof ctl);
+    m.msg_control = ctl.b;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)all);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)all);
+    char *p = (char *)CMSG_DATA(cm);
+    if (mfd >= 0) { memcpy(p, &mfd, sizeof(int)); p += sizeof(int); }
+    if (nfds > 0) memcpy(p, fds, sizeof(int) * (size_t)nfds);
+  }
+  while (sendmsg(fd, &m, flags) < 0)
+    if (errno != EINTR) return errno;
+  return 0;
+}
+
 /*
-** Sends one message: 0, EAGAIN when non-blocking and full, or an errno. A big
-** one goes in a memfd, handed to the caller in *keep when keep is not NULL
-** (the worker maps the same pages: the caller keeps the bytes at no cost).
+** Sends one message with the fds of the mp objects it carries (nfds at most
+** MP_PC_MAXFDS): 0, EAGAIN when non-blocking and full, or an errno. A big one
+** goes in a memfd, handed to the caller in *keep when keep is not NULL (the
+** worker maps the same pages: the caller keeps the bytes at no cost); the
+** memfd is the first fd passed, the objects' follow.
 */
-static int send_msg(int fd, const char *data, size_t len, int nonblock, int *keep) {
+static int send_msg(int fd, const char *data, size_t len, const int *fds, int nfds, int nonblock, int *keep) {
   int flags = MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0);
   if (len <= MP_PC_SMALL) {
+    if (nfds > 0) return send_fds(fd, data, len, -1, fds, nfds, flags);
     for (;;) {
       if (send(fd, data, len, flags) >= 0) return 0;
       if (errno != EINTR) return errno;
@@ -206,43 +252,42 @@ static int send_msg(int fd, const char *data, size_t len, int nonblock, int *kee
   }
   char small[16] = { 'B' };
   mp_pc_put64(small + 8, (uint64_t)len);
-  struct iovec iov = { small, sizeof small };
-  union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } ctl;
-  memset(&ctl, 0, sizeof ctl);
-  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
-                      .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
-  struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cm), &mfd, sizeof(int));
-  int err = 0;
-  while (sendmsg(fd, &m, flags) < 0) {
-    if (errno != EINTR) { err = errno; break; }
-  }
+  int err = send_fds(fd, small, sizeof small, mfd, fds, nfds, flags);
   if (err == 0 && keep != NULL) *keep = mfd;
   else close(mfd);      /* the receiver holds its own copy once sent */
   return err;
 }
 
-/* The first fd passed with a message (others closed), or -1. */
-static int passed_fd(struct msghdr *m) {
-  int fd = -1;
+/*
+** The fds passed with a message, in order, into out[0..max) (the rest, and
+** all of them when the kernel cut the list short, are closed): their count,
+** or -1 when cut short (MSG_CTRUNC: the message lost fds it should have had).
+*/
+static int passed_fds(struct msghdr *m, int *out, int max) {
+  int n = 0, cut = (m->msg_flags & MSG_CTRUNC) != 0;
   for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm != NULL; cm = CMSG_NXTHDR(m, cm)) {
     if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (int i = 0; i < n; i++) {
+    int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (int i = 0; i < k; i++) {
       int f;
       memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-      if (fd < 0) fd = f; else close(f);
+      if (n < max && !cut) out[n++] = f; else { close(f); cut = 1; }
     }
   }
-  return fd;
+  if (cut) { close_fds(out, &n); return -1; }
+  return n;
+}
+
+/* The first fd passed with a message (others closed), or -1. */
+static int passed_fd(struct msghdr *m) {
+  int fds[MP_PC_MAXFDS + 1];
+  int n = passed_fds(m, fds, MP_PC_MAXFDS + 1);
+  for (int i = 1; i < n; i++) close(fds[i]);
+  return n > 0 ? fds[0] : -1;
 }
 
 /* Resolves a received message; a big one is mapped (into *map, unmapped by the caller). */
-static int open_msg(struct msghdr *m, char *buf, size_t n, mp_pc_msg *out, void **map, size_t *maplen) {
-  int fd = passed_fd(m);
+static int open_msg(struct msghdr *m, int fd, char *buf, size_t n, mp_pc_msg *out, void **map, size_t *maplen) {
   if (n == 16 && buf[0] == 'B' && fd >= 0) {
     size_t big = (size_t)mp_pc_get64(buf + 8);
     struct stat st;
@@ -269,23 +314,33 @@ static int pc_flush(void *t) {
   mp_poolchan *c = t;
   if (!c->stalled) return 0;
   if (c->task_w < 0) return EPIPE;
-  int err = send_msg(c->task_w, c->stall.data, c->stall.len, 1, NULL);
+  int err = send_msg(c->task_w, c->stall.data, c->stall.len, c->stall_fds, c->stall_nfds, 1, NULL);
   if (err == EWOULDBLOCK) err = EAGAIN;
-  if (err == 0) c->stalled = 0;
+  if (err == 0) drop_stall(c);       /* the receiver holds its copies of the fds */
   return err;
 }
 
-/* A batch the socket has no room for is copied and kept; flush sends it. */
-static int pc_send(void *t, const char *batch, size_t len, int *keep) {
+/*
+** A batch the socket has no room for is copied and kept, with duplicates of
+** its fds (the caller may close its own before this one leaves); flush sends it.
+*/
+static int pc_send(void *t, const char *batch, size_t len, const int *fds, int nfds, int *keep) {
   mp_poolchan *c = t;
   *keep = -1;
   if (c->task_w < 0) return EPIPE;
   if (c->stalled) return EAGAIN;
-  int err = send_msg(c->task_w, batch, len, 1, keep);
+  if (nfds < 0 || nfds > MP_PC_MAXFDS) return EINVAL;
+  int err = send_msg(c->task_w, batch, len, fds, nfds, 1, keep);
   if (err == EWOULDBLOCK) err = EAGAIN;
   if (err != EAGAIN) return err;
   c->stall.len = 0;
   if (mp_pc_reserve(&c->stall, len) != 0) return ENOMEM;
+  if (nfds > 0 && (c->stall_fds = malloc(sizeof(int) * (size_t)nfds)) == NULL) return ENOMEM;
+  for (int i = 0; i < nfds; i++) {
+    int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+    if (d < 0) { err = errno; drop_stall(c); return err; }
+    c->stall_fds[c->stall_nfds++] = d;
+  }
   memcpy(c->stall.data, batch, len);
   c->stall.len = len;
   c->stalled = 1;
@@ -323,7 +378,7 @@ static int pc_recv(void *t, mp_pc_msg *out, int max, int *count) {
   /* Every passed memfd is opened (and closed) here, before the caller's code runs. */
   int bad = 0;
   for (int i = 0; i < n; i++) {
-    int err = open_msg(&mm[i].msg_hdr, iov[i].iov_base, mm[i].msg_len, &out[*count],
+    int err = open_msg(&mm[i].msg_hdr, passed_fd(&mm[i].msg_hdr), iov[i].iov_base, mm[i].msg_len, &out[*count],
                        &c->maps[i], &c->maplens[i]);
     if (err) bad = err; else (*count)++;
   }
@@ -414,16 +469,17 @@ static uint64_t pc_running(void *t, int index) {
 ** batch that left the socket is always held by a slot that says so, and a
 ** worker delayed there is never idle to the parent.
 */
-static int pc_take(void *t, int index, const char **data, size_t *len) {
+static int pc_take(void *t, int index, const char **data, size_t *len, const int **fds, int *nfds) {
   mp_poolchan *c = t;
   mp_pc_slot *s = slot_at(c, index);
   if (hdr_of(c)->magic != MP_PC_MAGIC || hdr_of(c)->version != MP_PC_VERSION) return EPROTO;
   release_maps(c);
+  close_fds(c->rfds, &c->nrfds);     /* the previous batch's (decoded objects hold their own) */
   if (c->rbuf == NULL && (c->rbuf = malloc(MP_PC_SMALL)) == NULL) return ENOMEM;
   for (;;) {
     atomic_store(&s->taking, 1);
     struct iovec iov = { c->rbuf, MP_PC_SMALL };
-    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * 4)]; } ctl;
+    fd_ctl ctl;
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
                         .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
     ssize_t n = recvmsg(c->task_r, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
@@ -438,15 +494,22 @@ static int pc_take(void *t, int index, const char **data, size_t *len) {
     }
     if (n == 0) { atomic_store(&s->taking, 0); return EPIPE; }
     MP_FAULT("pool_take");       /* test builds: stall (or die) between taking and naming */
+    /* A big message's memfd comes first, then the fds of the batch's mp objects. */
+    int all[MP_PC_MAXFDS + 1];
+    int na = passed_fds(&m, all, MP_PC_MAXFDS + 1), big = n == 16 && c->rbuf[0] == 'B';
     mp_pc_msg msg;
-    int err = open_msg(&m, c->rbuf, (size_t)n, &msg, &c->maps[0], &c->maplens[0]);
+    int err = na < 0 ? EPROTO : open_msg(&m, big && na > 0 ? all[0] : -1, c->rbuf, (size_t)n, &msg,
+                                         &c->maps[0], &c->maplens[0]);
+    for (int i = big && na > 0 ? 1 : 0; i < na; i++) c->rfds[c->nrfds++] = all[i];
     if (err == 0 && msg.data[0] != 'K') err = EPROTO;
-    if (err) { atomic_store(&s->taking, 0); return err; }
+    if (err) { atomic_store(&s->taking, 0); close_fds(c->rfds, &c->nrfds); return err; }
     atomic_store(&s->batch_first, mp_pc_get64(msg.data + 8));
     atomic_store(&s->batch_count, mp_pc_get32(msg.data + 4));
     atomic_store(&s->taking, 0);
     *data = msg.data;
     *len = msg.len;
+    *fds = c->rfds;
+    *nfds = c->nrfds;
     return 0;
   }
 }
@@ -456,7 +519,7 @@ static void pc_begin(void *t, int index, uint64_t id) {
 }
 
 static int send_all(mp_poolchan *c, const char *p, size_t len) {
-  return send_msg(c->res_w, p, len, 0, NULL);
+  return send_msg(c->res_w, p, len, NULL, 0, 0, NULL);
 }
 
 /* Sends the journal's finished results as one container and empties it. */
@@ -516,7 +579,16 @@ static int pc_end(void *t, int index) {
   return err;
 }
 
+static void pc_close_tasks(void *t) { mp_poolchan_close_tasks(t); }
+static int pc_fd(void *t) { return mp_poolchan_fd(t); }
+static void pc_after_fork(void *t, int worker) { mp_poolchan_after_fork(t, worker); }
+static void pc_close(void *t) { mp_poolchan_close(t); }
+
 const mp_pool_transport_ops mp_poolchan_ops = {
-  "local", pc_send, pc_flush, pc_recv, pc_wait, pc_started, pc_lost, pc_idle, pc_busy,
-  pc_running, pc_take, pc_begin, pc_keep, pc_end,
+  .magic = MP_POOL_OPS_MAGIC, .version = MP_POOL_OPS_VERSION, .name = "local", .fds = MP_PC_MAXFDS,
+  .send = pc_send, .flush = pc_flush, .recv = pc_recv, .wait = pc_wait,
+  .started = pc_started, .lost = pc_lost, .idle = pc_idle, .busy = pc_busy,
+  .running = pc_running, .take = pc_take, .begin = pc_begin, .keep = pc_keep,
+  .end = pc_end, .close_tasks = pc_close_tasks, .fd = pc_fd,
+  .after_fork = pc_after_fork, .close = pc_close,
 };

@@ -21,22 +21,42 @@
 ** operations and needs nothing else from the pool: it moves opaque byte
 ** messages, and tells which worker holds which batch when one is lost.
 **
-**   parent: send(batch)      hand one batch to some idle worker (never blocks:
-**                            EAGAIN keeps it, flush retries it); a transport
+**   parent: send(batch, fds) hand one batch to some idle worker (never blocks:
+**                            EAGAIN keeps it, flush retries it), with the fds
+**                            of the mp objects its tasks carry (borrowed; a
+**                            transport whose `fds` is 0 is never given any);
+**                            a transport
 **                            that holds the bytes in a file of its own (the
 **                            local one: a big batch's memfd) may hand that fd
 **                            to the caller to keep instead of the bytes
 **           recv(msgs)       the result messages available now
 **           wait(deadline)   sleep until results, a lost worker, room to send,
-**                            or a wait slice (EINTR)
+**                            the deadline (ETIMEDOUT; the binding passes one
+**                            no later than mp's wait slice), or a signal or
+**                            a slice of its own (EINTR)
 **           started(i, fd)   worker i is up; fd polls readable when it ends
 **           lost(i, &held)   worker i ended: what it held (batch, running
 **                            task, journal of finished results); clears it
 **           idle()           every batch sent has been taken by a worker
-**   worker: take(i, &batch)  the next batch, named as held by worker i
+**   worker: take(i, &batch)  the next batch, named as held by worker i, and
+**                            the fds that came with it (the transport's,
+**                            valid until the next take: the decoder dups
+**                            what it keeps)
 **           begin(i, id)     task id starts (0: between tasks)
 **           keep(i, result)  a finished result, safe before the next task
-**           end(i)           the batch is done: its results are sent
+**           end(i)           the batch is done: its results are sent (also
+**                            called outside a batch, after keep of an
+**                            initializer's error: then no batch ends)
+**   both:   close_tasks()    no more batches (workers' take then says EPIPE)
+**           fd()             polls readable when results are in, or -1 when
+**                            the transport has no fd (MPI: waits poll it)
+**           after_fork(w)    in a new child: drop the parent's side (w: it
+**                            is one of this transport's workers)
+**           close()          release everything this process holds (idempotent)
+**
+** A transport built outside mp (a separate C module such as mp/mpi.so) hands
+** its ops to core.pool_transport through its object's metatable (field
+** __pool_ops, a light userdata); `magic` and `version` guard that handover.
 **
 ** Framing, for every transport: a batch and a journal are a container, a
 ** header (MP_PC_CHDR bytes: u8 'K', pad, u32 entries, u64 first task id)
@@ -56,6 +76,11 @@
 #define MP_PC_CHDR 16               /* container header */
 #define MP_PC_MAGIC 0x4c4f4f50u     /* "POOL" */
 #define MP_PC_VERSION 1
+/*
+** fds passed with one task batch at most: SCM_MAX_FD (253) less the memfd of
+** a big message, less spare. The binding closes a batch before it holds more.
+*/
+#define MP_PC_MAXFDS 250
 
 /* A worker's slot, in the shared region. */
 typedef struct mp_pc_slot {
@@ -106,6 +131,9 @@ typedef struct mp_poolchan {
   int *sentinels;                 /* parent: each slot's worker sentinel, -1 when none */
   mp_pc_buf stall;                /* parent: a batch the socket had no room for yet */
   int stalled;
+  int *stall_fds, stall_nfds;     /* parent: its fds (duplicates, closed once it is sent) */
+  int rfds[MP_PC_MAXFDS];         /* worker: the fds of the batch taken last */
+  int nrfds;
   char *rbuf;                     /* MP_PC_RECV_BATCH receive areas */
   void *maps[MP_PC_RECV_BATCH];   /* big messages of the last recv, unmapped at the next */
   size_t maplens[MP_PC_RECV_BATCH];
@@ -138,9 +166,15 @@ void mp_poolchan_close_tasks(mp_poolchan *c);
 int mp_poolchan_fd(const mp_poolchan *c);
 
 /* The transport seam (see above). `t` is the implementation's state. */
+#define MP_POOL_OPS_MAGIC 0x5350504fu   /* "OPPS" */
+#define MP_POOL_OPS_VERSION 2
+
 typedef struct mp_pool_transport_ops {
+  uint32_t magic, version;          /* MP_POOL_OPS_MAGIC, MP_POOL_OPS_VERSION */
   const char *name;
-  int (*send)(void *t, const char *batch, size_t len, int *keep); /* 0, EAGAIN, errno; *keep: fd or -1 */
+  int fds;                          /* fds a batch may carry (mp objects in tasks); 0: none */
+  int (*send)(void *t, const char *batch, size_t len, const int *fds, int nfds,
+              int *keep);                                        /* 0, EAGAIN, errno; *keep: fd or -1 */
   int (*flush)(void *t);                                         /* 0 when nothing is kept */
   int (*recv)(void *t, mp_pc_msg *out, int max, int *n);
   int (*wait)(void *t, double deadline, int *lost);              /* 0, ETIMEDOUT, EINTR */
@@ -149,10 +183,15 @@ typedef struct mp_pool_transport_ops {
   int (*idle)(void *t);
   int (*busy)(void *t, int index);                               /* holds a batch or takes one */
   uint64_t (*running)(void *t, int index);                       /* its task, 0 if none */
-  int (*take)(void *t, int index, const char **batch, size_t *len); /* 0, EPIPE (no more), EINTR */
+  int (*take)(void *t, int index, const char **batch, size_t *len,
+              const int **fds, int *nfds);                       /* 0, EPIPE (no more), EINTR */
   void (*begin)(void *t, int index, uint64_t id);
   int (*keep)(void *t, int index, const char *result, size_t len);
   int (*end)(void *t, int index);
+  void (*close_tasks)(void *t);
+  int (*fd)(void *t);                                            /* -1: none */
+  void (*after_fork)(void *t, int worker);
+  void (*close)(void *t);
 } mp_pool_transport_ops;
 
 extern const mp_pool_transport_ops mp_poolchan_ops;

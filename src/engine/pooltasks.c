@@ -2,6 +2,7 @@
 ** The pool's tasks in flight (see pooltasks.h). Engine code: no Lua.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,9 +27,16 @@ static void spare(mp_pt *p, char *data, size_t cap) {
   else free(data);
 }
 
+static void close_all(int *fds, int *n) {
+  for (int i = 0; i < *n; i++) close(fds[i]);
+  *n = 0;
+}
+
 static void release(mp_pt *p, mp_pt_batch *b) {
   if (b == NULL || --b->refs > 0) return;
   if (b->fd >= 0) { close(b->fd); p->nfds--; }
+  close_all(b->fds, &b->nfds);
+  free(b->fds);
   spare(p, b->data, b->cap);
   free(b);
 }
@@ -68,14 +76,17 @@ void mp_pt_forget(mp_pt *p) {
   for (int i = 0; p->seen_id != NULL && i < p->nslots; i++) p->seen_id[i] = 0;
   p->batch_n = 0;
   p->out.len = 0;
+  close_all(p->ofds, &p->onfds);
 }
 
 void mp_pt_drop_fds(mp_pt *p) {
   for (uint64_t id = p->low; p->tasks != NULL && id <= p->next_id; id++) {
     mp_pt_task *t = mp_pt_find(p, id);
     if (t != NULL && t->b != NULL && t->b->fd >= 0) { close(t->b->fd); t->b->fd = -1; }
+    if (t != NULL && t->b != NULL) close_all(t->b->fds, &t->b->nfds);
   }
   p->nfds = 0;
+  close_all(p->ofds, &p->onfds);
 }
 
 void mp_pt_free(mp_pt *p) {
@@ -89,6 +100,8 @@ void mp_pt_free(mp_pt *p) {
   free(p->seen_id); p->seen_id = NULL;
   free(p->seen_at); p->seen_at = NULL;
   mp_pc_buf_free(&p->out);
+  free(p->ofds); p->ofds = NULL;
+  p->ofdcap = 0;
 }
 
 /* ---- the open batch --------------------------------------------------- */
@@ -105,8 +118,12 @@ int mp_pt_entry_begin(mp_pt *p, int kind, uint64_t id, uint32_t fn_id,
     p->batch_n = 0;
     p->batch_first = id;
   }
-  /* The worker that runs this task has just run the previous one: same function, no bytes. */
-  if (p->batch_n > 0 && p->batch_fn == fn_id) fn_len = 0;
+  /*
+  ** The worker that runs this task has just run the previous one: same
+  ** function, no bytes (fn_id 0: a function that carries mp objects, never
+  ** cached, always sent).
+  */
+  if (p->batch_n > 0 && p->batch_fn == fn_id && fn_id != 0) fn_len = 0;
   if (mp_pc_reserve(b, 4 + MP_PT_HDR + fn_len) != 0) return ENOMEM;
   char *e = b->data + b->len;
   memset(e, 0, 4 + MP_PT_HDR);
@@ -130,6 +147,28 @@ void mp_pt_entry_end(mp_pt *p, size_t entry, uint32_t fn_id) {
   mp_pc_put64(b->data + 8, p->batch_first);
 }
 
+int mp_pt_entry_fds(mp_pt *p, size_t entry, const int *fds, int nfds) {
+  if (nfds > MP_PT_TASK_FDS) return E2BIG;
+  if (p->onfds + nfds > p->ofdcap) {
+    int cap = p->ofdcap ? 2 * p->ofdcap : 16;
+    while (cap < p->onfds + nfds) cap *= 2;
+    int *f = realloc(p->ofds, sizeof(int) * (size_t)cap);
+    if (f == NULL) return ENOMEM;
+    p->ofds = f;
+    p->ofdcap = cap;
+  }
+  int base = p->onfds;
+  for (int i = 0; i < nfds; i++) {
+    int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+    if (d < 0) { int err = errno; while (p->onfds > base) close(p->ofds[--p->onfds]); return err; }
+    p->ofds[p->onfds++] = d;
+  }
+  char *e = p->out.data + entry + 4;
+  mp_pc_put32(e + 24, (uint32_t)base);
+  mp_pc_put32(e + 28, (uint32_t)nfds);
+  return 0;
+}
+
 void mp_pt_entry_drop(mp_pt *p, size_t entry) {
   p->out.len = p->batch_n == 0 ? 0 : entry;
 }
@@ -139,8 +178,14 @@ int mp_pt_commit(mp_pt *p, mp_pt_batch **out) {
   if (p->batch_n == 0) { p->out.len = 0; return 0; }
   mp_pt_batch *b = malloc(sizeof *b);
   if (b == NULL) return ENOMEM;
-  *b = (mp_pt_batch){ (int)p->batch_n, p->out.len, p->out.cap, p->out.data, -1 };
+  *b = (mp_pt_batch){ (int)p->batch_n, p->out.len, p->out.cap, p->out.data, -1, NULL, 0 };
   p->out = (mp_pc_buf){ NULL, 0, 0 };
+  if (p->onfds > 0) {                /* the batch takes the fds; the list is the next batch's */
+    b->fds = p->ofds;
+    b->nfds = p->onfds;
+    p->ofds = NULL;
+    p->onfds = p->ofdcap = 0;
+  }
   for (uint32_t k = 0; k < p->batch_n; k++) mp_pt_find(p, p->batch_first + k)->b = b;
   p->batch_n = 0;
   *out = b;
@@ -290,7 +335,20 @@ int mp_pt_next_resend(mp_pt *p, mp_pt_task **out) {
     size_t total = MP_PC_CHDR + 4 + len + add;
     mp_pt_batch *b = malloc(sizeof *b);
     char *d = malloc(total);
-    if (b == NULL || d == NULL) { free(b); free(d); free(tmp); p->nresend++; return ENOMEM; }
+    /* Its mp objects' fds go again, duplicated from its batch's, as fds[0 .. nfds). */
+    uint32_t fd_base = mp_pc_get32(e + 28), nfds = mp_pc_get32(e + 32);
+    int *fds = nfds > 0 ? malloc(sizeof(int) * nfds) : NULL;
+    int nf = 0, dup_err = 0;
+    if (nfds > 0 && fds != NULL && fd_base + nfds <= (uint32_t)t->b->nfds) {
+      for (; nf < (int)nfds; nf++)
+        if ((fds[nf] = fcntl(t->b->fds[fd_base + (uint32_t)nf], F_DUPFD_CLOEXEC, 3)) < 0) { dup_err = errno; break; }
+    } else if (nfds > 0) dup_err = fds == NULL ? ENOMEM : EPROTO;
+    if (b == NULL || d == NULL || dup_err) {
+      close_all(fds, &nf);
+      free(fds); free(b); free(d); free(tmp);
+      p->nresend++;
+      return dup_err ? dup_err : ENOMEM;
+    }
     memset(d, 0, MP_PC_CHDR);
     d[0] = 'K';
     mp_pc_put32(d + 4, 1);
@@ -299,9 +357,10 @@ int mp_pt_next_resend(mp_pt *p, mp_pt_task **out) {
     mp_pc_put32(q, len + add);
     memcpy(q + 4, e + 4, MP_PT_HDR);
     mp_pc_put32(q + 20, fn_len + add);
+    mp_pc_put32(q + 28, 0);
     memcpy(q + 4 + MP_PT_HDR, f + 4 + MP_PT_HDR, add);
     memcpy(q + 4 + MP_PT_HDR + add, e + 4 + MP_PT_HDR, len - MP_PT_HDR);
-    *b = (mp_pt_batch){ 1, total, total, d, -1 };
+    *b = (mp_pt_batch){ 1, total, total, d, -1, fds, nf };
     free(tmp);
     release(p, t->b);
     t->b = b;

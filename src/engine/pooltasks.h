@@ -23,8 +23,16 @@
 ** - Timed tasks (few): their limits, and per worker slot the timed task last
 **   seen running and since when, to tell when one runs over its limit.
 **
+** - The fds of the mp objects that tasks carry (Queues, Locks, Values... as
+**   arguments or upvalues: mp_travel.h): duplicated when a task is encoded
+**   (the object may be collected before its batch leaves), kept with the
+**   batch that carries them until its tasks settle, and passed along it, so
+**   that a task sent again after its worker died carries them again.
+**
 ** Entry header (after its u32 length): u8 kind, pad, u32 fn_id, u64 task id,
-** u32 fn_len, u32 count; then fn_len bytes of function, then the values.
+** u32 fn_len, u32 count, u32 fd_base, u32 nfds; then fn_len bytes of
+** function, then the values. The task's mp objects name their fds by index
+** in fds[fd_base .. fd_base + nfds) of the fds that came with its batch.
 */
 #ifndef MP_POOLTASKS_H
 #define MP_POOLTASKS_H
@@ -34,13 +42,19 @@
 
 #include "engine/poolchan.h"
 
-#define MP_PT_HDR 24                 /* entry header, after the entry's length */
+#define MP_PT_HDR 32                 /* entry header, after the entry's length */
+#define MP_PT_TASK_FDS 200           /* fds one task may carry */
+/* A batch is closed once it holds more fds than this: the next task's then fit. */
+#define MP_PT_BATCH_FDS (MP_PC_MAXFDS - MP_PT_TASK_FDS)
 #define MP_PT_RING0 65536            /* the task ring's first size (a power of two) */
 #define MP_PT_SPARES 8
 #define MP_PT_FDS 64                 /* batches kept as fds at most (the rest in memory) */
 
-/* A sent batch: its bytes in memory (data), or in a file the transport handed over (fd). */
-typedef struct mp_pt_batch { int refs; size_t len, cap; char *data; int fd; } mp_pt_batch;
+/*
+** A sent batch: its bytes in memory (data), or in a file the transport handed
+** over (fd); the fds of its tasks' mp objects (owned).
+*/
+typedef struct mp_pt_batch { int refs; size_t len, cap; char *data; int fd; int *fds, nfds; } mp_pt_batch;
 
 typedef struct mp_pt_task {
   uint64_t id;                       /* 0: a free entry */
@@ -60,6 +74,7 @@ typedef struct mp_pt_job {
 
 typedef struct mp_pt {
   mp_pc_buf out;                     /* the open batch */
+  int *ofds, onfds, ofdcap;          /* its fds (owned duplicates) */
   uint32_t batch_n, batch_fn;
   uint64_t batch_first;
   mp_pt_task *tasks;
@@ -88,6 +103,8 @@ void mp_pt_free(mp_pt *p);
 int mp_pt_entry_begin(mp_pt *p, int kind, uint64_t id, uint32_t fn_id,
                       const char *fn, size_t fn_len, uint32_t count, size_t *entry);
 void mp_pt_entry_end(mp_pt *p, size_t entry, uint32_t fn_id);
+/* The entry's mp objects' fds (borrowed: duplicated into the open batch; at most MP_PT_TASK_FDS). */
+int mp_pt_entry_fds(mp_pt *p, size_t entry, const int *fds, int nfds);
 void mp_pt_entry_drop(mp_pt *p, size_t entry);
 /* Whether task id's place in the ring is free (else mp_pt_grow first). */
 int mp_pt_place_free(const mp_pt *p, uint64_t id);
