@@ -5,7 +5,8 @@
 -- wall time over the total number of operations. The floor rows are the
 -- cheapest round trips: the manager's ping (answered by the server's C engine,
 -- no Lua) and a C ping-pong over a Unix socketpair (bench/unix_rtt.c, when a
--- C compiler is there). BENCH_QUICK=1 runs fewer rounds.
+-- C compiler is there), with blocking reads and with reads that spin as the
+-- manager's do before sleeping. BENCH_QUICK=1 runs fewer rounds.
 local quick = os.getenv("BENCH_QUICK") == "1"
 local N = quick and 5000 or 20000
 local ROUNDS = quick and 2 or 5
@@ -88,9 +89,12 @@ end), "us/op")
 local dir = arg[0]:match("^(.*)/[^/]*$") or "."
 local exe = os.tmpname()
 if os.execute("cc -O2 -o " .. exe .. " " .. dir .. "/unix_rtt.c 2>/dev/null") then
-  local p = io.popen(exe .. " " .. N * 5)
-  local us = tonumber(p:read("a"))
-  p:close()
-  if us then report("floor: C round trip over a Unix socketpair", us, "us/op") end
+  for _, mode in ipairs { "", " spin" } do
+    local p = io.popen(exe .. " " .. N * 5 .. mode)
+    local us = tonumber(p:read("a"))
+    p:close()
+    local how = mode == "" and "blocking reads" or "spinning reads"
+    if us then report("floor: C round trip over a Unix socketpair, " .. how, us, "us/op") end
+  end
 end
 os.remove(exe)

@@ -1,8 +1,13 @@
 /*
 ** The floor under a manager call: two C processes ping-pong 12 bytes over a
-** Unix socketpair (send, then a blocking read), best of 5 runs of n round
-** trips. Prints microseconds per round trip. Used by bench/manager.lua.
+** Unix socketpair, best of 5 runs of n round trips. Prints microseconds per
+** round trip. Used by bench/manager.lua.
+**   unix_rtt N          blocking reads: each side sleeps until the other writes
+**   unix_rtt N spin     reads that never sleep (MSG_DONTWAIT, retried), as the
+**                       manager's client and server do for a while before they
+**                       sleep: the floor without the kernel's wake-up
 */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -16,6 +21,16 @@ static double now(void) {
   return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+static int spin;
+
+static ssize_t get(int fd, char *b, size_t n) {
+  if (!spin) return read(fd, b, n);
+  for (;;) {
+    ssize_t r = recv(fd, b, n, MSG_DONTWAIT);
+    if (r >= 0 || errno != EAGAIN) return r;
+  }
+}
+
 static double once(int n) {
   int sv[2];
   char b[64] = {0};
@@ -24,7 +39,7 @@ static double once(int n) {
   if (pid == 0) {
     close(sv[0]);
     for (int i = 0; i < n; i++) {
-      if (read(sv[1], b, sizeof b) <= 0) _exit(1);
+      if (get(sv[1], b, sizeof b) <= 0) _exit(1);
       if (write(sv[1], b, 12) != 12) _exit(1);
     }
     _exit(0);
@@ -32,7 +47,7 @@ static double once(int n) {
   close(sv[1]);
   double t0 = now();
   for (int i = 0; i < n; i++) {
-    if (write(sv[0], b, 12) != 12 || read(sv[0], b, sizeof b) <= 0) break;
+    if (write(sv[0], b, 12) != 12 || get(sv[0], b, sizeof b) <= 0) break;
   }
   double us = (now() - t0) / n * 1e6;
   close(sv[0]);
@@ -42,6 +57,7 @@ static double once(int n) {
 
 int main(int argc, char **argv) {
   int n = argc > 1 ? atoi(argv[1]) : 100000;
+  spin = argc > 2;
   double best = 1e9;
   for (int r = 0; r < 5; r++) {
     double us = once(n);
