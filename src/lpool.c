@@ -673,7 +673,7 @@ static int tr_pump(lua_State *L) {
     if (t->suspect) recover(L, t, &e);
     if (e.n > 0 || lost) break;
     /*
-    ** The binding slices the wait (mp's slice: 10 ms while pollers exist), so
+    ** The binding slices the wait (mp's slice: 5 ms while pollers exist), so
     ** a transport built in another module, with its own copy of the clock,
     ** never sleeps past it: Ctrl-C, handlers and pollers run on time.
     */

@@ -182,8 +182,11 @@ static int mutex_acquire(lua_State *L, lock_ud *u, int arg) {
   if (deadline == -INFINITY) {
     rc = mp_mutex_trylock(m);
   } else {
-    while ((rc = mp_mutex_lock(m, deadline)) == EINTR)
+    int spin = 1;
+    while ((rc = mp_mutex_lock(m, deadline, spin)) == EINTR) {
       mp_check_interrupt(L);
+      spin = 0;
+    }
   }
   if (rc == 0 || rc == EOWNERDEAD) m->count = 1;
   return push_acquired(L, rc);
@@ -315,8 +318,11 @@ static inline int sem_acquire(lua_State *L, const mp_class *c) {
   }
   int rc = EAGAIN;
   if (deadline != -INFINITY) {
-    while ((rc = mp_sem_wait(s, deadline)) == EINTR)
+    int spin = 1;
+    while ((rc = mp_sem_wait(s, deadline, spin)) == EINTR) {
       mp_check_interrupt(L);
+      spin = 0;
+    }
   }
   lua_pushboolean(L, rc == 0);
   return 1;
@@ -456,7 +462,7 @@ static int cond_get_lock(lua_State *L) {
 static int relock(lock_ud *lk, uint32_t depth) {
   mp_mutex *m = lk->h.shm;
   int rc;
-  while ((rc = mp_mutex_lock(m, INFINITY)) == EINTR) {}
+  for (int spin = 1; (rc = mp_mutex_lock(m, INFINITY, spin)) == EINTR; spin = 0) {}
   m->count = depth;
   return rc == EOWNERDEAD;
 }

@@ -144,7 +144,7 @@ void mp_check_interrupt(lua_State *L);
 ** blocks elsewhere. core.poller(key, fn [, fd]) registers fn under key (nil
 ** removes it); fd, when given, polls readable when the poller has work, and
 ** waits that can poll it (mp.sleep) wake on it instead of at the slice's end.
-** While any poller exists, wait slices are 10 ms instead of MP_WAIT_SLICE.
+** While any poller exists, wait slices are 5 ms instead of MP_WAIT_SLICE.
 ** Per state (a registry table); a poller never runs inside another.
 */
 void mp_run_pollers(lua_State *L);

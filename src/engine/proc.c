@@ -310,9 +310,11 @@ static pid_t fork_entry(mp_child *c, int what, mp_child **out) {
 
 /*
 ** The child's copy of the entry it was forked with: not freed (free() would
-** write malloc's pages, each copied for the child), but kept reachable.
+** write malloc's pages, each copied for the child), but kept reachable (for
+** valgrind's leak check). Volatile: a store to a static nobody reads is
+** otherwise removed by the optimizer.
 */
-static mp_child *entry_of_parent;
+static mp_child *volatile entry_of_parent;
 
 pid_t mp_fork(mp_child **out, int daemon) {
   mp_child *c = new_entry(MP_CHILD_LOCAL, daemon);

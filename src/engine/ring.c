@@ -417,7 +417,11 @@ static void rescue_consumers(mp_ring *r) {
 ** Before sleeping, watch the other side for a few microseconds: a consumer
 ** that keeps up with its producer finds the ring empty after nearly every
 ** message, and a futex sleep and wake-up per message would cost far more
-** than the message itself.
+** than the message itself. Not again when the last wait slept through a
+** whole slice (EINTR: the caller checks for interrupts and calls again) with
+** nothing happening: the other side is not about to act, and spinning at
+** every slice end would burn the CPU that short slices (5 ms while a pool
+** has work out) are meant to spare. The flag is the handle's: this process's.
 */
 #define SPIN_ROUNDS 1000   /* about 50 us here (a pause is ~50 ns) */
 
@@ -450,7 +454,7 @@ static int room_for(mp_ring *r, uint64_t need, int new_item) {
 /* The wlock holder sleeps until a consumer made progress. 0, ETIMEDOUT, EINTR. */
 static int wait_space(mp_ring *r, uint64_t need, int new_item, double deadline) {
   mp_ring_hdr *h = r->hdr;
-  if (deadline > -INFINITY) {
+  if (deadline > -INFINITY && !r->quiet) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
       cpu_relax();
       if (room_for(r, need, new_item)) return 0;
@@ -461,13 +465,14 @@ static int wait_space(mp_ring *r, uint64_t need, int new_item, double deadline) 
   int rc = 0;
   if (!room_for(r, need, new_item)) rc = mp_futex_wait(&h->space_seq, seq, deadline);
   atomic_store(&h->writer_waiting, 0);
+  r->quiet = rc == EINTR;
   return rc;
 }
 
 /* The rlock holder sleeps until the tail moves past `seen`. 0, ETIMEDOUT, EINTR. */
 static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
   mp_ring_hdr *h = r->hdr;
-  if (deadline > -INFINITY) {
+  if (deadline > -INFINITY && !r->quiet) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
       cpu_relax();
       if (atomic_load_explicit(&h->tail, memory_order_relaxed) != seen) return 0;
@@ -478,6 +483,7 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
   int rc = 0;
   if (atomic_load(&h->tail) == seen) rc = mp_futex_wait(&h->data_seq, seq, deadline);
   atomic_store(&h->reader_waiting, 0);
+  r->quiet = rc == EINTR;
   return rc;
 }
 

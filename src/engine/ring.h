@@ -55,6 +55,8 @@ typedef struct mp_ring {
   int *refs;            /* handles on this mapping in this process (a pipe's two ends) */
   int memfd;            /* the memfd behind the mapping (shared with refs); -1 when none */
   int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
+  int quiet;            /* this process's last wait on the ring slept through a slice:
+                           the next one sleeps at once (see wait_data) */
 } mp_ring;
 
 /* The safe empty state of a handle (nothing mapped, no fd), before anything can fail. */
@@ -62,6 +64,7 @@ static inline void mp_ring_empty(mp_ring *r) {
   r->hdr = NULL; r->data = NULL; r->refs = NULL;
   r->cap = r->map_len = 0;
   r->memfd = r->bell_r = r->bell_w = -1;
+  r->quiet = 0;
 }
 
 /* A message taken by mp_ring_get_begin, still in the ring (consumer lock held). */

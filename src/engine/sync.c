@@ -33,10 +33,10 @@ int mp_mutex_trylock(mp_mutex *m) {
   return take_over(m, c) ? EOWNERDEAD : EBUSY;
 }
 
-int mp_mutex_lock(mp_mutex *m, double deadline) {
+int mp_mutex_lock(mp_mutex *m, double deadline, int spin) {
   if (mp_mutex_tryfast(m)) return 0;
   uint32_t me = mp_self_pid();
-  for (int i = 0; i < SPIN_TRIES; i++) {
+  for (int i = 0; spin && i < SPIN_TRIES; i++) {
     cpu_relax();
     if (atomic_load_explicit(&m->state, memory_order_relaxed) == 0 && mp_mutex_tryfast(m))
       return 0;
@@ -71,9 +71,9 @@ void mp_mutex_wake(mp_mutex *m) {
 
 /* ---- Semaphore ---------------------------------------------------------------- */
 
-int mp_sem_wait(mp_sem *s, double deadline) {
+int mp_sem_wait(mp_sem *s, double deadline, int spin) {
   if (mp_sem_trywait(s) == 0) return 0;
-  for (int i = 0; i < SPIN_TRIES; i++) {
+  for (int i = 0; spin && i < SPIN_TRIES; i++) {
     cpu_relax();
     if (atomic_load_explicit(&s->value, memory_order_relaxed) > 0 && mp_sem_trywait(s) == 0)
       return 0;

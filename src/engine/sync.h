@@ -52,8 +52,14 @@ static inline int mp_mutex_tryfast(mp_mutex *m) {
 /* Non-blocking: 0, EOWNERDEAD, or EBUSY. */
 int mp_mutex_trylock(mp_mutex *m);
 
-/* Blocking until `deadline`: 0, EOWNERDEAD, ETIMEDOUT or EINTR (call again). */
-int mp_mutex_lock(mp_mutex *m, double deadline);
+/*
+** Blocking until `deadline`: 0, EOWNERDEAD, ETIMEDOUT or EINTR (call again).
+** `spin`: watch the lock for a few microseconds before sleeping. A call made
+** again after EINTR passes 0: a whole wait slice went by without the lock
+** coming free, and spinning at every slice end would only burn the CPU (the
+** slices are short, 5 ms, while a pool has work out).
+*/
+int mp_mutex_lock(mp_mutex *m, double deadline, int spin);
 
 void mp_mutex_wake(mp_mutex *m);
 
@@ -99,8 +105,8 @@ static inline int mp_sem_trywait(mp_sem *s) {
   return EAGAIN;
 }
 
-/* 0, ETIMEDOUT or EINTR. */
-int mp_sem_wait(mp_sem *s, double deadline);
+/* 0, ETIMEDOUT or EINTR (call again, with spin 0: see mp_mutex_lock). */
+int mp_sem_wait(mp_sem *s, double deadline, int spin);
 
 /* Adds n: 0, or ERANGE (bounded and over its max, or past the type's limit). */
 int mp_sem_post(mp_sem *s, uint32_t n);
