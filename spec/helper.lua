@@ -18,6 +18,8 @@ local H = {}
 
 H.build = os.getenv("MPLUA_BUILD") or "build"
 H.mplua = H.build .. "/mplua"
+-- The checkout (specs run from its top directory).
+H.root = os.getenv("PWD") or "."
 H.lua = "lua5.4"
 -- An mplua with the fault-injection points compiled in (src/engine/fault.h):
 -- scripts/test builds it; inside it, mp.core.fault_arm(spec) arms a point.
@@ -191,11 +193,23 @@ function H.run(opts)
   end
   -- MPLUA_SPEC_WRAPPER (e.g. "valgrind -q --error-exitcode=99 ...") runs every
   -- subprocess under a tool; timeouts are stretched to match.
+  -- Under mpirun the wrapper runs the ranks (not mpirun itself), with
+  -- suppressions for Open MPI's own allocations; opts.wrapped: the command
+  -- applies H.wrapper() itself (a shell that must set a limit first).
   local wrapper = os.getenv("MPLUA_SPEC_WRAPPER")
   parts[#parts + 1] = "timeout -k 2 " .. tostring((opts.timeout or 20) * (wrapper and 10 or 1))
-  if wrapper then parts[#parts + 1] = wrapper end
-  parts[#parts + 1] = H.quote(opts.program or H.mplua)
-  for _, a in ipairs(opts.args or {}) do parts[#parts + 1] = H.quote(a) end
+  local program = opts.program or H.mplua
+  local ranks = wrapper and program:match("mpirun$")
+  if wrapper and not ranks and not opts.wrapped then parts[#parts + 1] = wrapper end
+  parts[#parts + 1] = H.quote(program)
+  local wrapped = not ranks
+  for _, a in ipairs(opts.args or {}) do
+    if not wrapped and a == H.mplua then
+      parts[#parts + 1] = H.wrapper()
+      wrapped = true
+    end
+    parts[#parts + 1] = H.quote(a)
+  end
   local cmd = table.concat(parts, " ") .. " <" .. input .. " 2>" .. err
   if opts.pipe_to then cmd = cmd .. " | " .. opts.pipe_to end
   cmd = cmd .. " >" .. out
@@ -206,6 +220,19 @@ function H.run(opts)
   }
   for _, p in ipairs { tmp, input, out, err } do os.remove(p) end
   return result
+end
+
+-- MPLUA_SPEC_WRAPPER as words for a command line ("" when unset); a valgrind
+-- wrapper gets the suppressions for Open MPI's libraries (scripts/valgrind-mpi.supp).
+function H.wrapper()
+  local wrapper = os.getenv("MPLUA_SPEC_WRAPPER")
+  if not wrapper then return "" end
+  if wrapper:find("valgrind", 1, true) then
+    wrapper = wrapper .. " --suppressions=" .. H.quote(H.root .. "/scripts/valgrind-mpi.supp")
+    local ompi = "/usr/share/openmpi/openmpi-valgrind.supp"
+    if io.open(ompi) then wrapper = wrapper .. " --suppressions=" .. ompi end
+  end
+  return wrapper
 end
 
 -- Writes `source` to a temporary script and runs it with H.run (opts.args follow).

@@ -11,7 +11,10 @@ local H = require "helper"
 local function run_limited(limit, source)
   local path = os.tmpname() .. ".lua"
   H.write_file(path, source)
-  local r = H.run { program = "sh", args = { "-c", "ulimit -n " .. limit .. " && exec \"$0\" \"$1\"", H.mplua, path } }
+  -- Under MPLUA_SPEC_WRAPPER the limit is set first, then the tool starts
+  -- (valgrind keeps fds of its own below the limit it finds).
+  local r = H.run { program = "sh", wrapped = true,
+                    args = { "-c", "ulimit -n " .. limit .. " && exec " .. H.wrapper() .. " \"$0\" \"$1\"", H.mplua, path } }
   os.remove(path)
   return r
 end

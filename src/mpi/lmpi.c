@@ -190,11 +190,9 @@ static int t_release(lua_State *L) {
 /* t:signal(i, signum) --> true when sent (a spawned worker on this host only) */
 static int t_signal(lua_State *L) {
   mpichan *c = checkparent(L);
-  mpc_worker *w = &c->w[slot(L, c, 2)];
+  int i = slot(L, c, 2);
   int sig = (int)luaL_checkinteger(L, 3);
-  int ok = w->pidfd >= 0 && w->state != MPC_W_DEAD &&
-           syscall(SYS_pidfd_send_signal, w->pidfd, sig, NULL, 0) == 0;
-  lua_pushboolean(L, ok);
+  lua_pushboolean(L, mpc_signal(c, i, sig) == 0);
   return 1;
 }
 

@@ -388,6 +388,34 @@ static int gather_fds(mpichan *c, struct pollfd *fds, int *idx, int max) {
   return n;
 }
 
+/*
+** A spawned worker on this host is signalled through its pidfd; where there
+** are no pidfds (kernels before 5.3; valgrind, which does not know the
+** system call) by its pid. The pid is the worker's for as long as its
+** parent, Open MPI's daemon, has not reaped it, and the daemon reaps at
+** once: a pid reused in between is a window this fallback accepts.
+*/
+int mpc_signal(mpichan *c, int i, int sig) {
+  mpc_worker *w = &c->w[i];
+  if (!w->here || w->state == MPC_W_DEAD) return ESRCH;
+  if (w->pidfd >= 0) return syscall(SYS_pidfd_send_signal, w->pidfd, sig, NULL, 0) == 0 ? 0 : errno;
+  return w->pid > 0 && kill((pid_t)w->pid, sig) == 0 ? 0 : errno;
+}
+
+/* Without a pidfd: the spawned workers on this host whose pid is gone are marked dead; 1 when one was. */
+static int gone_by_pid(mpichan *c) {
+  int found = 0;
+  for (int i = 0; i < c->nworkers; i++) {
+    mpc_worker *w = &c->w[i];
+    if (w->here && w->pidfd < 0 && w->state != MPC_W_DEAD && w->pid > 0 &&
+        kill((pid_t)w->pid, 0) < 0 && errno == ESRCH) {
+      w->state = MPC_W_DEAD;
+      found = 1;
+    }
+  }
+  return found;
+}
+
 static int any_message(mpichan *c) {
   int flag = 0;
   if (c->world) return OK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE)) && flag;
@@ -411,7 +439,7 @@ static int any_message(mpichan *c) {
 ** to the new ones. Never a hang, at the price of those tasks.
 */
 static int reap(mpichan *c, struct pollfd *fds, int *idx, int n) {
-  int found = 0;
+  int found = gone_by_pid(c);
   for (int k = 0; k < n; k++) {
     if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
     mpc_worker *w = &c->w[idx[k]];
@@ -421,8 +449,8 @@ static int reap(mpichan *c, struct pollfd *fds, int *idx, int n) {
   }
   for (int i = 0; found && i < c->nworkers; i++) {
     mpc_worker *w = &c->w[i];
-    if (w->pidfd >= 0 && w->state != MPC_W_DEAD) {
-      syscall(SYS_pidfd_send_signal, w->pidfd, SIGKILL, NULL, 0);
+    if (w->here && w->state != MPC_W_DEAD) {
+      mpc_signal(c, i, SIGKILL);
       w->state = MPC_W_DEAD;           /* no batch goes to it any more */
     }
   }
@@ -445,7 +473,8 @@ static int mpc_wait(void *t, double deadline, int *lost) {
     if (err) return err;
     if (any_message(c)) return 0;
     if (mp_now() >= until) return sliced ? EINTR : ETIMEDOUT;
-    if (pause_since(since, until, nf ? fds : NULL, nf) && reap(c, fds, idx, nf)) {
+    int woke = pause_since(since, until, nf ? fds : NULL, nf);
+    if ((woke || c->nbypid) && reap(c, fds, idx, woke ? nf : 0)) {
       *lost = 1;
       return 0;
     }
@@ -561,7 +590,11 @@ int mpc_start(mpichan *c, int i, const char *payload, size_t len, int again, dou
         char host[MPC_HOST];
         gethostname(host, sizeof host);
         host[MPC_HOST - 1] = 0;
-        if (strcmp(host, w->host) == 0) w->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)w->pid, 0);
+        if (strcmp(host, w->host) == 0) {
+          w->here = 1;
+          w->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)w->pid, 0);
+          if (w->pidfd < 0) c->nbypid++;       /* watched by pid (gone_by_pid) */
+        }
       }
       return 0;
     }
@@ -606,6 +639,8 @@ int mpc_join(mpichan *c, int i, double deadline) {
 void mpc_release(mpichan *c, int i) {
   mpc_worker *w = &c->w[i];
   if (w->pidfd >= 0) { close(w->pidfd); w->pidfd = -1; }
+  else if (w->here) c->nbypid--;
+  w->here = 0;
   if (!w->spawned || w->comm == MPI_COMM_NULL) return;
   MPI_Comm comm = w->comm;
   forget_spawned(comm);

@@ -64,6 +64,7 @@ typedef struct mpc_worker {
   int live;                   /* between started and lost */
   int stopped;                /* STOP sent */
   int pidfd;                  /* a spawned worker on this host: its pidfd; -1 */
+  int here;                   /* a spawned worker on this host (pid is its pid here) */
   long pid;
   char host[MPC_HOST];
   mpc_batch q[2];             /* batches it holds, oldest first */
@@ -86,6 +87,7 @@ typedef struct mpichan {
   mp_pc_buf rb[MP_PC_RECV_BATCH];   /* the last recv's messages */
   mp_pc_buf ctl;              /* control messages */
   int pending_lost;           /* an EXIT was taken: the next wait reports it */
+  int nbypid;                 /* spawned workers here without a pidfd (watched by pid) */
   int next;                   /* round robin among equals */
   /* worker */
   MPI_Comm pcomm;             /* where the parent is: MPI_COMM_WORLD or the parent intercomm */
@@ -119,6 +121,8 @@ int mpc_stop(mpichan *c, int i);
 int mpc_join(mpichan *c, int i, double deadline);
 /* Parent: slot i is done with: a spawned worker gets FINISH and is disconnected. */
 void mpc_release(mpichan *c, int i);
+/* Parent: sends sig to slot i, a live spawned worker on this host: 0 or an errno value. */
+int mpc_signal(mpichan *c, int i, int sig);
 
 /* Worker: the next START (its payload in c->in) or FINISH (c->finish); EINTR at the slice's end. */
 int mpc_wait_start(mpichan *c, double slice);
