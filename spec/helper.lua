@@ -193,14 +193,15 @@ function H.run(opts)
   end
   -- MPLUA_SPEC_WRAPPER (e.g. "valgrind -q --error-exitcode=99 ...") runs every
   -- subprocess under a tool; timeouts are stretched to match.
-  -- Under mpirun the wrapper runs the ranks (not mpirun itself), with
-  -- suppressions for Open MPI's own allocations; opts.wrapped: the command
-  -- applies H.wrapper() itself (a shell that must set a limit first).
+  -- Under mpirun the wrapper runs the ranks (not mpirun itself); a valgrind
+  -- wrapper gets suppressions for Open MPI's own allocations (H.wrapper);
+  -- opts.wrapped: the command applies H.wrapper() itself (a shell that must
+  -- set a limit first).
   local wrapper = os.getenv("MPLUA_SPEC_WRAPPER")
   parts[#parts + 1] = "timeout -k 2 " .. tostring((opts.timeout or 20) * (wrapper and 10 or 1))
   local program = opts.program or H.mplua
   local ranks = wrapper and program:match("mpirun$")
-  if wrapper and not ranks and not opts.wrapped then parts[#parts + 1] = wrapper end
+  if wrapper and not ranks and not opts.wrapped then parts[#parts + 1] = H.wrapper() end
   parts[#parts + 1] = H.quote(program)
   local wrapped = not ranks
   for _, a in ipairs(opts.args or {}) do

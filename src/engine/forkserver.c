@@ -18,6 +18,7 @@
 
 #include "clock.h"
 #include "forkserver.h"
+#include "pidfd.h"
 #include "proc.h"
 
 /*
@@ -312,10 +313,7 @@ static int spawn(int ch) {
     return 0;
   }
   /* Not reaped before this: the pidfd names this very child. */
-  int pidfd = -1;
-#ifdef SYS_pidfd_open
-  pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-#endif
+  int pidfd = mp_pidfd_open(pid);
   send_msg(ch, M_PID, pid, pidfd);
   if (pidfd >= 0) close(pidfd);
   srv.kids[srv.nkids++] = (kid){ pid, ch };

@@ -16,6 +16,7 @@
 #include "fault.h"
 #include "forkserver.h"
 #include "identity.h"
+#include "pidfd.h"
 #include "proc.h"
 
 /*
@@ -56,16 +57,6 @@ int mp_is_child(void) { return is_child; }
 static void lock_list(void) { pthread_mutex_lock(&list_mutex); }
 static void unlock_list(void) { pthread_mutex_unlock(&list_mutex); }
 
-static int open_pidfd(pid_t pid) {
-#ifdef SYS_pidfd_open
-  /* pidfd_open sets close-on-exec itself. */
-  return (int)syscall(SYS_pidfd_open, pid, 0);
-#else
-  (void)pid;
-  return -1;
-#endif
-}
-
 /*
 ** Without pidfd_open (kernels before 5.3, valgrind 3.19) a child's sentinel is
 ** the read end of a pipe whose only write end the child holds: it polls
@@ -76,10 +67,8 @@ static int own_sentinel_wfd = -1;   /* in a child: the write end that is its sen
 
 static int pidfd_supported(void) {
   if (pidfd_works < 0) {
-    /* MPLUA_NO_PIDFD=1 forces the pipe, so specs cover it on any kernel. */
-    const char *force = getenv("MPLUA_NO_PIDFD");
-    if (force != NULL && *force != '\0' && *force != '0') return pidfd_works = 0;
-    int fd = open_pidfd(getpid());
+    /* MPLUA_NO_PIDFD=1 forces the pipe (pidfd.h), so specs cover it on any kernel. */
+    int fd = mp_pidfd_open(getpid());
     pidfd_works = fd >= 0;
     if (fd >= 0) close(fd);
   }
@@ -290,7 +279,7 @@ static pid_t fork_entry(mp_child *c, int what, mp_child **out) {
   if (sentinel[0] >= 0) {
     close(sentinel[1]);
     c->pidfd = sentinel[0];
-  } else if ((c->pidfd = open_pidfd(pid)) < 0) {
+  } else if ((c->pidfd = mp_pidfd_open(pid)) < 0) {
     /*
     ** No fd for the sentinel (EMFILE): a child nobody could wait for is not
     ** started at all. It has not run a line of the caller's code yet that

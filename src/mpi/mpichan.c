@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "engine/clock.h"
+#include "engine/pidfd.h"
 #include "mpi/mpichan.h"
 
 #define OK(call) ((call) == MPI_SUCCESS)
@@ -592,7 +593,7 @@ int mpc_start(mpichan *c, int i, const char *payload, size_t len, int again, dou
         host[MPC_HOST - 1] = 0;
         if (strcmp(host, w->host) == 0) {
           w->here = 1;
-          w->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)w->pid, 0);
+          w->pidfd = mp_pidfd_open((pid_t)w->pid);
           if (w->pidfd < 0) c->nbypid++;       /* watched by pid (gone_by_pid) */
         }
       }
@@ -632,7 +633,8 @@ int mpc_join(mpichan *c, int i, double deadline) {
     }
     if (w->state == MPC_W_EXITED || w->state == MPC_W_DEAD) return 0;
     if (mp_now() >= until) return sliced ? EINTR : ETIMEDOUT;
-    if (pause_since(since, until, nf ? fds : NULL, nf)) reap(c, fds, idx, nf);
+    int woke = pause_since(since, until, nf ? fds : NULL, nf);
+    if (woke || c->nbypid) reap(c, fds, idx, woke ? nf : 0);
   }
 }
 
