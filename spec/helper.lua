@@ -223,6 +223,39 @@ function H.run(opts)
   return result
 end
 
+-- MPI specs: mpirun's path (nil when absent), the environment every MPI run
+-- gets, and a describe that stays pending, saying why, when mpirun or
+-- mp/mpi.so is missing (scripts/setup installs Open MPI, so CI runs them).
+H.mpi = {}
+do
+  local which = io.popen("command -v mpirun 2>/dev/null")
+  H.mpi.mpirun = which:read("l")
+  which:close()
+  local module = io.open(H.build .. "/mp/mpi.so", "rb")
+  if module then module:close() end
+  -- Root allowed (CI runs as root); TCP on loopback (spawned ranks talk over
+  -- TCP; this machine's other interface does not reach itself); under the
+  -- sanitizer build, Open MPI's own allocations outlive MPI_Finalize (LSan lists
+  -- thousands, in libmpi and its plugins): memory errors still fail the run.
+  H.mpi.env = {
+    OMPI_ALLOW_RUN_AS_ROOT = "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = "1",
+    OMPI_MCA_btl_tcp_if_include = "lo", OMPI_MCA_oob_tcp_if_include = "lo",
+    LUA_CPATH = H.build .. "/?.so;;",
+    ASAN_OPTIONS = "detect_leaks=0",
+  }
+  H.mpi.missing = not H.mpi.mpirun and "mpirun not found: install openmpi-bin (scripts/setup does)"
+    or not module and "mp/mpi.so not built: install libopenmpi-dev (scripts/setup does) and rebuild"
+    or nil
+  -- H.mpi.describe(describe, pending): busted's two, from the spec file's
+  -- environment (they are not globals of this module) --> a describe for MPI.
+  function H.mpi.describe(describe, pending)
+    return function(name, fn)
+      if not H.mpi.missing then return describe(name, fn) end
+      describe(name, function() pending(H.mpi.missing) end)
+    end
+  end
+end
+
 -- MPLUA_SPEC_WRAPPER as words for a command line ("" when unset); a valgrind
 -- wrapper gets the suppressions for Open MPI's libraries (scripts/valgrind-mpi.supp).
 function H.wrapper()

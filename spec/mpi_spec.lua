@@ -6,22 +6,8 @@ Every run has a timeout; every rank's pid is checked gone afterwards.
 ]]
 local H = require "spec.helper"
 
-local which = io.popen("command -v mpirun 2>/dev/null")
-local mpirun = which:read("l")
-which:close()
-local have_module = io.open(H.build .. "/mp/mpi.so", "rb")
-if have_module then have_module:close() end
+local mpirun, ENV, describe_mpi = H.mpi.mpirun, H.mpi.env, H.mpi.describe(describe, pending)
 
--- What every run gets: root allowed (CI runs as root), TCP on loopback (spawned
--- ranks talk over TCP; this machine's other interface does not reach itself).
-local ENV = {
-  OMPI_ALLOW_RUN_AS_ROOT = "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = "1",
-  OMPI_MCA_btl_tcp_if_include = "lo", OMPI_MCA_oob_tcp_if_include = "lo",
-  LUA_CPATH = H.build .. "/?.so;;",
-  -- The sanitizer build: Open MPI's own allocations outlive MPI_Finalize (LSan
-  -- lists thousands, in libmpi and its plugins); memory errors still fail the run.
-  ASAN_OPTIONS = "detect_leaks=0",
-}
 
 -- H.run_script puts the script first: mpirun needs its options and the program before it.
 local function run_mpi(source, timeout, dynamic)
@@ -60,12 +46,6 @@ local function pids_of(out, tag)
   return pids
 end
 
-local describe_mpi = (mpirun and have_module) and describe or function(name)
-  describe(name, function()
-    pending(not mpirun and "mpirun not found: install openmpi-bin (scripts/setup does)"
-      or "mp/mpi.so not built: install libopenmpi-dev (scripts/setup does) and rebuild")
-  end)
-end
 
 describe_mpi("mp.mpi", function()
   it("runs the whole Pool API over 2 worker ranks under mpirun -n 3, and every rank exits", function()

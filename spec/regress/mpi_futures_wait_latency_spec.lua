@@ -7,18 +7,8 @@ without an fd is now polled every few milliseconds.
 ]]
 local H = require "helper"
 
-local which = io.popen("command -v mpirun 2>/dev/null")
-local mpirun = which:read("l")
-which:close()
-local have_module = io.open(H.build .. "/mp/mpi.so", "rb")
-if have_module then have_module:close() end
+local mpirun, ENV, describe_mpi = H.mpi.mpirun, H.mpi.env, H.mpi.describe(describe, pending)
 
-local describe_mpi = (mpirun and have_module) and describe or function(name)
-  describe(name, function()
-    pending(not mpirun and "mpirun not found: install openmpi-bin (scripts/setup does)"
-      or "mp/mpi.so not built: install libopenmpi-dev (scripts/setup does) and rebuild")
-  end)
-end
 
 describe_mpi("mp.wait on an mpi.Pool and a pipe", function()
   it("sees each result within milliseconds, not at the end of a 100 ms wait on the pipe", function()
@@ -38,9 +28,7 @@ describe_mpi("mp.wait on an mpi.Pool and a pipe", function()
       print("elapsed", mp.time() - t0)
     ]])
     local r = H.run {
-      program = mpirun, args = { "--oversubscribe", "-n", "2", H.mplua, path }, timeout = 60,
-      env = { OMPI_ALLOW_RUN_AS_ROOT = "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = "1",
-              LUA_CPATH = H.build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0" },
+      program = mpirun, args = { "--oversubscribe", "-n", "2", H.mplua, path }, timeout = 60, env = ENV,
     }
     os.remove(path)
     assert.are.equal(0, r.status, r.stderr)

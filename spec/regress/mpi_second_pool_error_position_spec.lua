@@ -6,25 +6,9 @@ caller's line, as every other misuse error of mp gives.
 ]]
 local H = require "helper"
 
-local which = io.popen("command -v mpirun 2>/dev/null")
-local mpirun = which:read("l")
-which:close()
-local have_module = io.open(H.build .. "/mp/mpi.so", "rb")
-if have_module then have_module:close() end
+local mpirun, ENV, describe_mpi = H.mpi.mpirun, H.mpi.env, H.mpi.describe(describe, pending)
 
-local ENV = {
-  OMPI_ALLOW_RUN_AS_ROOT = "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = "1",
-  OMPI_MCA_btl_tcp_if_include = "lo", OMPI_MCA_oob_tcp_if_include = "lo",
-  LUA_CPATH = H.build .. "/?.so;;",
-  ASAN_OPTIONS = "detect_leaks=0",        -- Open MPI's own allocations outlive MPI_Finalize
-}
 
-local describe_mpi = (mpirun and have_module) and describe or function(name)
-  describe(name, function()
-    pending(not mpirun and "mpirun not found: install openmpi-bin (scripts/setup does)"
-      or "mp/mpi.so not built: install libopenmpi-dev (scripts/setup does) and rebuild")
-  end)
-end
 
 describe_mpi("a second mpi.Pool while the first is open", function()
   it("is an error at the caller's line", function()

@@ -11,22 +11,10 @@ MPLUA_NO_PIDFD=1 (src/engine/pidfd.h), which turns pidfds off on any kernel
 ]]
 local H = require "helper"
 
-local which = io.popen("command -v mpirun 2>/dev/null")
-local mpirun = which:read("l")
-which:close()
-local have_module = io.open(H.build .. "/mp/mpi.so", "rb")
-if have_module then have_module:close() end
+local ENV = H.mpi.env
 
-local ENV = {
-  OMPI_ALLOW_RUN_AS_ROOT = "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = "1",
-  OMPI_MCA_btl_tcp_if_include = "lo", OMPI_MCA_oob_tcp_if_include = "lo",
-  LUA_CPATH = H.build .. "/?.so;;",
-  ASAN_OPTIONS = "detect_leaks=0",        -- Open MPI's own allocations outlive MPI_Finalize
-}
 local has_valgrind = os.execute("command -v valgrind >/dev/null 2>&1")
 
-local why_not = not mpirun and "mpirun not found: install openmpi-bin (scripts/setup does)"
-  or not have_module and "mp/mpi.so not built: install libopenmpi-dev (scripts/setup does) and rebuild"
 
 local script = [[
   local mp = require "mp"
@@ -58,7 +46,7 @@ local function run(program, args, env, timeout)
 end
 
 describe("regress: spawned MPI ranks where pidfds are missing", function()
-  if why_not then pending(why_not) return end
+  if H.mpi.missing then pending(H.mpi.missing) return end
 
   it("with MPLUA_NO_PIDFD=1: killed at a task's timeout, and their death fails the task", function()
     local env = { MPLUA_NO_PIDFD = "1" }
