@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stddef.h>
 #include <sched.h>
 #include <stdio.h>
 #include <signal.h>
@@ -130,6 +131,23 @@ static int take_msg(mp_pc_buf *b, MPI_Message *m, MPI_Status *st, size_t *len) {
   b->len = (size_t)n;
   *len = (size_t)n;
   return 0;
+}
+
+/*
+** Takes the next message from rank on comm (tag: a tag or MPI_ANY_TAG) into
+** b, if one is there: *n its length (st its tag), or -1 when there is none.
+** 0 or an errno value.
+*/
+static int take_from(mp_pc_buf *b, int rank, int tag, MPI_Comm comm, MPI_Status *st, ptrdiff_t *n) {
+  int flag = 0;
+  MPI_Message m;
+  *n = -1;
+  if (!OK(MPI_Improbe(rank, tag, comm, &flag, &m, st))) return EIO;
+  if (!flag) return 0;
+  size_t len;
+  int err = take_msg(b, &m, st, &len);
+  if (err == 0) *n = (ptrdiff_t)len;
+  return err;
 }
 
 /* ---- life ------------------------------------------------------------- */
@@ -578,15 +596,12 @@ int mpc_start(mpichan *c, int i, const char *payload, size_t len, int again, dou
   }
   double since = mp_now(), until = since + slice;
   for (;;) {
-    int flag = 0;
-    MPI_Message m;
     MPI_Status st;
-    if (!OK(MPI_Improbe(w->rank, MPC_HELLO, w->comm, &flag, &m, &st))) return EIO;
-    if (flag) {
-      size_t n;
-      int err = take_msg(&c->ctl, &m, &st, &n);
-      if (err) return err;
-      control(c, i, MPC_HELLO, c->ctl.data, n);
+    ptrdiff_t n;
+    int err = take_from(&c->ctl, w->rank, MPC_HELLO, w->comm, &st, &n);
+    if (err) return err;
+    if (n >= 0) {
+      control(c, i, MPC_HELLO, c->ctl.data, (size_t)n);
       if (w->spawned && w->pidfd < 0) {
         char host[MPC_HOST];
         gethostname(host, sizeof host);
@@ -681,14 +696,11 @@ void mpc_finish_world(int size) {
 int mpc_wait_start(mpichan *c, double slice) {
   double since = mp_now(), until = since + slice;
   for (;;) {
-    int flag = 0;
-    MPI_Message m;
     MPI_Status st;
-    if (!OK(MPI_Improbe(c->prank, MPI_ANY_TAG, c->pcomm, &flag, &m, &st))) return EIO;
-    if (flag) {
-      size_t n;
-      int err = take_msg(&c->in, &m, &st, &n);
-      if (err) return err;
+    ptrdiff_t n;
+    int err = take_from(&c->in, c->prank, MPI_ANY_TAG, c->pcomm, &st, &n);
+    if (err) return err;
+    if (n >= 0) {
       if (st.MPI_TAG == MPC_START) return 0;
       if (st.MPI_TAG == MPC_FINISH) { c->finish = 1; return 0; }
       continue;            /* a STOP for a pool this worker has left */
@@ -734,20 +746,17 @@ static int mpc_take(void *t, int index, const char **data, size_t *len, const in
   int sliced;
   double until = mp_slice_end(since + 3600, &sliced);
   for (;;) {
-    int flag = 0;
-    MPI_Message m;
     MPI_Status st;
-    if (!OK(MPI_Improbe(c->prank, MPI_ANY_TAG, c->pcomm, &flag, &m, &st))) return EIO;
-    if (flag) {
-      size_t n;
-      int err = take_msg(&c->in, &m, &st, &n);
-      if (err) return err;
+    ptrdiff_t n;
+    int err = take_from(&c->in, c->prank, MPI_ANY_TAG, c->pcomm, &st, &n);
+    if (err) return err;
+    if (n >= 0) {
       switch (st.MPI_TAG) {
         case MPC_TASK:
-          if (n < MP_PC_CHDR || c->in.data[0] != 'K') return EPROTO;
+          if ((size_t)n < MP_PC_CHDR || c->in.data[0] != 'K') return EPROTO;
           c->in_batch = 1;
           *data = c->in.data;
-          *len = n;
+          *len = (size_t)n;
           return 0;
         case MPC_STOP: return EPIPE;
         case MPC_FINISH: c->finish = 1; return EPIPE;
