@@ -57,6 +57,8 @@ typedef struct mp_ring {
   int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
   int quiet;            /* this process's last wait on the ring slept through a slice:
                            the next one sleeps at once (see wait_data) */
+  unsigned quick_waits; /* this process's last consumer waits in a row that ended within a
+                           few looks: the producer streams (see before_looks in ring.c) */
 } mp_ring;
 
 /* The safe empty state of a handle (nothing mapped, no fd), before anything can fail. */
@@ -65,6 +67,7 @@ static inline void mp_ring_empty(mp_ring *r) {
   r->cap = r->map_len = 0;
   r->memfd = r->bell_r = r->bell_w = -1;
   r->quiet = 0;
+  r->quick_waits = 0;
 }
 
 /* A message taken by mp_ring_get_begin, still in the ring (consumer lock held). */
@@ -158,7 +161,8 @@ uint64_t mp_ring_maxsize(mp_ring *r);
 /* Whether a message is ready to be taken (what mp.wait asks). */
 int mp_ring_readable(mp_ring *r);
 
-/* Watches the ring for a few microseconds; whether a message arrived. */
+/* Watches the ring for a few microseconds (as a blocking get does before it
+** sleeps); whether a message arrived. */
 int mp_ring_spin_readable(mp_ring *r);
 
 /*
