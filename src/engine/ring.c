@@ -22,6 +22,8 @@
 #define HDR_BYTES 4096           /* the data area starts on a page */
 #define PUNCH ((uint64_t)2 << 20)   /* consumed memory goes back to the kernel in 2 MiB steps */
 #define HOT ((uint64_t)1 << 20)     /* a producer that is not ahead wraps back after this */
+#define WRAP_LAG (HOT / 16)          /* ...when its consumers are at most this far behind */
+#define PAGE_GRAIN 4096              /* the smallest page: where writing on may fault */
 
 /*
 ** Records. A record is an 8-byte header word, its payload, and padding to 8
@@ -427,35 +429,46 @@ static void rescue_consumers(mp_ring *r) {
                               there, 40 ns on other CPUs) */
 
 /*
-** A consumer facing a streaming producer looks first after LOOK_AGAIN, not at
-** once. A consumer that keeps up with its producer finds the ring empty after
-** most messages; looking at once reads the tail's line and the record's line
-** the moment the producer wrote them, so the producer's next stores must
-** fetch both lines back, and both sides slow to the speed of lines moving
-** between cores: 0.2-0.25 us per Queue message here instead of 0.07, from one
-** run to the next depending on whether the consumer happened to catch up.
-** Waiting lets the producer write a few lines of records undisturbed, which
-** the consumer then takes after one look at the tail.
-** The producer streams when the last STREAMING_WAITS waits each ended within
-** QUICK_LOOKS looks (the handle's quick_waits). A reply in a round trip comes
-** later than that, so ping-pong keeps looking at once (delaying every first
-** look made a round trip over two Queues 0.1 us slower here; one quick wait
-** alone happens in 2% of a ping-pong's waits). A producer waiting for room
-** does not wait before its first look: in a small bounded queue the consumer
-** frees a slot at a time, and each is wanted at once (maxsize 4 got slower).
+** A consumer close behind a streaming producer looks at the tail again only
+** after LOOK_AGAIN. Reading the tail while the producer is still writing the
+** same lines (the tail's, and the record's when it is less than a line
+** ahead) makes the producer's next stores fetch those lines back, and both
+** sides slow to the speed of lines moving between cores: 0.2-0.25 us per
+** Queue message here instead of 0.07, from one run to the next depending on
+** whether the consumer happened to catch up (or, a JoinableQueue reader, kept
+** pace a record or two behind). Waiting lets the producer write a few lines
+** of records undisturbed, which the consumer then takes after one look.
+** The producer streams when the last STREAMING_LOOKS looks each found it
+** less than CLOSE_BYTES ahead and no wait since lasted QUICK_LOOKS looks
+** (the handle's close_looks). A ping-pong's reply comes later than that, so
+** a round trip keeps looking at once; and if two replies in a row were there
+** at the first look, the pause overlaps the wait for the next reply. A
+** producer waiting for room does not pause, nor does the consumer of a queue
+** bounded to fewer than STREAM_ITEMS items: there the consumer frees a slot
+** at a time and each is wanted at once (maxsize 4 went from 0.27 to 0.37 us
+** per message here with pauses; maxsize 100 from 0.27 to 0.10).
 */
 #define LOOK_AGAIN 0.5e-6
+#define CLOSE_BYTES 64
 #define QUICK_LOOKS 4
-#define STREAMING_WAITS 2
+#define STREAMING_LOOKS 2
+#define STREAM_ITEMS 16     /* a queue bounded to fewer items cannot let its producer get ahead */
 
-/* Before a consumer's looks: give a streaming producer its head start. */
-static inline void before_looks(mp_ring *r) {
-  if (r->quick_waits >= STREAMING_WAITS) mp_pause_for(LOOK_AGAIN);
+/* The consumer's look at the tail when what it saw is used up (rlock held). */
+static uint64_t look_at_tail(mp_ring *r, uint64_t head) {
+  mp_ring_hdr *h = r->hdr;
+  if (r->close_looks >= STREAMING_LOOKS && !r->looked_now) mp_pause_for(LOOK_AGAIN);
+  r->looked_now = 0;
+  uint64_t tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
+  if (tail - head < CLOSE_BYTES && (h->maxsize == 0 || h->maxsize >= STREAM_ITEMS))
+    r->close_looks++;
+  return tail;
 }
 
-/* A consumer's wait ended at look `n` (SPIN_ROUNDS: it did not end by looking). */
-static inline void looked(mp_ring *r, int n) {
-  r->quick_waits = n < QUICK_LOOKS ? r->quick_waits + 1 : 0;
+/* A consumer's wait saw data at look `n` (SPIN_ROUNDS: it did not, and slept or gave up). */
+static void waited(mp_ring *r, int n) {
+  if (n >= QUICK_LOOKS) r->close_looks = 0;
+  r->looked_now = n < SPIN_ROUNDS;     /* the look that follows needs no pause */
 }
 
 /* Whether a new message may be put (maxsize items); producers' lock held. */
@@ -511,16 +524,15 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
   ** untouched, since every put reads their line. */
   if (deadline == -INFINITY) return ETIMEDOUT;
   if (!r->quiet) {
-    before_looks(r);
     for (int i = 0; i < SPIN_ROUNDS; i++) {
       if (atomic_load_explicit(&h->tail, memory_order_relaxed) != seen) {
-        looked(r, i);
+        waited(r, i);
         return 0;
       }
       cpu_relax();
     }
-    looked(r, SPIN_ROUNDS);
   }
+  waited(r, SPIN_ROUNDS);
   atomic_store(&h->reader_waiting, 1);
   uint32_t seq = atomic_load(&h->data_seq);
   int rc = 0;
@@ -632,6 +644,12 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
 **   madvise done, punched not   the next call punches again only stretches the
 **                               tail has not reached again: harmless.
 */
+/* Whether a record at ring offset `off` of `total` bytes is the first to write in some page. */
+static inline int enters_page(uint64_t off, uint64_t total) {
+  uint64_t in_page = off & (PAGE_GRAIN - 1);
+  return in_page == 0 || in_page + total > PAGE_GRAIN;
+}
+
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   mp_ring_hdr *h = r->hdr;
   uint64_t total = rec_size(len);
@@ -652,16 +670,27 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   } else if ((rc = await_room(r, total, 1, deadline)) == 0) {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
     uint64_t off = tail & (r->cap - 1);
-    if (r->cap > 2 * HOT && off >= HOT && total <= HOT) {
+    if (r->cap > 2 * HOT && off >= HOT && total <= WRAP_LAG && enters_page(off, total)) {
       /*
       ** Wrap early when the consumers keep up: writing on into the reserved
       ** area would touch a fresh page every 4 KiB (a page fault each, and
-      ** cold cache lines). Allowed when everything unconsumed plus this
-      ** record fits before `off`, which is what the skipped bytes need.
+      ** cold cache lines). Only when they are close behind (everything
+      ** unconsumed plus this record within WRAP_LAG): after the wrap the
+      ** producer has `off` less that much room before it reaches the
+      ** consumers' position in the old lap, and must wait there until they
+      ** pass the skip. Allowing any lag that fits before `off` made a
+      ** producer ahead of a slower consumer (one doing a little work per
+      ** item, or a JoinableQueue reader calling task_done) wait for room in
+      ** 1 MiB of a 1 GiB ring, at the consumer's pace: 0.2-0.25 us per
+      ** message here instead of 0.07. A consumer further behind lets the
+      ** producer write on into fresh pages, as an unbounded queue should.
+      ** Asked only where the record enters a page (a page already written
+      ** costs no fault), so that a producer ahead of its consumers reads
+      ** their line once per page, not per message.
       */
-      if (tail - h->head_seen + total > off)
+      if (tail - h->head_seen + total > WRAP_LAG)
         h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
-      if (tail - h->head_seen + total <= off) {
+      if (tail - h->head_seen + total <= WRAP_LAG) {
         uint64_t mark = SKIP_MARK;
         copy_in(r, tail, (const char *)&mark, REC_HDR);
         tail += r->cap - off;
@@ -693,8 +722,7 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
     uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
     /* The producers' line is read only when the last look is used up. */
     uint64_t tail = h->tail_seen;
-    if (tail < head + REC_HDR)
-      tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
+    if (tail < head + REC_HDR) tail = look_at_tail(r, head);
     if (tail - head >= REC_HDR) {
       uint64_t word;
       copy_out(r, head, (char *)&word, REC_HDR);
@@ -846,15 +874,14 @@ uint64_t mp_ring_count(mp_ring *r) {
 uint64_t mp_ring_maxsize(mp_ring *r) { return r->hdr->maxsize; }
 
 int mp_ring_spin_readable(mp_ring *r) {
-  before_looks(r);
   for (int i = 0; i < SPIN_ROUNDS; i++) {
     if (mp_ring_readable(r)) {
-      looked(r, i);
+      waited(r, i);
       return 1;
     }
     cpu_relax();
   }
-  looked(r, SPIN_ROUNDS);
+  waited(r, SPIN_ROUNDS);
   return 0;
 }
 
