@@ -2,7 +2,8 @@
 -- sends N integers and a "DONE" sentinel to one reader process; the time runs
 -- from starting the reader to joining it. Twin of bench/transport.py.
 -- Counts: 1e4, 1e5 and 1e6 (BENCH_QUICK=1 leaves out 1e6, which takes Python
--- about 30 s in all). Also peak RSS of the children.
+-- about 30 s in all). Then a Queue and a Pipe used by one process alone (put and
+-- take its own items). Also peak RSS of the children.
 local counts = { 10000, 100000 }
 if os.getenv("BENCH_QUICK") ~= "1" then counts[#counts + 1] = 1000000 end
 -- Best of a few rounds (interleaved), as bench/transport.py: the machine is shared.
@@ -84,6 +85,26 @@ for _, n in ipairs(counts) do
   report("Pipe " .. label .. " integers", best[1], n)
   report("Queue " .. label .. " integers", best[2], n)
   report("JoinableQueue " .. label .. " integers", best[3], n)
+end
+
+-- One process putting and taking its own items: nobody to wait for.
+do
+  local n = 100000
+  local best = { math.huge, math.huge }
+  for _ = 1, ROUNDS do
+    local q = mp.Queue()
+    local t0 = mp.time()
+    for i = 1, n do q:put(i); q:get() end
+    best[1] = math.min(best[1], mp.time() - t0)
+    q:close()
+    local a, b = mp.Pipe()
+    t0 = mp.time()
+    for i = 1, n do a:send(i); b:recv() end
+    best[2] = math.min(best[2], mp.time() - t0)
+    a:close(); b:close()
+  end
+  report("Queue put+get in one process, 1e5", best[1], n)
+  report("Pipe send+recv in one process, 1e5", best[2], n)
 end
 
 local readers = 0

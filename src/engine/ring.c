@@ -429,46 +429,41 @@ static void rescue_consumers(mp_ring *r) {
                               there, 40 ns on other CPUs) */
 
 /*
-** A consumer close behind a streaming producer looks at the tail again only
-** after LOOK_AGAIN. Reading the tail while the producer is still writing the
-** same lines (the tail's, and the record's when it is less than a line
-** ahead) makes the producer's next stores fetch those lines back, and both
-** sides slow to the speed of lines moving between cores: 0.2-0.25 us per
-** Queue message here instead of 0.07, from one run to the next depending on
-** whether the consumer happened to catch up (or, a JoinableQueue reader, kept
-** pace a record or two behind). Waiting lets the producer write a few lines
-** of records undisturbed, which the consumer then takes after one look.
-** The producer streams when the last STREAMING_LOOKS looks each found it
-** less than CLOSE_BYTES ahead and no wait since lasted QUICK_LOOKS looks
-** (the handle's close_looks). A ping-pong's reply comes later than that, so
-** a round trip keeps looking at once; and if two replies in a row were there
-** at the first look, the pause overlaps the wait for the next reply. A
-** producer waiting for room does not pause, nor does the consumer of a queue
-** bounded to fewer than STREAM_ITEMS items: there the consumer frees a slot
-** at a time and each is wanted at once (maxsize 4 went from 0.27 to 0.37 us
-** per message here with pauses; maxsize 100 from 0.27 to 0.10).
+** A consumer keeping up with a streaming producer starts each wait's looks
+** after LOOK_AGAIN, not at once. Such a consumer finds the ring empty after
+** most messages; looking at once reads the tail's line and the record's line
+** the moment the producer wrote them, so the producer's next stores must
+** fetch both lines back, and both sides slow to the speed of lines moving
+** between cores: 0.2-0.25 us per Queue message here instead of 0.07, from one
+** run to the next depending on whether the consumer happened to catch up.
+** Waiting lets the producer write a few lines of records undisturbed, which
+** the consumer then takes after one look.
+** The producer streams when the last STREAMING_WAITS waits each saw data
+** within QUICK_LOOKS looks (the handle's quick_waits). Only waits count: a
+** process taking what it put itself, or a consumer that never finds the ring
+** empty, has nobody to give a head start (counting looks that found little
+** made an in-process put+get pair 0.6 us instead of 0.12). A ping-pong's
+** reply comes later than QUICK_LOOKS, so a round trip keeps looking at once.
+** A producer waiting for room does not pause, nor does the consumer of a
+** queue bounded to fewer than STREAM_ITEMS items: there the consumer frees a
+** slot at a time and each is wanted at once (maxsize 4 went from 0.27 to 0.37
+** us per message here with pauses; maxsize 100 from 0.27 to 0.10).
 */
 #define LOOK_AGAIN 0.5e-6
-#define CLOSE_BYTES 64
 #define QUICK_LOOKS 4
-#define STREAMING_LOOKS 2
+#define STREAMING_WAITS 2
 #define STREAM_ITEMS 16     /* a queue bounded to fewer items cannot let its producer get ahead */
 
-/* The consumer's look at the tail when what it saw is used up (rlock held). */
-static uint64_t look_at_tail(mp_ring *r, uint64_t head) {
-  mp_ring_hdr *h = r->hdr;
-  if (r->close_looks >= STREAMING_LOOKS && !r->looked_now) mp_pause_for(LOOK_AGAIN);
-  r->looked_now = 0;
-  uint64_t tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
-  if (tail - head < CLOSE_BYTES && (h->maxsize == 0 || h->maxsize >= STREAM_ITEMS))
-    r->close_looks++;
-  return tail;
+/* Before a consumer's wait looks: a streaming producer's head start. */
+static void before_looks(mp_ring *r) {
+  if (r->quick_waits >= STREAMING_WAITS) mp_pause_for(LOOK_AGAIN);
 }
 
 /* A consumer's wait saw data at look `n` (SPIN_ROUNDS: it did not, and slept or gave up). */
 static void waited(mp_ring *r, int n) {
-  if (n >= QUICK_LOOKS) r->close_looks = 0;
-  r->looked_now = n < SPIN_ROUNDS;     /* the look that follows needs no pause */
+  uint64_t max = r->hdr->maxsize;
+  int quick = n < QUICK_LOOKS && (max == 0 || max >= STREAM_ITEMS);
+  r->quick_waits = quick ? r->quick_waits + 1 : 0;
 }
 
 /* Whether a new message may be put (maxsize items); producers' lock held. */
@@ -524,6 +519,7 @@ static int wait_data(mp_ring *r, uint64_t seen, double deadline) {
   ** untouched, since every put reads their line. */
   if (deadline == -INFINITY) return ETIMEDOUT;
   if (!r->quiet) {
+    before_looks(r);
     for (int i = 0; i < SPIN_ROUNDS; i++) {
       if (atomic_load_explicit(&h->tail, memory_order_relaxed) != seen) {
         waited(r, i);
@@ -722,7 +718,8 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
     uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
     /* The producers' line is read only when the last look is used up. */
     uint64_t tail = h->tail_seen;
-    if (tail < head + REC_HDR) tail = look_at_tail(r, head);
+    if (tail < head + REC_HDR)
+      tail = h->tail_seen = atomic_load_explicit(&h->tail, memory_order_acquire);
     if (tail - head >= REC_HDR) {
       uint64_t word;
       copy_out(r, head, (char *)&word, REC_HDR);
@@ -874,6 +871,7 @@ uint64_t mp_ring_count(mp_ring *r) {
 uint64_t mp_ring_maxsize(mp_ring *r) { return r->hdr->maxsize; }
 
 int mp_ring_spin_readable(mp_ring *r) {
+  before_looks(r);
   for (int i = 0; i < SPIN_ROUNDS; i++) {
     if (mp_ring_readable(r)) {
       waited(r, i);

@@ -57,9 +57,8 @@ typedef struct mp_ring {
   int bell_r, bell_w;   /* doorbell for mp.wait; -1 when closed */
   int quiet;            /* this process's last wait on the ring slept through a slice:
                            the next one sleeps at once (see wait_data) */
-  unsigned close_looks; /* this process's last looks at the tail that found the producer
-                           close ahead, since a wait that lasted (look_at_tail in ring.c) */
-  int looked_now;       /* a wait just saw data: the next look needs no pause */
+  unsigned quick_waits; /* this process's last waits for data in a row that saw it within
+                           a few looks: the producer streams (before_looks in ring.c) */
 } mp_ring;
 
 /* The safe empty state of a handle (nothing mapped, no fd), before anything can fail. */
@@ -68,8 +67,7 @@ static inline void mp_ring_empty(mp_ring *r) {
   r->cap = r->map_len = 0;
   r->memfd = r->bell_r = r->bell_w = -1;
   r->quiet = 0;
-  r->close_looks = 0;
-  r->looked_now = 0;
+  r->quick_waits = 0;
 }
 
 /* A message taken by mp_ring_get_begin, still in the ring (consumer lock held). */
