@@ -26,13 +26,6 @@ static inline void cpu_relax(void) {
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield");
-/*
-** Pauses for about `seconds` (a fraction of a microsecond to a few) without a
-** system call. A pause takes 10 ns on some CPUs and 40 on others, so how many
-** make a microsecond is measured once per process, on first use.
-*/
-void mp_pause_for(double seconds);
-
 #endif
 }
 

@@ -552,6 +552,12 @@ static int await_room(mp_ring *r, uint64_t need, int new_item, double deadline) 
   return 0;
 }
 
+/* Whether a record at ring offset `off` of `total` bytes is the first to write in some page. */
+static inline int enters_page(uint64_t off, uint64_t total) {
+  uint64_t in_page = off & (PAGE_GRAIN - 1);
+  return in_page == 0 || in_page + total > PAGE_GRAIN;
+}
+
 /*
 ** A message larger than the ring, in chunks (FIRST, MORE..., LAST), each
 ** published as soon as it is written so that a consumer takes it while the
@@ -640,12 +646,6 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
 **   madvise done, punched not   the next call punches again only stretches the
 **                               tail has not reached again: harmless.
 */
-/* Whether a record at ring offset `off` of `total` bytes is the first to write in some page. */
-static inline int enters_page(uint64_t off, uint64_t total) {
-  uint64_t in_page = off & (PAGE_GRAIN - 1);
-  return in_page == 0 || in_page + total > PAGE_GRAIN;
-}
-
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   mp_ring_hdr *h = r->hdr;
   uint64_t total = rec_size(len);
