@@ -18,7 +18,7 @@
 #include "ring.h"
 
 #define RING_MAGIC 0x6d707267u   /* "mprg" */
-#define RING_VERSION 2
+#define RING_VERSION 3
 #define HDR_BYTES 4096           /* the data area starts on a page */
 #define PUNCH ((uint64_t)2 << 20)   /* consumed memory goes back to the kernel in 2 MiB steps */
 #define HOT ((uint64_t)1 << 20)     /* a producer that is not ahead wraps back after this */
@@ -34,7 +34,11 @@
 **          the message's total length (8 bytes), then its first bytes;
 **   MORE   a middle chunk of that message;
 **   LAST   the chunk that completes it;
-**   SKIP   (all ones) nothing more this lap: go on at the start of the area.
+**   SKIP   (all ones) nothing more this lap: go on at the start of the area;
+**   JUMP   nothing more here: go on at the offset in the low bits, in this
+**          lap (see jump_target: a producer that wrapped early, and whose
+**          consumers had not passed the wrap, continues in the part of the
+**          area that the wrap left unwritten).
 ** A producer copies a whole record and then publishes it with one store of the
 ** tail, so a consumer never sees a partial record. A message larger than the
 ** ring travels as FIRST, MORE..., LAST while its producer holds the producers'
@@ -45,6 +49,7 @@
 #define K_FIRST 0x01u
 #define K_MORE 0x02u
 #define K_LAST 0x03u
+#define K_JUMP 0x04u
 #define K_SKIP 0xffu
 #define SKIP_MARK UINT64_MAX
 #define LEN_MASK (((uint64_t)1 << 56) - 1)
@@ -74,6 +79,10 @@ struct mp_ring_hdr {
   uint64_t nget_seen;                   /* nget then (for maxsize) */
   _Atomic uint32_t w_pending;           /* the journal below is being applied */
   uint64_t w_jtail, w_jnput;            /* journal: the tail and nput a put publishes */
+  uint64_t skip_at;                     /* where the last early wrap's SKIP is (0: none) */
+  uint64_t room_end;                    /* positions below this may be written whatever the
+                                           head (set by a JUMP; 0: none) */
+  uint64_t w_jskip, w_jroom;            /* journal: skip_at and room_end as the put leaves them */
 
   alignas(64) _Atomic uint64_t tail;    /* published by producers: end of the records */
 
@@ -332,18 +341,24 @@ static void publish_tail(mp_ring *r, uint64_t to, int whole) {
 ** raising the flag left the published pair untouched: nothing to repair.
 ** Every step, as the fault points name it:
 **   put: copy the record (invisible: beyond the tail) / journal + flag
-**        ("ring.put.journaled") / nput ("ring.put.counted") / tail / flag down.
+**        ("ring.put.journaled") / nput ("ring.put.counted") / skip_at and
+**        room_end (the producers' record of an early wrap and of a JUMP,
+**        journaled with the tail that publishes them) / tail / flag down.
 **   get: journal + flag ("ring.get.journaled") / nget ("ring.get.counted") /
 **        head / flag down.
 */
-static void commit_put(mp_ring *r, uint64_t tail) {
+static void commit_put(mp_ring *r, uint64_t tail, uint64_t skip_at, uint64_t room_end) {
   mp_ring_hdr *h = r->hdr;
   h->w_jtail = tail;
   h->w_jnput = atomic_load_explicit(&h->nput, memory_order_relaxed) + 1;
+  h->w_jskip = skip_at;
+  h->w_jroom = room_end;
   atomic_store_explicit(&h->w_pending, 1, memory_order_release);
   MP_FAULT("ring.put.journaled");
   atomic_store_explicit(&h->nput, h->w_jnput, memory_order_relaxed);
   MP_FAULT("ring.put.counted");
+  h->skip_at = h->w_jskip;
+  h->room_end = h->w_jroom;
   publish_tail(r, tail, 1);
   atomic_store_explicit(&h->w_pending, 0, memory_order_release);
 }
@@ -366,6 +381,8 @@ static void repair_producers(mp_ring *r) {
   atomic_store(&h->writer_waiting, 0);              /* the dead one's flag */
   if (atomic_load_explicit(&h->w_pending, memory_order_acquire)) {
     atomic_store(&h->nput, h->w_jnput);
+    h->skip_at = h->w_jskip;
+    h->room_end = h->w_jroom;
     publish_tail(r, h->w_jtail, 1);
     atomic_store(&h->w_pending, 0);
   }
@@ -476,15 +493,28 @@ static int room_for_item(mp_ring *r) {
   return put - h->nget_seen < h->maxsize;
 }
 
+/*
+** Bytes a producer may write from `tail`, as the head last seen allows: up to
+** a lap after it, less REC_HDR kept free so that a JUMP record always fits
+** (see jump_target); or up to room_end, where a JUMP made the rest of a lap
+** free whatever the head.
+*/
+static uint64_t room_from(mp_ring *r, uint64_t tail) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t limit = h->head_seen + r->cap - REC_HDR;
+  if (h->room_end > limit) limit = h->room_end;
+  return limit > tail ? limit - tail : 0;
+}
+
 /* Free bytes in the ring; producers' lock held. The consumers' line is read
 ** only when the last look is not enough for `need` bytes. */
 static uint64_t bytes_free(mp_ring *r, uint64_t need) {
   mp_ring_hdr *h = r->hdr;
   uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-  uint64_t used = tail - h->head_seen;
-  if (used <= r->cap && r->cap - used >= need) return r->cap - used;
+  uint64_t room = room_from(r, tail);
+  if (room >= need) return room;
   h->head_seen = atomic_load_explicit(&h->head, memory_order_acquire);
-  return r->cap - (tail - h->head_seen);
+  return room_from(r, tail);
 }
 
 /* What a put of a record of `total` bytes (a first chunk when larger than the ring) waits for. */
@@ -559,6 +589,29 @@ static inline int enters_page(uint64_t off, uint64_t total) {
 }
 
 /*
+** Where a put whose record finds no room should go on instead of waiting, or
+** 0. After an early wrap (the SKIP at skip_at) a producer writes the next lap
+** from its start, with room only up to the consumers' place in the previous
+** lap's image: consumers that stop before passing the SKIP (one waiting for
+** its producer to finish) would keep it waiting although the rest of the area
+** is empty. The part of this lap beyond the SKIP's image was written in
+** neither lap (the consumers' data is all before it: they were at most
+** WRAP_LAG behind at the wrap, which came past HOT), so the producer writes a
+** JUMP record at the tail, goes on there, and may then fill this lap to its
+** end (room_end) whatever the head. The JUMP always fits: room_from keeps
+** REC_HDR bytes free. Producers' lock held, head_seen just read.
+*/
+static uint64_t jump_target(mp_ring *r, uint64_t tail, uint64_t total) {
+  mp_ring_hdr *h = r->hdr;
+  uint64_t skip = h->skip_at;
+  if (skip == 0 || h->head_seen > skip) return 0;       /* no wrap, or the consumers passed it */
+  uint64_t lap = (skip | (r->cap - 1)) + 1;             /* where the wrap went on */
+  uint64_t to = lap + (skip & (r->cap - 1)) + REC_HDR;  /* just past the SKIP's image */
+  if (tail < lap || tail >= to || to + total > lap + r->cap) return 0;
+  return to;
+}
+
+/*
 ** A message larger than the ring, in chunks (FIRST, MORE..., LAST), each
 ** published as soon as it is written so that a consumer takes it while the
 ** rest is written. A chunk waits for a quarter of the ring (or what is left),
@@ -599,7 +652,7 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
     uint64_t end = tail + rec_size(n + extra);
     sent += n;
     if (kind == K_LAST) {
-      commit_put(r, end);
+      commit_put(r, end, h->skip_at, h->room_end);
     } else {
       publish_tail(r, end, 0);
       MP_FAULT(first ? "ring.stream.first" : "ring.stream.more");
@@ -620,7 +673,9 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
 **                               (olock.h checks pid, zombie state, start time).
 **   waiting for room            writer_waiting left 1: P clears it (repair);
 **                               consumers waking nobody is harmless.
-**   SKIP mark, record copied    beyond the tail: invisible, overwritten by P.
+**   SKIP or JUMP, record copied beyond the tail: invisible, overwritten by P
+**                               (skip_at and room_end change only through the
+**                               journal, with the tail that publishes them).
 **   journal + pending flag      P rolls forward: nput and tail as journaled.
 **   nput stored                 P rolls forward (stores the same nput, the tail).
 **   tail stored (published)     P rolls forward (same values); the message is out.
@@ -638,6 +693,7 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
 **                               message is gone with the dead consumer).
 **   nget stored, head stored    C rolls forward (same values).
 **   SKIP: punched, then head    C sees the mark again and moves on (idempotent).
+**   JUMP: head                  one store: before it C follows the JUMP again.
 ** get (a message in chunks)
 **   FIRST or MORE consumed      the rest is nobody's: C skips MORE chunks, and
 **                               counts the LAST one as taken (its producer
@@ -649,7 +705,9 @@ static int put_stream(mp_ring *r, const char *data, size_t len, double deadline)
 int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   mp_ring_hdr *h = r->hdr;
   uint64_t total = rec_size(len);
-  if (total > r->cap && deadline == -INFINITY) return ETIMEDOUT;   /* cannot go without waiting */
+  /* Up to a ring less the REC_HDR room_from keeps: one record; beyond: chunks. */
+  int chunked = total > r->cap - REC_HDR;
+  if (chunked && deadline == -INFINITY) return ETIMEDOUT;   /* cannot go without waiting */
   int rc = mp_olock_acquire(&h->wlock, deadline);
   if (rc == EOWNERDEAD) repair_producers(r);
   else if (rc != 0) return rc;
@@ -661,12 +719,22 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
     mp_olock_release(&h->wlock);
     return EPIPE;
   }
-  if (total > r->cap) {
+  uint64_t jump_to = 0;
+  if (!chunked && bytes_free(r, total) < total && room_for_item(r))
+    jump_to = jump_target(r, tail0, total);
+  if (chunked) {
     rc = put_stream(r, data, len, deadline);
-  } else if ((rc = await_room(r, total, 1, deadline)) == 0) {
+  } else if (jump_to != 0 || (rc = await_room(r, total, 1, deadline)) == 0) {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
     uint64_t off = tail & (r->cap - 1);
-    if (r->cap > 2 * HOT && off >= HOT && total <= WRAP_LAG && enters_page(off, total)) {
+    uint64_t skip_at = h->skip_at, room_end = h->room_end;
+    if (jump_to != 0) {
+      uint64_t word = rec_word(K_JUMP, jump_to & (r->cap - 1));
+      copy_in(r, tail, (const char *)&word, REC_HDR);
+      MP_FAULT("ring.put.jumped");
+      tail = jump_to;
+      room_end = (jump_to | (r->cap - 1)) + 1;
+    } else if (r->cap > 2 * HOT && off >= HOT && total <= WRAP_LAG && enters_page(off, total)) {
       /*
       ** Wrap early when the consumers keep up: writing on into the reserved
       ** area would touch a fresh page every 4 KiB (a page fault each, and
@@ -689,6 +757,7 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
       if (tail - h->head_seen + total <= WRAP_LAG) {
         uint64_t mark = SKIP_MARK;
         copy_in(r, tail, (const char *)&mark, REC_HDR);
+        skip_at = tail;
         tail += r->cap - off;
       }
     }
@@ -696,7 +765,7 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
     copy_in(r, tail, (const char *)&word, REC_HDR);
     copy_in(r, tail + REC_HDR, data, len);
     MP_FAULT("ring.put.copied");
-    commit_put(r, tail + total);
+    commit_put(r, tail + total, skip_at, room_end);
   }
   mp_olock_release(&h->wlock);
   return rc;
@@ -732,6 +801,16 @@ int mp_ring_get_begin(mp_ring *r, double deadline, mp_ring_msg *m) {
         continue;
       }
       unsigned kind = rec_kind(word);
+      if (kind == K_JUMP) {
+        /* The producer went on further in this lap (jump_target). */
+        uint64_t next = (head & ~(r->cap - 1)) + rec_len(word);
+        if (rec_len(word) >= r->cap || next <= head || next > tail) {
+          mp_olock_release(&h->rlock);
+          return EPROTO;
+        }
+        advance_head(r, next);
+        continue;
+      }
       uint64_t len = rec_len(word), size = rec_size(len);
       if (size > tail - head || kind > K_LAST) {
         /* Published records are whole: only a scribbled ring gets here. */
@@ -816,6 +895,8 @@ int mp_ring_read_stream(mp_ring *r, mp_ring_msg *m, char *dst) {
       continue;
     }
     unsigned kind = rec_kind(word);
+    /* A JUMP comes only between messages (its producer held the lock): ours was abandoned. */
+    if (kind == K_JUMP) return ECANCELED;
     uint64_t len = rec_len(word), size = rec_size(len);
     uint64_t left = m->len - got;
     if (size > tail - head) return EPROTO;

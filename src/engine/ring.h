@@ -21,9 +21,11 @@
 ** MAP_NORESERVE) so that a 100 MiB item can be put before any consumer
 ** exists; pages are allocated when first written, and consumers hand every
 ** fully consumed 2 MiB stretch back to the kernel (MADV_REMOVE), so memory in
-** use follows what is queued, not the reservation. A message larger than the
-** whole area travels in chunk records (first, more..., last) while its
-** producer holds its lock, each published when written.
+** use follows what is queued, not the reservation. Producers wrap back to
+** the area's start early while consumers keep up (warm pages), and jump past
+** such a wrap when consumers stop before it (ring.c, jump_target). A message
+** larger than the whole area (less 8 bytes) travels in chunk records (first,
+** more..., last) while its producer holds its lock, each published when written.
 **
 ** Death of a process, at any instruction (ring.c reasons through each step):
 ** the next process that wants a dead holder's lock takes it over and repairs
