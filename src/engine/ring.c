@@ -599,7 +599,8 @@ static inline int enters_page(uint64_t off, uint64_t total) {
 ** WRAP_LAG behind at the wrap, which came past HOT), so the producer writes a
 ** JUMP record at the tail, goes on there, and may then fill this lap to its
 ** end (room_end) whatever the head. The JUMP always fits: room_from keeps
-** REC_HDR bytes free. Producers' lock held, head_seen just read.
+** REC_HDR bytes free. Producers' lock held, head_seen just read (room_for
+** found too little room).
 */
 static uint64_t jump_target(mp_ring *r, uint64_t tail, uint64_t total) {
   mp_ring_hdr *h = r->hdr;
@@ -608,6 +609,7 @@ static uint64_t jump_target(mp_ring *r, uint64_t tail, uint64_t total) {
   uint64_t lap = (skip | (r->cap - 1)) + 1;             /* where the wrap went on */
   uint64_t to = lap + (skip & (r->cap - 1)) + REC_HDR;  /* just past the SKIP's image */
   if (tail < lap || tail >= to || to + total > lap + r->cap) return 0;
+  if (!room_for_item(r)) return 0;                      /* full in items: wait for a get */
   return to;
 }
 
@@ -709,8 +711,12 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
   int chunked = total > r->cap - REC_HDR;
   if (chunked && deadline == -INFINITY) return ETIMEDOUT;   /* cannot go without waiting */
   int rc = mp_olock_acquire(&h->wlock, deadline);
-  if (rc == EOWNERDEAD) repair_producers(r);
-  else if (rc != 0) return rc;
+  if (rc == EOWNERDEAD) {
+    repair_producers(r);
+    rc = 0;
+  } else if (rc != 0) {
+    return rc;
+  }
   MP_FAULT("ring.put.locked");
   /* A pipe whose reader is gone: EPIPE, checked when the ring is full and
   ** every quarter of the ring, not per message. */
@@ -720,11 +726,12 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
     return EPIPE;
   }
   uint64_t jump_to = 0;
-  if (!chunked && bytes_free(r, total) < total && room_for_item(r))
-    jump_to = jump_target(r, tail0, total);
   if (chunked) {
     rc = put_stream(r, data, len, deadline);
-  } else if (jump_to != 0 || (rc = await_room(r, total, 1, deadline)) == 0) {
+  } else if (!room_for(r, total, 1) && (jump_to = jump_target(r, tail0, total)) == 0) {
+    rc = await_room(r, total, 1, deadline);
+  }
+  if (!chunked && rc == 0) {
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
     uint64_t off = tail & (r->cap - 1);
     uint64_t skip_at = h->skip_at, room_end = h->room_end;
@@ -741,8 +748,9 @@ int mp_ring_put(mp_ring *r, const void *data, size_t len, double deadline) {
       ** cold cache lines). Only when they are close behind (everything
       ** unconsumed plus this record within WRAP_LAG): after the wrap the
       ** producer has `off` less that much room before it reaches the
-      ** consumers' position in the old lap, and must wait there until they
-      ** pass the skip. Allowing any lag that fits before `off` made a
+      ** consumers' position in the old lap; there it waits for them to pass
+      ** the skip, or jumps if they stopped (jump_target). Allowing any lag
+      ** that fits before `off` made a
       ** producer ahead of a slower consumer (one doing a little work per
       ** item, or a JoinableQueue reader calling task_done) wait for room in
       ** 1 MiB of a 1 GiB ring, at the consumer's pace: 0.2-0.25 us per
