@@ -8,7 +8,6 @@ local H = require "spec.helper"
 
 local mpirun, ENV, describe_mpi = H.mpi.mpirun, H.mpi.env, H.mpi.describe(describe, pending)
 
-
 -- H.run_script puts the script first: mpirun needs its options and the program before it.
 local function run_mpi(source, timeout, dynamic)
   local path = os.tmpname() .. ".lua"
@@ -45,7 +44,6 @@ local function pids_of(out, tag)
   for pid in out:gmatch(tag .. "%s+(%d+)") do pids[#pids + 1] = tonumber(pid) end
   return pids
 end
-
 
 describe_mpi("mp.mpi", function()
   it("runs the whole Pool API over 2 worker ranks under mpirun -n 3, and every rank exits", function()

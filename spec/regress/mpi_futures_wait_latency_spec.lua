@@ -9,7 +9,6 @@ local H = require "helper"
 
 local mpirun, ENV, describe_mpi = H.mpi.mpirun, H.mpi.env, H.mpi.describe(describe, pending)
 
-
 describe_mpi("mp.wait on an mpi.Pool and a pipe", function()
   it("sees each result within milliseconds, not at the end of a 100 ms wait on the pipe", function()
     local path = os.tmpname() .. ".lua"

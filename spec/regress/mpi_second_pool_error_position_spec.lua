@@ -8,8 +8,6 @@ local H = require "helper"
 
 local mpirun, ENV, describe_mpi = H.mpi.mpirun, H.mpi.env, H.mpi.describe(describe, pending)
 
-
-
 describe_mpi("a second mpi.Pool while the first is open", function()
   it("is an error at the caller's line", function()
     local path = os.tmpname() .. ".lua"

@@ -11,8 +11,6 @@ local H = require "helper"
 
 local ENV, describe_mpi = H.mpi.env, H.mpi.describe(describe, pending)
 
-
-
 describe_mpi("mpi.Pool waits end their slices", function()
   it("kills a spawned rank whose task runs over its timeout", function()
     local r = H.run_script([[
